@@ -1,0 +1,55 @@
+//! The eBPF data path: loading the programs of `handoff-ebpf`, attaching them to interfaces and
+//! managing their pinned maps.
+
+mod freeze;
+mod pin;
+
+pub use freeze::{FreezeCounters, FreezeFilter, FreezeMap};
+pub use pin::{BPFFS_ROOT, PinDir};
+
+use std::{io, path::PathBuf};
+
+/// The compiled eBPF object (all programs of `handoff-ebpf`), embedded at build time.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/handoff"));
+
+/// What can go wrong while loading, attaching or using the data path.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The BPF filesystem is not mounted where pinned maps live.
+    #[error(
+        "{BPFFS_ROOT} is not a BPF filesystem: mount it (`mount -t bpf bpf {BPFFS_ROOT}`) or run `cargo xtask setup`"
+    )]
+    BpffsMissing,
+    /// A pin directory or pin file could not be created, read or removed.
+    #[error("pinned maps at {path}: {source}")]
+    Pin {
+        /// The path that failed.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The kernel refused to load the object or one of its maps.
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program is missing from the object or could not be loaded or attached.
+    #[error("program {program} on {interface}: {source}")]
+    Program {
+        /// Program name in the object.
+        program: &'static str,
+        /// Interface it was meant for.
+        interface: String,
+        /// The underlying error.
+        source: aya::programs::ProgramError,
+    },
+    /// A map is missing from the object, has an unexpected type, or an operation on it failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name in the object.
+        map: &'static str,
+        /// The underlying error.
+        source: aya::maps::MapError,
+    },
+    /// The object lacks a program or map that this crate expects (built from other sources).
+    #[error("the embedded eBPF object has no {0}")]
+    Missing(&'static str),
+}

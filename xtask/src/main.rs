@@ -1,0 +1,85 @@
+//! `cargo xtask`: the project's tasks. `setup` prepares a fresh machine; `test` and `demo` run it
+//! first, so each works as the first command on a new clone.
+
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    about = "Tasks of Distributed Servers for Linux (run as root)",
+    long_about = "Tasks of Distributed Servers for Linux.\n\n\
+        Every task runs `setup` first, which installs what a fresh machine lacks (rust-src for \
+        the nightly toolchain, bpf-linker in target/tools, Debian packages) and checks the \
+        kernel features the project needs. Run as root: the tests create network namespaces \
+        and load eBPF programs."
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the project's tools and packages and check the machine (idempotent).
+    Setup,
+    /// Formatting, clippy, unit tests, privileged integration tests; one summary at the end.
+    Test(test::Options),
+    /// The main job: two namespaces, a live TCP stream, its 4-tuple frozen and thawed by eBPF.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    let outcome = match cli.task {
+        Task::Setup => setup::run(&root),
+        Task::Test(options) => setup::run(&root).and_then(|()| test::run(&root, &options)),
+        Task::Demo => setup::run(&root).and_then(|()| demo(&root)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn demo(root: &Path) -> anyhow::Result<()> {
+    let status = Command::new(cargo())
+        .current_dir(root)
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "handoff-user",
+            "--example",
+            "freeze_demo",
+        ])
+        .status()
+        .context("running the demo")?;
+    if !status.success() {
+        bail!("the demo failed ({status})");
+    }
+    Ok(())
+}
+
+/// The cargo that runs us (so `cargo +toolchain xtask` stays on that toolchain).
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
