@@ -34,6 +34,30 @@ enum Task {
     Test(test::Options),
     /// The main job: two namespaces, a live TCP stream, its 4-tuple frozen and thawed by eBPF.
     Demo,
+    /// A benchmark: prints its figures and writes them as JSON to target/bench/NAME.json.
+    Bench {
+        /// Which benchmark (see `cargo xtask bench --help` for the list).
+        #[arg(value_enum)]
+        name: Bench,
+    },
+}
+
+/// The benchmarks; each is an example binary `bench_<name>` of the crate it measures.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    /// TCP state capture/restore times, blob sizes, client-perceived gap of a move.
+    Tcpstate,
+    /// Mobile IPv6 signaling: BU construction and correspondent throughput.
+    Mipv6,
+}
+
+impl Bench {
+    fn target(self) -> (&'static str, &'static str) {
+        match self {
+            Bench::Tcpstate => ("handoff-user", "bench_tcpstate"),
+            Bench::Mipv6 => ("mipv6d", "bench_mipv6"),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -43,6 +67,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(&root),
         Task::Test(options) => setup::run(&root).and_then(|()| test::run(&root, &options)),
         Task::Demo => setup::run(&root).and_then(|()| demo(&root)),
+        Task::Bench { name } => setup::run(&root).and_then(|()| bench(&root, name)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,6 +100,22 @@ fn demo(root: &Path) -> anyhow::Result<()> {
         .context("running the demo")?;
     if !status.success() {
         bail!("the demo failed ({status})");
+    }
+    Ok(())
+}
+
+fn bench(root: &Path, bench: Bench) -> anyhow::Result<()> {
+    let (package, example) = bench.target();
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let status = Command::new(cargo())
+        .current_dir(root)
+        .args(["run", "--quiet", "--release", "--package", package, "--example", example])
+        .env("BENCH_OUT_DIR", &out)
+        .status()
+        .with_context(|| format!("running {example}"))?;
+    if !status.success() {
+        bail!("{example} failed ({status})");
     }
     Ok(())
 }
