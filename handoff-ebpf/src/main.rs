@@ -33,7 +33,7 @@ pub fn freeze(ctx: TcContext) -> i32 {
         return TC_ACT_PIPE;
     };
     // SAFETY: the value is only read to test presence; userspace never holds a reference into it.
-    if unsafe { FREEZE_FLOWS.get(&key) }.is_some() {
+    if unsafe { FREEZE_FLOWS.get(key) }.is_some() {
         count(FreezeCounter::Dropped);
         TC_ACT_SHOT
     } else {

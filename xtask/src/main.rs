@@ -110,7 +110,15 @@ fn bench(root: &Path, bench: Bench) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     let status = Command::new(cargo())
         .current_dir(root)
-        .args(["run", "--quiet", "--release", "--package", package, "--example", example])
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            package,
+            "--example",
+            example,
+        ])
         .env("BENCH_OUT_DIR", &out)
         .status()
         .with_context(|| format!("running {example}"))?;
