@@ -18,6 +18,8 @@ use nix::{
 };
 
 const RUN_DIR: &str = "/run/netns";
+/// Where handoff-user pins the maps of a data-path instance (`PinDir::for_instance`).
+const PIN_ROOT: &str = "/sys/fs/bpf/dsl";
 /// Every namespace this crate creates is named `dsl-<tag>-<pid>-<n>`.
 const NAME_PREFIX: &str = "dsl-";
 
@@ -161,21 +163,38 @@ fn prepare_run_dir() -> io::Result<()> {
     Ok(())
 }
 
-/// Removes the namespaces of processes that no longer exist (killed before their drop ran).
+/// Removes the namespaces, and the pinned-map directories named like them (handoff-user pins a
+/// namespace's maps under `/sys/fs/bpf/dsl/<namespace>`), of processes that no longer exist
+/// (killed before their drop ran).
 fn sweep_stale() {
-    let Ok(entries) = fs::read_dir(RUN_DIR) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(owner_pid) else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid.to_string()).exists() {
-            tracing::info!(netns = ?name, pid, "removing namespace left by a dead process");
-            remove(&entry.path());
-        }
+    for (entry, pid) in stale_entries(Path::new(RUN_DIR)) {
+        tracing::info!(netns = ?entry.file_name(), pid, "removing namespace left by a dead process");
+        remove(&entry.path());
     }
+    for (entry, pid) in stale_entries(Path::new(PIN_ROOT)) {
+        tracing::info!(pins = ?entry.path(), pid, "removing pinned maps left by a dead process");
+        if let Ok(pins) = fs::read_dir(entry.path()) {
+            for pin in pins.flatten() {
+                let _ = fs::remove_file(pin.path());
+            }
+        }
+        let _ = fs::remove_dir(entry.path());
+    }
+}
+
+/// Entries of `dir` named by [`Netns::create`] whose owner process is gone.
+fn stale_entries(dir: &Path) -> Vec<(fs::DirEntry, u32)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str().and_then(owner_pid)?;
+            let alive = Path::new("/proc").join(pid.to_string()).exists();
+            (!alive).then_some((entry, pid))
+        })
+        .collect()
 }
 
 /// The pid embedded in a name made by [`Netns::create`], if `name` is one.
@@ -257,7 +276,10 @@ mod tests {
         let stale = Path::new(RUN_DIR).join("dsl-stale-99999999-0");
         prepare_run_dir().unwrap();
         File::create(&stale).unwrap();
+        let stale_pins = Path::new(PIN_ROOT).join("dsl-stale-99999999-0");
+        let bpffs = fs::create_dir_all(&stale_pins).is_ok();
         let _netns = Netns::create("sweep").unwrap();
         assert!(!stale.exists());
+        assert!(!bpffs || !stale_pins.exists());
     }
 }

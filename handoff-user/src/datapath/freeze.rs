@@ -260,7 +260,7 @@ mod tests {
         }
         static N: AtomicU32 = AtomicU32::new(0);
         let pins = PinDir::for_instance(&format!(
-            "unit-{}-{}",
+            "dsl-unit-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
