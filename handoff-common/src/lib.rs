@@ -75,31 +75,210 @@ pub struct FreezeEntry {
 /// disturbed and the peer simply retransmits later).
 pub const FREEZE_ACTION_DROP: u32 = 0;
 
-/// Name of the freeze program in the eBPF object.
-pub const FREEZE_PROGRAM: &str = "freeze";
-/// Name of the freeze map (`FlowKey` → `FreezeEntry`) in the eBPF object.
-pub const FREEZE_FLOWS_MAP: &str = "FREEZE_FLOWS";
-/// Name of the freeze program's per-CPU counter array in the eBPF object.
-pub const FREEZE_STATS_MAP: &str = "FREEZE_STATS";
+/// An IPv6 address as the programs store it (network byte order).
+pub type Addr = [u8; 16];
+
+/// Where a redirected connection's packets go: the member that owns it now (path B/D). The
+/// packet is encapsulated (IPv6-in-IPv6) from this node's address to `node`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedirectEntry {
+    /// Address of the member that owns the connection.
+    pub node: Addr,
+}
+
+/// Key of a route-optimized binding at a server: the client (`peer`) and the home address (DSA)
+/// it has bound to this node's care-of address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BindingKey {
+    /// The client (correspondent node).
+    pub peer: Addr,
+    /// The home address (a DSA this node serves).
+    pub home: Addr,
+}
+
+/// A care-of address: the value of every binding map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CareOf {
+    /// The care-of address.
+    pub addr: Addr,
+}
+
+/// Per-node settings of the programs (the single entry of the `CONFIG` array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's own address: tunnel endpoint, and care-of address of a server node.
+    pub local: Addr,
+    /// The home agent's address (reverse tunnel destination of a server node).
+    pub home_agent: Addr,
+    /// `NODE_*` flags.
+    pub flags: u32,
+}
+
+/// Server egress: packets from a DSA to a peer without a route-optimized binding are tunnelled
+/// to the home agent (otherwise they are sent as they are).
+pub const NODE_REVERSE_TUNNEL: u32 = 1;
+
+/// A Home Address option without a matching binding, reported by the correspondent's ingress
+/// program so that mipv6d sends a Binding Error with status 1 (RFC 6275 §9.3.1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindingErrorEvent {
+    /// The home address in the option.
+    pub home: Addr,
+    /// The packet's source address (the care-of address the sender claims).
+    pub care_of: Addr,
+    /// The packet's destination address.
+    pub dst: Addr,
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program {
+    /// Drops packets of frozen flows (TC ingress).
+    pub const FREEZE: &str = "freeze";
+    /// Server node ingress: decapsulation, RH2 restore, freeze, per-connection redirect.
+    pub const NODE_INGRESS: &str = "node_ingress";
+    /// Server node egress: Home Address option for route-optimized peers, or reverse tunnel.
+    pub const NODE_EGRESS: &str = "node_egress";
+    /// Home agent ingress: tunnel to the registered care-of address; reverse-tunnel decap.
+    pub const HA_INGRESS: &str = "ha_ingress";
+    /// Correspondent (client) egress: RH2 for bound home addresses.
+    pub const CN_EGRESS: &str = "cn_egress";
+    /// Correspondent (client) ingress: Home Address option validation and removal.
+    pub const CN_INGRESS: &str = "cn_ingress";
+}
+
+/// Names of the maps in the eBPF object.
+pub mod map {
+    /// `FlowKey` → `FreezeEntry`.
+    pub const FREEZE_FLOWS: &str = "FREEZE_FLOWS";
+    /// `FlowKey` → `RedirectEntry`.
+    pub const REDIRECTS: &str = "REDIRECTS";
+    /// `Addr` (a DSA served here) → `u32` (reserved, 0).
+    pub const LOCAL_HOMES: &str = "LOCAL_HOMES";
+    /// `BindingKey` → `CareOf`: server-side route-optimized bindings.
+    pub const RO_BINDINGS: &str = "RO_BINDINGS";
+    /// `Addr` (home address) → `CareOf`: the home agent's binding cache.
+    pub const HA_BINDINGS: &str = "HA_BINDINGS";
+    /// `Addr` (home address) → `CareOf`: the correspondent's binding cache.
+    pub const CN_BINDINGS: &str = "CN_BINDINGS";
+    /// Array of one `NodeConfig`.
+    pub const CONFIG: &str = "CONFIG";
+    /// Per-CPU `u64` counters indexed by `Counter`.
+    pub const STATS: &str = "STATS";
+    /// Ring buffer of `BindingErrorEvent`.
+    pub const BINDING_ERRORS: &str = "BINDING_ERRORS";
+}
+
 /// Capacity of the freeze map: the most connections that can be frozen at once.
 pub const FREEZE_FLOWS_CAPACITY: u32 = 65_536;
+/// Capacity of the redirect and binding maps.
+pub const FLOW_MAP_CAPACITY: u32 = 65_536;
 
-/// Indices of the freeze program's per-CPU counters.
+/// Indices of the programs' per-CPU counters: one per action and per drop reason.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FreezeCounter {
+pub enum Counter {
     /// TCP packets looked up in the freeze map and passed on.
     Passed = 0,
     /// TCP packets dropped because their flow is frozen.
-    Dropped = 1,
-    /// Packets that are not TCP over IPv4/IPv6 or whose headers could not be read; passed
+    Dropped,
+    /// Packets none of the rules applies to (other protocols, unreadable headers); passed
     /// untouched.
-    Skipped = 2,
+    Skipped,
+    /// IPv6-in-IPv6 packets addressed to this node, decapsulated.
+    Decapsulated,
+    /// Type 2 Routing Headers validated and removed, destination restored to the home address.
+    Rh2Restored,
+    /// Packets of connections owned by another member, encapsulated to it.
+    Redirected,
+    /// Home Address options inserted at a server's egress (source set to the care-of address).
+    HaoInserted,
+    /// Packets from a DSA tunnelled to the home agent.
+    ReverseTunneled,
+    /// Packets for a registered home address tunnelled by the home agent.
+    HaTunneled,
+    /// Type 2 Routing Headers inserted at a correspondent's egress.
+    Rh2Inserted,
+    /// Home Address options validated and removed at a correspondent's ingress.
+    HaoAccepted,
+    /// Mobility Header packets carrying an RH2 or a HAO, left to mipv6d's packet socket and
+    /// dropped before the kernel (which has no MIPv6) answers them with an ICMP error.
+    MobilityToDaemon,
+    /// Dropped: Type 2 Routing Header malformed (length ≠ 2, segments left ≠ 1, truncated).
+    DropRh2Malformed,
+    /// Dropped: Type 2 Routing Header naming an address that is not a home address served here.
+    DropRh2ForeignHome,
+    /// Dropped: Destination Options with a Home Address option that is malformed (length ≠ 16,
+    /// two of them, truncated, or an unknown option that must not be skipped).
+    DropHaoMalformed,
+    /// Dropped: Home Address option carrying a multicast address.
+    DropHaoMulticast,
+    /// Dropped: Home Address option without a binding (home address, care-of = source).
+    DropHaoNoBinding,
+    /// Dropped: no route to the new destination after encapsulation or rewrite.
+    DropNoRoute,
+    /// Dropped: the kernel refused to grow, shrink or rewrite the packet.
+    DropRewriteFailed,
+    /// A binding-error report was lost because the ring buffer was full.
+    BindingErrorLost,
 }
 
-impl FreezeCounter {
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Counter; 20] = [
+        Counter::Passed,
+        Counter::Dropped,
+        Counter::Skipped,
+        Counter::Decapsulated,
+        Counter::Rh2Restored,
+        Counter::Redirected,
+        Counter::HaoInserted,
+        Counter::ReverseTunneled,
+        Counter::HaTunneled,
+        Counter::Rh2Inserted,
+        Counter::HaoAccepted,
+        Counter::MobilityToDaemon,
+        Counter::DropRh2Malformed,
+        Counter::DropRh2ForeignHome,
+        Counter::DropHaoMalformed,
+        Counter::DropHaoMulticast,
+        Counter::DropHaoNoBinding,
+        Counter::DropNoRoute,
+        Counter::DropRewriteFailed,
+        Counter::BindingErrorLost,
+    ];
     /// Number of counters (the length of the per-CPU array).
-    pub const COUNT: u32 = FreezeCounter::Skipped as u32 + 1;
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Name for reports (`handoff status`, benchmarks, test failures).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Passed => "passed",
+            Counter::Dropped => "frozen_dropped",
+            Counter::Skipped => "skipped",
+            Counter::Decapsulated => "decapsulated",
+            Counter::Rh2Restored => "rh2_restored",
+            Counter::Redirected => "redirected",
+            Counter::HaoInserted => "hao_inserted",
+            Counter::ReverseTunneled => "reverse_tunneled",
+            Counter::HaTunneled => "ha_tunneled",
+            Counter::Rh2Inserted => "rh2_inserted",
+            Counter::HaoAccepted => "hao_accepted",
+            Counter::MobilityToDaemon => "mobility_to_daemon",
+            Counter::DropRh2Malformed => "drop_rh2_malformed",
+            Counter::DropRh2ForeignHome => "drop_rh2_foreign_home",
+            Counter::DropHaoMalformed => "drop_hao_malformed",
+            Counter::DropHaoMulticast => "drop_hao_multicast",
+            Counter::DropHaoNoBinding => "drop_hao_no_binding",
+            Counter::DropNoRoute => "drop_no_route",
+            Counter::DropRewriteFailed => "drop_rewrite_failed",
+            Counter::BindingErrorLost => "binding_error_lost",
+        }
+    }
 }
 
 #[cfg(feature = "user")]
@@ -108,6 +287,11 @@ mod pod {
     // for every bit pattern.
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FreezeEntry {}
+    unsafe impl aya::Pod for super::RedirectEntry {}
+    unsafe impl aya::Pod for super::BindingKey {}
+    unsafe impl aya::Pod for super::CareOf {}
+    unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::BindingErrorEvent {}
 }
 
 #[cfg(test)]
@@ -115,9 +299,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flow_key_has_no_padding() {
-        assert_eq!(core::mem::size_of::<FlowKey>(), 36);
-        assert_eq!(core::mem::size_of::<FreezeEntry>(), 4);
+    fn map_types_have_no_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<FlowKey>(), 36);
+        assert_eq!(size_of::<FreezeEntry>(), 4);
+        assert_eq!(size_of::<RedirectEntry>(), 16);
+        assert_eq!(size_of::<BindingKey>(), 32);
+        assert_eq!(size_of::<CareOf>(), 16);
+        assert_eq!(size_of::<NodeConfig>(), 36);
+        assert_eq!(size_of::<BindingErrorEvent>(), 48);
+    }
+
+    #[test]
+    fn counters_are_indexed_in_order() {
+        for (index, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, index, "{}", counter.name());
+        }
     }
 
     #[test]

@@ -1,53 +1,137 @@
-//! TC programs of Distributed Servers for Linux.
+//! TC programs of Distributed Servers for Linux. Every packet transformation of the design's
+//! packet paths (DESIGN.md §3) is one of these programs, because the kernels we run on have
+//! neither Mobile IPv6 nor an IPv6 tunnel:
 //!
-//! `freeze`: drops the packets of TCP connections whose 4-tuple is in the `FREEZE_FLOWS` map, so
-//! that a socket under TCP_REPAIR is not disturbed while its state is captured or restored.
+//! - `freeze`: drops the packets of frozen connections (a socket under TCP_REPAIR).
+//! - `node_ingress` / `node_egress`: a server node — decapsulation, RH2 restore, freeze,
+//!   per-connection redirect; Home Address option or reverse tunnel on the way out.
+//! - `ha_ingress`: the home agent — tunnels packets for registered home addresses.
+//! - `cn_ingress` / `cn_egress`: Mobile IPv6 correspondent support for clients whose kernel has
+//!   none.
 #![no_std]
 #![no_main]
 
+mod correspondent;
+mod home_agent;
+mod node;
 mod packet;
+mod rewrite;
 
 use aya_ebpf::{
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
-use handoff_common::{FREEZE_FLOWS_CAPACITY, FlowKey, FreezeCounter, FreezeEntry};
+use handoff_common::{
+    Addr, BindingKey, CareOf, Counter, FLOW_MAP_CAPACITY, FREEZE_FLOWS_CAPACITY, FlowKey,
+    FreezeEntry, NodeConfig, RedirectEntry,
+};
 
-/// Frozen flows, filled by userspace (pinned so that every agent of a node shares it).
+/// Frozen flows, filled by userspace.
 #[map(name = "FREEZE_FLOWS")]
 static FREEZE_FLOWS: HashMap<FlowKey, FreezeEntry> =
     HashMap::with_max_entries(FREEZE_FLOWS_CAPACITY, 0);
 
-/// Per-CPU packet counters, indexed by `FreezeCounter`.
-#[map(name = "FREEZE_STATS")]
-static FREEZE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FreezeCounter::COUNT, 0);
+/// Connections another member owns now.
+#[map(name = "REDIRECTS")]
+static REDIRECTS: HashMap<FlowKey, RedirectEntry> = HashMap::with_max_entries(FLOW_MAP_CAPACITY, 0);
+
+/// The home addresses (DSAs) this node serves.
+#[map(name = "LOCAL_HOMES")]
+static LOCAL_HOMES: HashMap<Addr, u32> = HashMap::with_max_entries(256, 0);
+
+/// Server side: route-optimized bindings (client, DSA) → this node's care-of address.
+#[map(name = "RO_BINDINGS")]
+static RO_BINDINGS: HashMap<BindingKey, CareOf> = HashMap::with_max_entries(FLOW_MAP_CAPACITY, 0);
+
+/// Home agent binding cache: home address → care-of address.
+#[map(name = "HA_BINDINGS")]
+static HA_BINDINGS: HashMap<Addr, CareOf> = HashMap::with_max_entries(FLOW_MAP_CAPACITY, 0);
+
+/// Correspondent binding cache: home address → care-of address.
+#[map(name = "CN_BINDINGS")]
+static CN_BINDINGS: HashMap<Addr, CareOf> = HashMap::with_max_entries(FLOW_MAP_CAPACITY, 0);
+
+/// This node's settings.
+#[map(name = "CONFIG")]
+static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters, indexed by `Counter`.
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Home Address options without a binding, for mipv6d's Binding Errors.
+#[map(name = "BINDING_ERRORS")]
+static BINDING_ERRORS: RingBuf = RingBuf::with_byte_size(16 * 4096, 0);
 
 /// Drops packets of frozen flows; every other packet continues (`TC_ACT_PIPE`, which TCX treats
 /// as "next program", so later programs on the same hook still run).
 #[classifier]
 pub fn freeze(ctx: TcContext) -> i32 {
-    let Some(key) = packet::tcp_flow_key(&ctx) else {
-        count(FreezeCounter::Skipped);
-        return TC_ACT_PIPE;
-    };
-    // SAFETY: the value is only read to test presence; userspace never holds a reference into it.
-    if unsafe { FREEZE_FLOWS.get(key) }.is_some() {
-        count(FreezeCounter::Dropped);
-        TC_ACT_SHOT
-    } else {
-        count(FreezeCounter::Passed);
-        TC_ACT_PIPE
+    match packet::tcp_flow_key(&ctx) {
+        Some(key) => node::freeze_verdict(&key),
+        None => {
+            count(Counter::Skipped);
+            PIPE
+        }
     }
 }
 
+/// Server node ingress.
+#[classifier]
+pub fn node_ingress(ctx: TcContext) -> i32 {
+    node::ingress(&ctx)
+}
+
+/// Server node egress.
+#[classifier]
+pub fn node_egress(ctx: TcContext) -> i32 {
+    node::egress(&ctx)
+}
+
+/// Home agent ingress.
+#[classifier]
+pub fn ha_ingress(ctx: TcContext) -> i32 {
+    home_agent::ingress(&ctx)
+}
+
+/// Correspondent ingress.
+#[classifier]
+pub fn cn_ingress(ctx: TcContext) -> i32 {
+    correspondent::ingress(&ctx)
+}
+
+/// Correspondent egress.
+#[classifier]
+pub fn cn_egress(ctx: TcContext) -> i32 {
+    correspondent::egress(&ctx)
+}
+
+/// Verdict: let the packet continue (TCX: on to the next program, then the stack).
+const PIPE: i32 = TC_ACT_PIPE;
+/// Verdict: drop the packet.
+const SHOT: i32 = TC_ACT_SHOT;
+
+/// Counts `counter` and drops the packet.
 #[inline(always)]
-fn count(counter: FreezeCounter) {
-    if let Some(value) = FREEZE_STATS.get_ptr_mut(counter as u32) {
+fn discard(counter: Counter) -> i32 {
+    count(counter);
+    SHOT
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(value) = STATS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, so no other program instance writes it concurrently.
         unsafe { *value += 1 };
     }
+}
+
+/// This node's settings (all zero until userspace writes them).
+#[inline(always)]
+fn config() -> Option<&'static NodeConfig> {
+    CONFIG.get(0)
 }
 
 #[cfg(not(test))]

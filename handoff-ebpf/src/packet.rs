@@ -1,20 +1,48 @@
-//! Header parsing shared by the programs: Ethernet → IPv4/IPv6 (with extension headers) → TCP.
+//! Header layout and parsing shared by the programs: Ethernet → IPv4/IPv6 (with extension
+//! headers) → TCP. Offsets are from the start of the Ethernet frame, as TC programs see it.
 
 use aya_ebpf::programs::TcContext;
-use handoff_common::{FlowKey, ipv4_mapped};
+use handoff_common::{Addr, FlowKey, ipv4_mapped};
 
-const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_TCP: u8 = 6;
-const IPV6_HLEN: usize = 40;
-/// Hop-by-Hop Options, Routing and Destination Options: the extension headers that may stand
-/// before TCP in the packets we steer (RH2 and the Home Address option among them).
-const NEXTHDR_HOP: u8 = 0;
-const NEXTHDR_ROUTING: u8 = 43;
-const NEXTHDR_DEST: u8 = 60;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_MH: u8 = 135;
+pub const IPV6_HLEN: usize = 40;
+/// Offsets of the IPv6 header fields.
+pub const IP6_PAYLOAD_LEN: usize = ETH_HLEN + 4;
+pub const IP6_NEXT: usize = ETH_HLEN + 6;
+pub const IP6_SRC: usize = ETH_HLEN + 8;
+pub const IP6_DST: usize = ETH_HLEN + 24;
+/// First byte after the fixed IPv6 header.
+pub const IP6_EXT: usize = ETH_HLEN + IPV6_HLEN;
+pub const NEXTHDR_HOP: u8 = 0;
+pub const NEXTHDR_ROUTING: u8 = 43;
+pub const NEXTHDR_DEST: u8 = 60;
 /// Most extension headers walked before giving up (the verifier needs a bound).
 const MAX_EXT_HEADERS: usize = 4;
+
+/// The fixed IPv6 header fields the programs decide on.
+pub struct Ipv6 {
+    pub next: u8,
+    pub src: Addr,
+    pub dst: Addr,
+}
+
+/// The IPv6 header of an IPv6 frame, or `None` for anything else.
+#[inline(always)]
+pub fn ipv6(ctx: &TcContext) -> Option<Ipv6> {
+    if u16::from_be(ctx.load::<u16>(12).ok()?) != ETH_P_IPV6 {
+        return None;
+    }
+    Some(Ipv6 {
+        next: ctx.load(IP6_NEXT).ok()?,
+        src: ctx.load(IP6_SRC).ok()?,
+        dst: ctx.load(IP6_DST).ok()?,
+    })
+}
 
 /// The 4-tuple of a TCP packet, or `None` for anything else (other protocols, non-first IPv4
 /// fragments, IPv6 fragments, truncated headers).
@@ -22,8 +50,8 @@ const MAX_EXT_HEADERS: usize = 4;
 pub fn tcp_flow_key(ctx: &TcContext) -> Option<FlowKey> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     let (src_addr, dst_addr, l4) = match ethertype {
-        ETH_P_IPV6 => ipv6(ctx)?,
-        ETH_P_IP => ipv4(ctx)?,
+        ETH_P_IPV6 => ipv6_l4(ctx)?,
+        ETH_P_IP => ipv4_l4(ctx)?,
         _ => return None,
     };
     let ports = ctx.load::<[u8; 4]>(l4).ok()?;
@@ -36,11 +64,11 @@ pub fn tcp_flow_key(ctx: &TcContext) -> Option<FlowKey> {
 }
 
 #[inline(always)]
-fn ipv6(ctx: &TcContext) -> Option<([u8; 16], [u8; 16], usize)> {
-    let mut next = ctx.load::<u8>(ETH_HLEN + 6).ok()?;
-    let src = ctx.load::<[u8; 16]>(ETH_HLEN + 8).ok()?;
-    let dst = ctx.load::<[u8; 16]>(ETH_HLEN + 24).ok()?;
-    let mut offset = ETH_HLEN + IPV6_HLEN;
+fn ipv6_l4(ctx: &TcContext) -> Option<(Addr, Addr, usize)> {
+    let mut next = ctx.load::<u8>(IP6_NEXT).ok()?;
+    let src = ctx.load::<Addr>(IP6_SRC).ok()?;
+    let dst = ctx.load::<Addr>(IP6_DST).ok()?;
+    let mut offset = IP6_EXT;
     for _ in 0..MAX_EXT_HEADERS {
         if next != NEXTHDR_HOP && next != NEXTHDR_ROUTING && next != NEXTHDR_DEST {
             break;
@@ -53,7 +81,7 @@ fn ipv6(ctx: &TcContext) -> Option<([u8; 16], [u8; 16], usize)> {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext) -> Option<([u8; 16], [u8; 16], usize)> {
+fn ipv4_l4(ctx: &TcContext) -> Option<(Addr, Addr, usize)> {
     let header = ctx.load::<[u8; 20]>(ETH_HLEN).ok()?;
     let ihl = usize::from(header[0] & 0x0f) * 4;
     let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;

@@ -2,9 +2,13 @@
 //! managing their pinned maps.
 
 mod freeze;
+mod loader;
+mod maps;
 mod pin;
 
-pub use freeze::{FreezeCounters, FreezeFilter, FreezeMap};
+pub use freeze::FreezeFilter;
+pub use loader::{Datapath, Program, TestRunOutput};
+pub use maps::{CounterValues, FreezeCounters, FreezeMap, Maps};
 pub use pin::{BPFFS_ROOT, PinDir};
 
 use std::{io, path::PathBuf};
@@ -48,6 +52,14 @@ pub enum DatapathError {
         map: &'static str,
         /// The underlying error.
         source: aya::maps::MapError,
+    },
+    /// `BPF_PROG_TEST_RUN` failed (EBADMSG: the program left `CHECKSUM_COMPLETE` stale).
+    #[error("test run of {program}: {source}")]
+    TestRun {
+        /// Program name in the object.
+        program: &'static str,
+        /// The underlying error.
+        source: io::Error,
     },
     /// The object lacks a program or map that this crate expects (built from other sources).
     #[error("the embedded eBPF object has no {0}")]

@@ -1,0 +1,162 @@
+//! Packet rewrites: extension headers in and out, IPv6-in-IPv6 in and out, and sending a packet
+//! whose destination changed towards its new next hop. Each helper leaves the packet consistent
+//! (next header, payload length) or returns `Err` with the packet possibly half-changed — the
+//! caller then drops it.
+//!
+//! Every store uses `BPF_F_RECOMPUTE_CSUM` so that `CHECKSUM_COMPLETE` packets stay right; no
+//! transport checksum is touched, since both ends compute them over the home address
+//! (RFC 6275 §6.1.1).
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_FIXED_GSO,
+        BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_adj_room_mode::{BPF_ADJ_ROOM_MAC, BPF_ADJ_ROOM_NET},
+        bpf_fib_lookup,
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use handoff_common::{Addr, Counter};
+
+use crate::{
+    discard,
+    packet::{ETH_HLEN, IP6_DST, IP6_EXT, IP6_NEXT, IP6_PAYLOAD_LEN, IP6_SRC, IPPROTO_IPV6},
+};
+
+const AF_INET6: u8 = 10;
+const OUTER_HOP_LIMIT: u8 = 64;
+
+pub struct Failed;
+
+#[inline(always)]
+fn store<T>(ctx: &TcContext, offset: usize, value: &T) -> Result<(), Failed> {
+    ctx.store(offset, value, BPF_F_RECOMPUTE_CSUM as u64)
+        .map_err(|_| Failed)
+}
+
+/// Overwrites the IPv6 source address.
+#[inline(always)]
+pub fn set_src(ctx: &TcContext, addr: &Addr) -> Result<(), Failed> {
+    store(ctx, IP6_SRC, addr)
+}
+
+/// Overwrites the IPv6 destination address.
+#[inline(always)]
+pub fn set_dst(ctx: &TcContext, addr: &Addr) -> Result<(), Failed> {
+    store(ctx, IP6_DST, addr)
+}
+
+/// Inserts the 24-byte extension header `header` right after the IPv6 header; `kind` becomes the
+/// IPv6 next header (the header's own first byte must carry the old one).
+#[inline(always)]
+pub fn insert_ext(ctx: &TcContext, header: &[u8; 24], kind: u8) -> Result<(), Failed> {
+    let payload_len = u16::from_be(ctx.load::<u16>(IP6_PAYLOAD_LEN).map_err(|_| Failed)?);
+    ctx.adjust_room(24, BPF_ADJ_ROOM_NET, 0)
+        .map_err(|_| Failed)?;
+    store(ctx, IP6_EXT, header)?;
+    store(ctx, IP6_NEXT, &kind)?;
+    store(ctx, IP6_PAYLOAD_LEN, &(payload_len + 24).to_be())
+}
+
+/// Removes the `len`-byte extension header right after the IPv6 header, whose next header was
+/// `inner`.
+#[inline(always)]
+pub fn remove_ext(ctx: &TcContext, len: u16, inner: u8) -> Result<(), Failed> {
+    let payload_len = u16::from_be(ctx.load::<u16>(IP6_PAYLOAD_LEN).map_err(|_| Failed)?);
+    if payload_len < len {
+        return Err(Failed);
+    }
+    store(ctx, IP6_NEXT, &inner)?;
+    store(ctx, IP6_PAYLOAD_LEN, &(payload_len - len).to_be())?;
+    ctx.adjust_room(-i32::from(len), BPF_ADJ_ROOM_NET, 0)
+        .map_err(|_| Failed)
+}
+
+/// Wraps the packet in an outer IPv6 header from `src` to `dst` (next header 41).
+#[inline(always)]
+pub fn encapsulate(ctx: &TcContext, src: &Addr, dst: &Addr) -> Result<(), Failed> {
+    let inner_len = ctx.len() as usize - ETH_HLEN;
+    if inner_len > usize::from(u16::MAX) {
+        return Err(Failed);
+    }
+    let flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV6;
+    ctx.adjust_room(40, BPF_ADJ_ROOM_MAC, flags as u64)
+        .map_err(|_| Failed)?;
+    let mut outer = [0u8; 40];
+    outer[0] = 0x60;
+    outer[4..6].copy_from_slice(&(inner_len as u16).to_be_bytes());
+    outer[6] = IPPROTO_IPV6;
+    outer[7] = OUTER_HOP_LIMIT;
+    outer[8..24].copy_from_slice(src);
+    outer[24..40].copy_from_slice(dst);
+    store(ctx, ETH_HLEN, &outer)
+}
+
+/// Removes the outer IPv6 header of an IPv6-in-IPv6 packet.
+#[inline(always)]
+pub fn decapsulate(ctx: &TcContext) -> Result<(), Failed> {
+    ctx.adjust_room(-40, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV6 as u64)
+        .map_err(|_| Failed)
+}
+
+/// At ingress: sends the packet (whose destination is now `dst`, from `src`) out of the
+/// interface the routing table chooses for it, resolving the next hop's link-layer address —
+/// rewriting the destination in a TC program does not redo routing. The FIB lookup, like
+/// forwarding, needs `forwarding` enabled on the receiving interface (nodes and home agents are
+/// routers for these packets).
+#[inline(always)]
+pub fn forward_from_ingress(ctx: &TcContext, src: &Addr, dst: &Addr, l4_protocol: u8) -> i32 {
+    // SAFETY: plain-data struct for which all-zero is a valid value.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET6;
+    params.l4_protocol = l4_protocol;
+    // tot_len stays 0: the kernel then checks the MTU with is_skb_forwardable, which
+    // understands GSO packets.
+    // SAFETY: ctx.skb.skb is the program's valid __sk_buff.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_3.ipv6_src = words(src);
+    params.__bindgen_anon_4.ipv6_dst = words(dst);
+    // SAFETY: params is a valid bpf_fib_lookup of the size passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return discard(Counter::DropNoRoute);
+    }
+    // SAFETY: a null parameter block asks the kernel to resolve the next hop itself.
+    unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// At egress: sends the packet, whose destination changed, out of the same interface with the
+/// next hop of a fresh route lookup for the new destination (no forwarding needed: the host is
+/// the sender).
+#[inline(always)]
+pub fn forward_from_egress(ctx: &TcContext) -> i32 {
+    // SAFETY: ctx.skb.skb is the program's valid __sk_buff; a null parameter block asks the
+    // kernel to look the route and next hop up itself.
+    unsafe {
+        let ifindex = (*ctx.skb.skb).ifindex;
+        bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32
+    }
+}
+
+/// An address as the four native-endian words the FIB lookup takes (byte order preserved).
+#[inline(always)]
+fn words(addr: &Addr) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    for (i, word) in out.iter_mut().enumerate() {
+        *word = u32::from_ne_bytes([
+            addr[4 * i],
+            addr[4 * i + 1],
+            addr[4 * i + 2],
+            addr[4 * i + 3],
+        ]);
+    }
+    out
+}

@@ -1,0 +1,268 @@
+//! Loading the eBPF object, attaching its programs to interfaces, and running them on crafted
+//! packets.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+};
+use handoff_common::{map, program};
+
+use super::{DatapathError, EBPF_OBJECT, PinDir, maps::Maps};
+
+/// One of the TC programs, with the hook it belongs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// Drops packets of frozen flows (ingress).
+    Freeze,
+    /// Server node ingress: decapsulate, restore RH2, freeze, redirect.
+    NodeIngress,
+    /// Server node egress: Home Address option or reverse tunnel.
+    NodeEgress,
+    /// Home agent ingress: tunnel to the registered care-of address.
+    HaIngress,
+    /// Correspondent (client) ingress: validate and remove the Home Address option.
+    CnIngress,
+    /// Correspondent (client) egress: insert the RH2 for bound home addresses.
+    CnEgress,
+}
+
+impl Program {
+    /// Every program.
+    pub const ALL: [Program; 6] = [
+        Program::Freeze,
+        Program::NodeIngress,
+        Program::NodeEgress,
+        Program::HaIngress,
+        Program::CnIngress,
+        Program::CnEgress,
+    ];
+
+    /// The program's name in the object.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Program::Freeze => program::FREEZE,
+            Program::NodeIngress => program::NODE_INGRESS,
+            Program::NodeEgress => program::NODE_EGRESS,
+            Program::HaIngress => program::HA_INGRESS,
+            Program::CnIngress => program::CN_INGRESS,
+            Program::CnEgress => program::CN_EGRESS,
+        }
+    }
+
+    /// The hook the program is written for.
+    pub const fn hook(self) -> TcAttachType {
+        match self {
+            Program::NodeEgress | Program::CnEgress => TcAttachType::Egress,
+            _ => TcAttachType::Ingress,
+        }
+    }
+}
+
+/// Every map of the object with its pin file name.
+const PINNED_MAPS: [(&str, &str); 9] = [
+    (map::FREEZE_FLOWS, "freeze_flows"),
+    (map::REDIRECTS, "redirects"),
+    (map::LOCAL_HOMES, "local_homes"),
+    (map::RO_BINDINGS, "ro_bindings"),
+    (map::HA_BINDINGS, "ha_bindings"),
+    (map::CN_BINDINGS, "cn_bindings"),
+    (map::CONFIG, "config"),
+    (map::STATS, "stats"),
+    (map::BINDING_ERRORS, "binding_errors"),
+];
+
+/// The pin file of map `name` (one of the object's map names).
+pub(super) fn pin_file(name: &str) -> &'static str {
+    PINNED_MAPS
+        .iter()
+        .find(|(map, _)| *map == name)
+        .map_or("unknown", |(_, file)| file)
+}
+
+/// The loaded object: its maps pinned in one [`PinDir`], its programs attached where asked.
+/// Dropping it detaches every program and removes the pins.
+pub struct Datapath {
+    ebpf: Ebpf,
+    links: Vec<(Program, String, SchedClassifierLinkId)>,
+    maps: Maps,
+    pins: PinDir,
+}
+
+impl Datapath {
+    /// Loads the object and pins all its maps in `pins`, reusing maps already pinned there (so
+    /// several agents of a node share them). Programs are loaded into the kernel on first use.
+    pub fn load(pins: &PinDir) -> Result<Datapath, DatapathError> {
+        pins.create()?;
+        let paths: Vec<_> = PINNED_MAPS
+            .iter()
+            .map(|(name, file)| (*name, pins.map(file)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Datapath {
+            ebpf,
+            links: Vec::new(),
+            maps,
+            pins: pins.clone(),
+        })
+    }
+
+    /// Attaches `program` to its hook on `interface` in the calling thread's network namespace
+    /// (a TCX link on Linux ≥ 6.6).
+    pub fn attach(&mut self, program: Program, interface: &str) -> Result<(), DatapathError> {
+        let link = self
+            .program(program)
+            .and_then(|loaded| loaded.attach(interface, program.hook()))
+            .map_err(|source| program_error(program, interface, source))?;
+        self.links.push((program, interface.to_owned(), link));
+        tracing::debug!(
+            program = program.name(),
+            interface,
+            pins = %self.pins.path().display(),
+            "attached"
+        );
+        Ok(())
+    }
+
+    /// Runs `program` on `frame` (an Ethernet frame) with `BPF_PROG_TEST_RUN` and the live maps,
+    /// `repeat` times. The kernel checks, after the run, that the program left
+    /// `CHECKSUM_COMPLETE` right (`BPF_F_TEST_SKB_CHECKSUM_COMPLETE`): a stale checksum fails the
+    /// run with [`DatapathError::TestRun`].
+    pub fn test_run(
+        &mut self,
+        program: Program,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutput, DatapathError> {
+        let loaded = self
+            .program(program)
+            .map_err(|source| program_error(program, "(test run)", source))?;
+        let fd = loaded
+            .fd()
+            .map_err(|source| program_error(program, "(test run)", source))?;
+        test_run_raw(fd.as_fd().as_raw_fd(), frame, repeat).map_err(|source| {
+            DatapathError::TestRun {
+                program: program.name(),
+                source,
+            }
+        })
+    }
+
+    /// The maps.
+    pub fn maps(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
+    /// The pin directory.
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
+    /// The program, loaded into the kernel if it was not yet.
+    fn program(&mut self, program: Program) -> Result<&mut SchedClassifier, ProgramError> {
+        let classifier: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program.name())
+            .ok_or(ProgramError::UnexpectedProgramType)?
+            .try_into()?;
+        if classifier.fd().is_err() {
+            classifier.load()?;
+        }
+        Ok(classifier)
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        for (program, interface, link) in std::mem::take(&mut self.links) {
+            if let Err(err) = self.program(program).and_then(|loaded| loaded.detach(link)) {
+                tracing::warn!(program = program.name(), interface, %err, "cannot detach");
+            }
+        }
+        let files: Vec<&str> = PINNED_MAPS.iter().map(|(_, file)| *file).collect();
+        self.pins.remove(&files);
+    }
+}
+
+fn program_error(program: Program, interface: &str, source: ProgramError) -> DatapathError {
+    DatapathError::Program {
+        program: program.name(),
+        interface: interface.to_owned(),
+        source,
+    }
+}
+
+/// What a test run returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestRunOutput {
+    /// The program's verdict (`TC_ACT_*`: 2 drop, 3 continue, 7 redirect).
+    pub verdict: i32,
+    /// The packet as the program left it.
+    pub packet: Vec<u8>,
+    /// Mean run time per repetition, in nanoseconds (as the kernel measured it).
+    pub nanos_per_run: u32,
+}
+
+/// `BPF_PROG_TEST_RUN` through the raw syscall: aya cannot pass the checksum flag.
+fn test_run_raw(prog_fd: i32, frame: &[u8], repeat: u32) -> std::io::Result<TestRunOutput> {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
+    /// Room for the largest growth a program makes (an outer IPv6 header).
+    const HEADROOM: usize = 64;
+    /// The `test` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    let mut out = vec![0u8; frame.len() + HEADROOM];
+    let mut attr = TestAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat,
+        flags: BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
+        ..TestAttr::default()
+    };
+    // SAFETY: attr is a valid bpf_attr prefix whose buffers outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            std::mem::size_of::<TestAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    out.truncate(attr.data_size_out as usize);
+    Ok(TestRunOutput {
+        verdict: attr.retval as i32,
+        packet: out,
+        nanos_per_run: attr.duration,
+    })
+}

@@ -1,0 +1,320 @@
+//! Typed access to the programs' maps, for the process that loaded them or (through the pins)
+//! for any other agent of the node.
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+};
+use handoff_common::{
+    Addr, BindingErrorEvent, BindingKey, CareOf, Counter, FREEZE_ACTION_DROP, FlowKey, FreezeEntry,
+    NodeConfig, RedirectEntry, map,
+};
+
+use super::{DatapathError, PinDir, loader::pin_file};
+
+fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}
+
+/// aya reports a missing key as `KeyNotFound` on lookups but as the raw ENOENT on deletes.
+fn is_not_found(err: &MapError) -> bool {
+    match err {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(err) => err.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
+    ebpf.take_map(name).ok_or(DatapathError::Missing(name))
+}
+
+fn open_pinned(pins: &PinDir, name: &'static str) -> Result<Map, DatapathError> {
+    MapData::from_pin(pins.map(pin_file(name)))
+        .and_then(Map::from_map_data)
+        .map_err(map_error(name))
+}
+
+/// Inserts `key → value`, or removes `key` when `value` is `None`. Removing a missing key is not
+/// an error; returns whether the key was present.
+fn set<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    key: K,
+    value: Option<V>,
+) -> Result<bool, DatapathError> {
+    match value {
+        Some(value) => map.insert(key, value, 0).map(|()| true),
+        None => match map.remove(&key) {
+            Ok(()) => Ok(true),
+            Err(err) if is_not_found(&err) => Ok(false),
+            Err(err) => Err(err),
+        },
+    }
+    .map_err(map_error(name))
+}
+
+/// Every map of the object.
+pub struct Maps {
+    freeze: FreezeMap,
+    redirects: HashMap<MapData, FlowKey, RedirectEntry>,
+    local_homes: HashMap<MapData, Addr, u32>,
+    ro_bindings: HashMap<MapData, BindingKey, CareOf>,
+    ha_bindings: HashMap<MapData, Addr, CareOf>,
+    cn_bindings: HashMap<MapData, Addr, CareOf>,
+    config: Array<MapData, NodeConfig>,
+    binding_errors: RingBuf<MapData>,
+}
+
+impl Maps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
+        macro_rules! typed {
+            ($name:expr) => {
+                take(ebpf, $name)?.try_into().map_err(map_error($name))?
+            };
+        }
+        Ok(Maps {
+            freeze: FreezeMap::from_maps(take(ebpf, map::FREEZE_FLOWS)?, take(ebpf, map::STATS)?)?,
+            redirects: typed!(map::REDIRECTS),
+            local_homes: typed!(map::LOCAL_HOMES),
+            ro_bindings: typed!(map::RO_BINDINGS),
+            ha_bindings: typed!(map::HA_BINDINGS),
+            cn_bindings: typed!(map::CN_BINDINGS),
+            config: typed!(map::CONFIG),
+            binding_errors: typed!(map::BINDING_ERRORS),
+        })
+    }
+
+    /// The freeze map and the counters.
+    pub fn freeze(&mut self) -> &mut FreezeMap {
+        &mut self.freeze
+    }
+
+    /// Sets this node's settings.
+    pub fn set_config(&mut self, config: NodeConfig) -> Result<(), DatapathError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(map_error(map::CONFIG))
+    }
+
+    /// Declares (`true`) or withdraws a home address (DSA) served by this node.
+    pub fn set_local_home(&mut self, home: Addr, served: bool) -> Result<bool, DatapathError> {
+        set(
+            &mut self.local_homes,
+            map::LOCAL_HOMES,
+            home,
+            served.then_some(0),
+        )
+    }
+
+    /// Sends `flow` to member `node` (path B/D), or stops doing so (`None`).
+    pub fn set_redirect(
+        &mut self,
+        flow: FlowKey,
+        node: Option<Addr>,
+    ) -> Result<bool, DatapathError> {
+        set(
+            &mut self.redirects,
+            map::REDIRECTS,
+            flow,
+            node.map(|node| RedirectEntry { node }),
+        )
+    }
+
+    /// Server side: the client `peer` has bound `home` to `care_of` (this node's address), or
+    /// the binding is gone (`None`).
+    pub fn set_ro_binding(
+        &mut self,
+        peer: Addr,
+        home: Addr,
+        care_of: Option<Addr>,
+    ) -> Result<bool, DatapathError> {
+        set(
+            &mut self.ro_bindings,
+            map::RO_BINDINGS,
+            BindingKey { peer, home },
+            care_of.map(|addr| CareOf { addr }),
+        )
+    }
+
+    /// Home agent: `home` is registered at `care_of`, or deregistered (`None`).
+    pub fn set_ha_binding(
+        &mut self,
+        home: Addr,
+        care_of: Option<Addr>,
+    ) -> Result<bool, DatapathError> {
+        set(
+            &mut self.ha_bindings,
+            map::HA_BINDINGS,
+            home,
+            care_of.map(|addr| CareOf { addr }),
+        )
+    }
+
+    /// Correspondent: `home` is bound to `care_of`, or the binding is gone (`None`).
+    pub fn set_cn_binding(
+        &mut self,
+        home: Addr,
+        care_of: Option<Addr>,
+    ) -> Result<bool, DatapathError> {
+        set(
+            &mut self.cn_bindings,
+            map::CN_BINDINGS,
+            home,
+            care_of.map(|addr| CareOf { addr }),
+        )
+    }
+
+    /// The Home Address options without a binding reported since the last call (for mipv6d's
+    /// Binding Errors).
+    pub fn take_binding_errors(&mut self) -> Vec<BindingErrorEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.binding_errors.next() {
+            if item.len() == std::mem::size_of::<BindingErrorEvent>() {
+                // SAFETY: the ring buffer entry holds exactly one plain-data event, written by
+                // the program; read_unaligned copes with the buffer's alignment.
+                events.push(unsafe { item.as_ptr().cast::<BindingErrorEvent>().read_unaligned() });
+            }
+        }
+        events
+    }
+}
+
+/// The freeze map and the programs' counters. Held by the process that loaded the programs, or
+/// opened from the pins by any other agent of the node.
+pub struct FreezeMap {
+    flows: HashMap<MapData, FlowKey, FreezeEntry>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl FreezeMap {
+    /// Opens the maps pinned in `pins` by another process.
+    pub fn open(pins: &PinDir) -> Result<FreezeMap, DatapathError> {
+        FreezeMap::from_maps(
+            open_pinned(pins, map::FREEZE_FLOWS)?,
+            open_pinned(pins, map::STATS)?,
+        )
+    }
+
+    fn from_maps(flows: Map, stats: Map) -> Result<FreezeMap, DatapathError> {
+        Ok(FreezeMap {
+            flows: flows.try_into().map_err(map_error(map::FREEZE_FLOWS))?,
+            stats: stats.try_into().map_err(map_error(map::STATS))?,
+        })
+    }
+
+    /// Drops the packets of `flow` from now on. Freezing a frozen flow is not an error.
+    pub fn freeze(&mut self, flow: FlowKey) -> Result<(), DatapathError> {
+        let entry = FreezeEntry {
+            action: FREEZE_ACTION_DROP,
+        };
+        set(&mut self.flows, map::FREEZE_FLOWS, flow, Some(entry)).map(|_| ())
+    }
+
+    /// Lets the packets of `flow` through again. Returns whether it was frozen.
+    pub fn thaw(&mut self, flow: &FlowKey) -> Result<bool, DatapathError> {
+        set(&mut self.flows, map::FREEZE_FLOWS, *flow, None)
+    }
+
+    /// Whether `flow` is frozen.
+    pub fn is_frozen(&self, flow: &FlowKey) -> Result<bool, DatapathError> {
+        match self.flows.get(flow, 0) {
+            Ok(_) => Ok(true),
+            Err(err) if is_not_found(&err) => Ok(false),
+            Err(source) => Err(DatapathError::Map {
+                map: map::FREEZE_FLOWS,
+                source,
+            }),
+        }
+    }
+
+    /// One counter, summed over all CPUs.
+    pub fn counter(&self, counter: Counter) -> Result<u64, DatapathError> {
+        self.stats
+            .get(&(counter as u32), 0)
+            .map(|values| values.iter().sum())
+            .map_err(map_error(map::STATS))
+    }
+
+    /// Every counter, summed over all CPUs.
+    pub fn all_counters(&self) -> Result<CounterValues, DatapathError> {
+        let mut values = [0; Counter::COUNT as usize];
+        for (value, counter) in values.iter_mut().zip(Counter::ALL) {
+            *value = self.counter(counter)?;
+        }
+        Ok(CounterValues(values))
+    }
+
+    /// The freeze program's counters, summed over all CPUs.
+    pub fn counters(&self) -> Result<FreezeCounters, DatapathError> {
+        Ok(FreezeCounters {
+            passed: self.counter(Counter::Passed)?,
+            dropped: self.counter(Counter::Dropped)?,
+            skipped: self.counter(Counter::Skipped)?,
+        })
+    }
+}
+
+/// Every counter of the programs (see [`Counter`]), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValues(pub [u64; Counter::COUNT as usize]);
+
+impl CounterValues {
+    /// The value of `counter`.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+
+    /// Increments since `earlier`.
+    pub fn since(&self, earlier: &CounterValues) -> CounterValues {
+        let mut out = *self;
+        for (value, before) in out.0.iter_mut().zip(earlier.0) {
+            *value = value.saturating_sub(before);
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for CounterValues {
+    /// The non-zero counters as `name=value`, space-separated.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for counter in Counter::ALL {
+            let value = self.get(counter);
+            if value != 0 {
+                write!(
+                    f,
+                    "{}{}={value}",
+                    if first { "" } else { " " },
+                    counter.name()
+                )?;
+                first = false;
+            }
+        }
+        if first {
+            write!(f, "(all zero)")?;
+        }
+        Ok(())
+    }
+}
+
+/// The freeze program's counters, summed over CPUs (see [`Counter`] for their meaning).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FreezeCounters {
+    /// TCP packets checked and passed.
+    pub passed: u64,
+    /// TCP packets dropped because their flow was frozen.
+    pub dropped: u64,
+    /// Other packets, passed untouched.
+    pub skipped: u64,
+}
+
+impl std::fmt::Display for FreezeCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "passed={} dropped={} skipped={}",
+            self.passed, self.dropped, self.skipped
+        )
+    }
+}
