@@ -4,6 +4,7 @@
 mod freeze;
 mod loader;
 mod maps;
+pub mod mtu;
 mod pin;
 
 pub use freeze::FreezeFilter;

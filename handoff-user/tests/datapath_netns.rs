@@ -1,0 +1,564 @@
+//! The data-path programs on real TCP between network namespaces: route optimization (RH2 from
+//! the client, Home Address option from the server), the home-agent tunnel with the reverse
+//! tunnel, and a per-connection redirect between two nodes — each with full-size segments, with
+//! TSO/GSO on and off. A capture on the wire is read back by tshark: every checksum good (when
+//! offloads are off, so that checksums are final on the wire), every packet in the expected
+//! form, and no ICMPv6 Parameter Problem anywhere.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    thread,
+};
+
+use anyhow::{Context as _, ensure};
+use handoff_common::{Counter, NODE_REVERSE_TUNNEL, NodeConfig};
+use handoff_user::datapath::{CounterValues, Datapath, PinDir, Program, mtu};
+use testbed::{
+    HostPair, Netns,
+    capture::{PacketCapture, write_pcap},
+    veth_pair,
+};
+
+/// The distributed-server address (a home address), on the serving node's `lo`.
+const DSA: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xd5a, 0, 0, 0, 0, 0, 1);
+/// Bytes sent each way per connection.
+const TRANSFER: usize = 1 << 20;
+const PORT: u16 = 8080;
+const LINK_MTU: u32 = 1500;
+
+fn root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("SKIPPED: privileged test needs root");
+    }
+    root
+}
+
+fn v6(addr: Ipv6Addr) -> IpAddr {
+    IpAddr::V6(addr)
+}
+
+/// Loads the programs in `netns`, lets `setup` program the maps, attaches `programs` to
+/// `interface`.
+fn datapath(
+    netns: &Netns,
+    interface: &str,
+    programs: &[Program],
+    setup: impl FnOnce(&mut Datapath) -> anyhow::Result<()> + Send,
+) -> anyhow::Result<Datapath> {
+    let pins = PinDir::for_instance(netns.name());
+    netns.run(|| {
+        let mut datapath = Datapath::load(&pins)?;
+        setup(&mut datapath)?;
+        for program in programs {
+            datapath.attach(*program, interface)?;
+        }
+        Ok(datapath)
+    })
+}
+
+/// A listening socket on `addr` in `netns` with the MSS clamped for the data path.
+fn listen(netns: &Netns, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    netns.run(|| {
+        let listener = TcpListener::bind(addr)?;
+        mtu::clamp_mss(&listener, LINK_MTU)?;
+        Ok(listener)
+    })
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+/// Client (in `client`, bound to `client_port` if non-zero) and server exchange `TRANSFER` bytes
+/// each way at once; both sides must receive exactly what the other sent.
+fn exchange(
+    client: &Netns,
+    listener: TcpListener,
+    server: SocketAddr,
+    client_port: u16,
+) -> anyhow::Result<()> {
+    let serving = thread::spawn(move || -> anyhow::Result<Vec<u8>> {
+        let (stream, _) = listener.accept()?;
+        talk(stream, pattern(0x5a, TRANSFER))
+    });
+    let stream = client.run(|| -> anyhow::Result<TcpStream> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+        if client_port != 0 {
+            socket.bind(&SocketAddr::new(v6(Ipv6Addr::UNSPECIFIED), client_port).into())?;
+        }
+        socket.connect(&server.into())?;
+        Ok(socket.into())
+    })?;
+    let from_server = talk(stream, pattern(0xc3, TRANSFER))?;
+    let from_client = serving
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    ensure!(
+        from_client == pattern(0xc3, TRANSFER),
+        "server received other bytes"
+    );
+    ensure!(
+        from_server == pattern(0x5a, TRANSFER),
+        "client received other bytes"
+    );
+    Ok(())
+}
+
+/// Sends `data` and reads until the peer closes, concurrently; returns what was read.
+fn talk(stream: TcpStream, data: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+    let mut writer = stream.try_clone()?;
+    let sending = thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(&data)?;
+        writer.shutdown(std::net::Shutdown::Write)
+    });
+    let mut received = Vec::new();
+    (&stream).read_to_end(&mut received)?;
+    sending
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    Ok(received)
+}
+
+/// A capture on `interface` of `netns`, decoded by tshark when finished.
+struct Capture {
+    capture: PacketCapture,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(netns: &Netns, interface: &str) -> anyhow::Result<Capture> {
+        Ok(Capture {
+            capture: PacketCapture::start(netns, interface)?,
+            file: std::env::temp_dir().join(format!("{}-{interface}.pcap", netns.name())),
+        })
+    }
+
+    /// Stops the capture and returns one line of `fields` per packet matching `filter`.
+    fn finish(self, filter: &str, fields: &[&str]) -> anyhow::Result<Vec<Vec<String>>> {
+        write_pcap(&self.file, &self.capture.stop()?)?;
+        let rows = read_capture(&self.file, filter, fields);
+        let _ = std::fs::remove_file(&self.file);
+        rows
+    }
+}
+
+fn read_capture(file: &Path, filter: &str, fields: &[&str]) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut command = std::process::Command::new("tshark");
+    command.arg("-r").arg(file).args([
+        "-o",
+        "tcp.check_checksum:TRUE",
+        "-Y",
+        filter,
+        "-T",
+        "fields",
+        "-E",
+        "separator=|",
+    ]);
+    for field in fields {
+        command.args(["-e", field]);
+    }
+    let out = command.output().context("running tshark -r")?;
+    ensure!(
+        out.status.success(),
+        "tshark -r: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| line.split('|').map(str::to_owned).collect())
+        .collect())
+}
+
+/// ICMPv6 Parameter Problems the namespace's kernel sent (its own MIB counter).
+fn parameter_problems_sent(netns: &Netns) -> anyhow::Result<u64> {
+    let snmp6 = netns.run(|| std::fs::read_to_string("/proc/net/snmp6"))?;
+    Ok(snmp6
+        .lines()
+        .find_map(|line| line.strip_prefix("Icmp6OutParmProblems"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+fn counters(datapath: &mut Datapath) -> anyhow::Result<CounterValues> {
+    Ok(datapath.maps().freeze().all_counters()?)
+}
+
+/// No drop reason may have been counted.
+fn no_drops(what: &str, values: &CounterValues) -> anyhow::Result<()> {
+    for counter in Counter::ALL {
+        if counter.name().starts_with("drop_") || counter == Counter::Dropped {
+            ensure!(values.get(counter) == 0, "{what}: {values}");
+        }
+    }
+    Ok(())
+}
+
+fn set_offloads(on: bool, links: &[(&Netns, &str)]) -> anyhow::Result<()> {
+    if !on {
+        for (netns, interface) in links {
+            netns.disable_offloads(interface)?;
+        }
+    }
+    Ok(())
+}
+
+/// Client and node on one link; the client has a binding DSA → node's address (its CoA).
+fn route_optimization(offloads: bool) -> anyhow::Result<()> {
+    let hosts = HostPair::new("ro")?;
+    let (client_if, node_if) = (HostPair::CLIENT_IF, HostPair::SERVER_IF);
+    let (client, care_of) = (HostPair::CLIENT_V6, HostPair::SERVER_V6);
+    set_offloads(
+        offloads,
+        &[(&hosts.client, client_if), (&hosts.server, node_if)],
+    )?;
+    hosts.server.add_address("lo", v6(DSA), 128)?;
+    hosts.client.add_route(DSA, 128, care_of, client_if)?;
+
+    let mut node = datapath(
+        &hosts.server,
+        node_if,
+        &[Program::NodeIngress, Program::NodeEgress],
+        |dp| {
+            let maps = dp.maps();
+            maps.set_config(NodeConfig {
+                local: care_of.octets(),
+                home_agent: [0; 16],
+                flags: 0,
+            })?;
+            maps.set_local_home(DSA.octets(), true)?;
+            maps.set_ro_binding(client.octets(), DSA.octets(), Some(care_of.octets()))?;
+            Ok(())
+        },
+    )?;
+    let mut correspondent = datapath(
+        &hosts.client,
+        client_if,
+        &[Program::CnEgress, Program::CnIngress],
+        |dp| {
+            dp.maps()
+                .set_cn_binding(DSA.octets(), Some(care_of.octets()))?;
+            Ok(())
+        },
+    )?;
+
+    let capture = Capture::start(&hosts.server, node_if)?;
+    let listener = listen(&hosts.server, SocketAddr::new(v6(DSA), PORT))?;
+    exchange(&hosts.client, listener, SocketAddr::new(v6(DSA), PORT), 0)?;
+    let packets = capture.finish(
+        "tcp",
+        &[
+            "ipv6.src",
+            "ipv6.dst",
+            "ipv6.routing.mipv6.home_address",
+            "ipv6.opt.mipv6.home_address",
+            "tcp.checksum.status",
+            "tcp.len",
+        ],
+    )?;
+
+    let node_counts = counters(&mut node)?;
+    let client_counts = counters(&mut correspondent)?;
+    no_drops("node", &node_counts)?;
+    no_drops("client", &client_counts)?;
+    ensure!(
+        node_counts.get(Counter::Rh2Restored) > 0,
+        "node: {node_counts}"
+    );
+    ensure!(
+        node_counts.get(Counter::HaoInserted) > 0,
+        "node: {node_counts}"
+    );
+    ensure!(
+        client_counts.get(Counter::Rh2Inserted) > 0,
+        "client: {client_counts}"
+    );
+    ensure!(
+        client_counts.get(Counter::HaoAccepted) > 0,
+        "client: {client_counts}"
+    );
+
+    ensure!(!packets.is_empty(), "nothing captured");
+    let (client, care_of, dsa) = (client.to_string(), care_of.to_string(), DSA.to_string());
+    let mut largest = 0;
+    for packet in &packets {
+        let upstream =
+            packet[0] == client && packet[1] == care_of && packet[2] == dsa && packet[3].is_empty();
+        let downstream =
+            packet[0] == care_of && packet[1] == client && packet[3] == dsa && packet[2].is_empty();
+        ensure!(
+            upstream || downstream,
+            "packet not route-optimized on the wire: {packet:?}"
+        );
+        if !offloads {
+            ensure!(packet[4] == "1", "bad TCP checksum on the wire: {packet:?}");
+        }
+        largest = largest.max(packet[5].parse::<u32>().unwrap_or(0));
+    }
+    ensure!(
+        largest >= mtu::clamped_mss(LINK_MTU) - 12,
+        "no full-size segment on the wire (largest {largest})"
+    );
+    for netns in [&hosts.client, &hosts.server] {
+        ensure!(
+            parameter_problems_sent(netns)? == 0,
+            "{} sent a Parameter Problem",
+            netns.name()
+        );
+    }
+    Ok(())
+}
+
+/// client ── ha ── node: the home agent tunnels the DSA's packets to the node; the node
+/// reverse-tunnels its answers to the home agent, which decapsulates and routes them.
+fn home_agent_tunnel(offloads: bool) -> anyhow::Result<()> {
+    let client = Netns::create("hat-c")?;
+    let ha = Netns::create("hat-ha")?;
+    let node = Netns::create("hat-n")?;
+    let (client_addr, ha_client_side): (Ipv6Addr, Ipv6Addr) =
+        ("fd00:1::2".parse()?, "fd00:1::1".parse()?);
+    let (ha_node_side, node_addr): (Ipv6Addr, Ipv6Addr) =
+        ("fd00:2::1".parse()?, "fd00:2::2".parse()?);
+    veth_pair(&client, "c0", &ha, "ha-c")?;
+    veth_pair(&ha, "ha-n", &node, "n0")?;
+    set_offloads(
+        offloads,
+        &[(&client, "c0"), (&ha, "ha-c"), (&ha, "ha-n"), (&node, "n0")],
+    )?;
+    client.add_address("c0", v6(client_addr), 64)?;
+    ha.add_address("ha-c", v6(ha_client_side), 64)?;
+    ha.add_address("ha-n", v6(ha_node_side), 64)?;
+    node.add_address("n0", v6(node_addr), 64)?;
+    node.add_address("lo", v6(DSA), 128)?;
+    ha.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    client.add_route(DSA, 128, ha_client_side, "c0")?;
+    // The home network: the home agent owns the route to the DSA (the node is not on it).
+    node.add_route(client_addr, 128, ha_node_side, "n0")?;
+
+    let binding = |dp: &mut Datapath| -> anyhow::Result<()> {
+        let maps = dp.maps();
+        maps.set_config(NodeConfig {
+            local: ha_node_side.octets(),
+            home_agent: [0; 16],
+            flags: 0,
+        })?;
+        maps.set_ha_binding(DSA.octets(), Some(node_addr.octets()))?;
+        Ok(())
+    };
+    let mut home_agent = datapath(&ha, "ha-c", &[Program::HaIngress], binding)?;
+    ha.run(|| home_agent.attach(Program::HaIngress, "ha-n"))?;
+    let mut server = datapath(
+        &node,
+        "n0",
+        &[Program::NodeIngress, Program::NodeEgress],
+        |dp| {
+            let maps = dp.maps();
+            maps.set_config(NodeConfig {
+                local: node_addr.octets(),
+                home_agent: ha_node_side.octets(),
+                flags: NODE_REVERSE_TUNNEL,
+            })?;
+            maps.set_local_home(DSA.octets(), true)?;
+            Ok(())
+        },
+    )?;
+
+    let capture = Capture::start(&node, "n0")?;
+    let listener = listen(&node, SocketAddr::new(v6(DSA), PORT))?;
+    exchange(&client, listener, SocketAddr::new(v6(DSA), PORT), 0)?;
+    let packets = capture.finish("tcp", &["ipv6.src", "ipv6.dst", "tcp.checksum.status"])?;
+
+    let ha_counts = counters(&mut home_agent)?;
+    let node_counts = counters(&mut server)?;
+    no_drops("home agent", &ha_counts)?;
+    no_drops("node", &node_counts)?;
+    ensure!(
+        ha_counts.get(Counter::HaTunneled) > 0,
+        "home agent: {ha_counts}"
+    );
+    ensure!(
+        ha_counts.get(Counter::Decapsulated) > 0,
+        "home agent: {ha_counts}"
+    );
+    ensure!(
+        node_counts.get(Counter::Decapsulated) > 0,
+        "node: {node_counts}"
+    );
+    ensure!(
+        node_counts.get(Counter::ReverseTunneled) > 0,
+        "node: {node_counts}"
+    );
+    ensure!(!packets.is_empty(), "nothing captured");
+    let tunnel_down = format!("{ha_node_side},{client_addr}");
+    let tunnel_up = format!("{node_addr},{DSA}");
+    for packet in &packets {
+        ensure!(
+            packet[0] == tunnel_down || packet[0] == tunnel_up,
+            "packet outside the tunnel between node and home agent: {packet:?}"
+        );
+        if !offloads {
+            ensure!(packet[2] == "1", "bad TCP checksum on the wire: {packet:?}");
+        }
+    }
+    for netns in [&client, &ha, &node] {
+        ensure!(
+            parameter_problems_sent(netns)? == 0,
+            "{} sent a Parameter Problem",
+            netns.name()
+        );
+    }
+    Ok(())
+}
+
+/// client ── node1 ── node2: node1 receives the client's packets for the DSA but the connection
+/// belongs to node2, so node1's ingress tunnels them there (path B); node2 answers directly.
+fn redirect(offloads: bool) -> anyhow::Result<()> {
+    const CLIENT_PORT: u16 = 40123;
+    let client = Netns::create("rd-c")?;
+    let node1 = Netns::create("rd-n1")?;
+    let node2 = Netns::create("rd-n2")?;
+    let (client_addr, node1_client_side): (Ipv6Addr, Ipv6Addr) =
+        ("fd00:1::2".parse()?, "fd00:1::1".parse()?);
+    let (node1_addr, node2_addr): (Ipv6Addr, Ipv6Addr) =
+        ("fd00:3::1".parse()?, "fd00:3::2".parse()?);
+    veth_pair(&client, "c0", &node1, "n1-c")?;
+    veth_pair(&node1, "n1-n2", &node2, "n2-n1")?;
+    set_offloads(
+        offloads,
+        &[
+            (&client, "c0"),
+            (&node1, "n1-c"),
+            (&node1, "n1-n2"),
+            (&node2, "n2-n1"),
+        ],
+    )?;
+    client.add_address("c0", v6(client_addr), 64)?;
+    node1.add_address("n1-c", v6(node1_client_side), 64)?;
+    node1.add_address("n1-n2", v6(node1_addr), 64)?;
+    node2.add_address("n2-n1", v6(node2_addr), 64)?;
+    node2.add_address("lo", v6(DSA), 128)?;
+    // node1 forwards node2's answers to the client, and looks the tunnel's next hop up in its
+    // FIB (which needs forwarding on).
+    node1.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    client.add_route(DSA, 128, node1_client_side, "c0")?;
+    node2.add_route(client_addr, 128, node1_addr, "n2-n1")?;
+
+    let flow = handoff_common::FlowKey::new(
+        SocketAddr::new(v6(client_addr), CLIENT_PORT),
+        SocketAddr::new(v6(DSA), PORT),
+    );
+    let mut donor = datapath(&node1, "n1-c", &[Program::NodeIngress], |dp| {
+        let maps = dp.maps();
+        maps.set_config(NodeConfig {
+            local: node1_addr.octets(),
+            home_agent: [0; 16],
+            flags: 0,
+        })?;
+        maps.set_local_home(DSA.octets(), true)?;
+        maps.set_redirect(flow, Some(node2_addr.octets()))?;
+        Ok(())
+    })?;
+    let mut owner = datapath(&node2, "n2-n1", &[Program::NodeIngress], |dp| {
+        let maps = dp.maps();
+        maps.set_config(NodeConfig {
+            local: node2_addr.octets(),
+            home_agent: [0; 16],
+            flags: 0,
+        })?;
+        maps.set_local_home(DSA.octets(), true)?;
+        Ok(())
+    })?;
+
+    let capture = Capture::start(&node2, "n2-n1")?;
+    let listener = listen(&node2, SocketAddr::new(v6(DSA), PORT))?;
+    exchange(
+        &client,
+        listener,
+        SocketAddr::new(v6(DSA), PORT),
+        CLIENT_PORT,
+    )?;
+    let packets = capture.finish("tcp", &["ipv6.src", "ipv6.dst", "tcp.checksum.status"])?;
+
+    let donor_counts = counters(&mut donor)?;
+    let owner_counts = counters(&mut owner)?;
+    no_drops("node1", &donor_counts)?;
+    no_drops("node2", &owner_counts)?;
+    ensure!(
+        donor_counts.get(Counter::Redirected) > 0,
+        "node1: {donor_counts}"
+    );
+    ensure!(
+        owner_counts.get(Counter::Decapsulated) > 0,
+        "node2: {owner_counts}"
+    );
+    let tunnelled = format!("{node1_addr},{client_addr}");
+    let answer = DSA.to_string();
+    for packet in &packets {
+        ensure!(
+            packet[0] == tunnelled || packet[0] == answer,
+            "unexpected packet between the nodes: {packet:?}"
+        );
+        if !offloads {
+            ensure!(packet[2] == "1", "bad TCP checksum on the wire: {packet:?}");
+        }
+    }
+    ensure!(
+        packets.iter().any(|p| p[0] == tunnelled),
+        "no tunnelled packet seen"
+    );
+    for netns in [&client, &node1, &node2] {
+        ensure!(
+            parameter_problems_sent(netns)? == 0,
+            "{} sent a Parameter Problem",
+            netns.name()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn privileged_route_optimization_with_offloads() {
+    if root() {
+        route_optimization(true).unwrap();
+    }
+}
+
+#[test]
+fn privileged_route_optimization_without_offloads() {
+    if root() {
+        route_optimization(false).unwrap();
+    }
+}
+
+#[test]
+fn privileged_home_agent_tunnel_with_offloads() {
+    if root() {
+        home_agent_tunnel(true).unwrap();
+    }
+}
+
+#[test]
+fn privileged_home_agent_tunnel_without_offloads() {
+    if root() {
+        home_agent_tunnel(false).unwrap();
+    }
+}
+
+#[test]
+fn privileged_redirect_with_offloads() {
+    if root() {
+        redirect(true).unwrap();
+    }
+}
+
+#[test]
+fn privileged_redirect_without_offloads() {
+    if root() {
+        redirect(false).unwrap();
+    }
+}
