@@ -4,6 +4,8 @@
 mod link;
 mod netns;
 mod pair;
+pub mod capture;
+mod route;
 
 pub use link::veth_pair;
 pub use netns::Netns;
