@@ -48,7 +48,7 @@ impl Netns {
     }
 
     /// Runs a netlink conversation from a thread inside the namespace.
-    fn netlink<F, Fut, R>(&self, f: F) -> io::Result<R>
+    pub(crate) fn netlink<F, Fut, R>(&self, f: F) -> io::Result<R>
     where
         F: FnOnce(Handle) -> Fut + Send,
         Fut: Future<Output = Result<R, rtnetlink::Error>>,
