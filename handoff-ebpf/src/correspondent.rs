@@ -53,7 +53,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
     if ip.next != NEXTHDR_DEST {
         return PIPE;
     }
-    let Ok(fixed) = ctx.load::<[u8; 2]>(IP6_EXT) else {
+    let Some(fixed) = packet::read::<[u8; 2]>(ctx, IP6_EXT) else {
         return discard(Counter::DropHaoMalformed);
     };
     let (inner, len) = (fixed[0], (usize::from(fixed[1]) + 1) * 8);
@@ -98,6 +98,8 @@ fn home_address_option(ctx: &TcContext, len: usize) -> Result<Option<Addr>, Coun
         if offset >= end {
             break;
         }
+        // Helper loads here: the verifier cannot follow direct packet access at an offset that
+        // the loop computes.
         let kind = ctx
             .load::<u8>(offset)
             .map_err(|_| Counter::DropHaoMalformed)?;

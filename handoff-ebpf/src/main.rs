@@ -69,6 +69,7 @@ static BINDING_ERRORS: RingBuf = RingBuf::with_byte_size(16 * 4096, 0);
 /// as "next program", so later programs on the same hook still run).
 #[classifier]
 pub fn freeze(ctx: TcContext) -> i32 {
+    packet::linearize(&ctx);
     match packet::tcp_flow_key(&ctx) {
         Some(key) => node::freeze_verdict(&key),
         None => {
@@ -81,30 +82,35 @@ pub fn freeze(ctx: TcContext) -> i32 {
 /// Server node ingress.
 #[classifier]
 pub fn node_ingress(ctx: TcContext) -> i32 {
+    packet::linearize(&ctx);
     node::ingress(&ctx)
 }
 
 /// Server node egress.
 #[classifier]
 pub fn node_egress(ctx: TcContext) -> i32 {
+    packet::linearize(&ctx);
     node::egress(&ctx)
 }
 
 /// Home agent ingress.
 #[classifier]
 pub fn ha_ingress(ctx: TcContext) -> i32 {
+    packet::linearize(&ctx);
     home_agent::ingress(&ctx)
 }
 
 /// Correspondent ingress.
 #[classifier]
 pub fn cn_ingress(ctx: TcContext) -> i32 {
+    packet::linearize(&ctx);
     correspondent::ingress(&ctx)
 }
 
 /// Correspondent egress.
 #[classifier]
 pub fn cn_egress(ctx: TcContext) -> i32 {
+    packet::linearize(&ctx);
     correspondent::egress(&ctx)
 }
 

@@ -80,7 +80,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 /// kernel); `Ok(Some(verdict))`: handled here.
 #[inline(always)]
 fn restore_rh2(ctx: &TcContext) -> Result<Option<i32>, Failed> {
-    let Ok(rh) = ctx.load::<[u8; 24]>(IP6_EXT) else {
+    let Some(rh) = packet::read::<[u8; 24]>(ctx, IP6_EXT) else {
         // Too short even for its own fixed part.
         return Ok(Some(discard(Counter::DropRh2Malformed)));
     };

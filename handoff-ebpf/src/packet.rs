@@ -24,6 +24,32 @@ pub const NEXTHDR_DEST: u8 = 60;
 /// Most extension headers walked before giving up (the verifier needs a bound).
 const MAX_EXT_HEADERS: usize = 4;
 
+/// Header bytes made linear before parsing, so that they can be read directly.
+const LINEAR_HEADERS: u32 = 256;
+
+/// Makes the first bytes of the packet (all the headers the programs look at) directly
+/// readable. Most packets already are; the pull is for the rest. Call before [`read`].
+#[inline(always)]
+pub fn linearize(ctx: &TcContext) {
+    let want = ctx.len().min(LINEAR_HEADERS) as usize;
+    if ctx.data_end() - ctx.data() < want {
+        // On failure reads beyond the linear part return None: the packet is "truncated".
+        let _ = ctx.pull_data(want as u32);
+    }
+}
+
+/// Reads a `T` at `offset` from the start of the frame, straight from packet memory (a helper
+/// call per field costs more than the whole lookup otherwise); `None` beyond the linear data.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    let start = ctx.data();
+    if start + offset + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: the bytes lie within [data, data_end), checked above; no alignment is assumed.
+    Some(unsafe { ((start + offset) as *const T).read_unaligned() })
+}
+
 /// The fixed IPv6 header fields the programs decide on.
 pub struct Ipv6 {
     pub next: u8,
@@ -34,13 +60,13 @@ pub struct Ipv6 {
 /// The IPv6 header of an IPv6 frame, or `None` for anything else.
 #[inline(always)]
 pub fn ipv6(ctx: &TcContext) -> Option<Ipv6> {
-    if u16::from_be(ctx.load::<u16>(12).ok()?) != ETH_P_IPV6 {
+    if u16::from_be(read::<u16>(ctx, 12)?) != ETH_P_IPV6 {
         return None;
     }
     Some(Ipv6 {
-        next: ctx.load(IP6_NEXT).ok()?,
-        src: ctx.load(IP6_SRC).ok()?,
-        dst: ctx.load(IP6_DST).ok()?,
+        next: read(ctx, IP6_NEXT)?,
+        src: read(ctx, IP6_SRC)?,
+        dst: read(ctx, IP6_DST)?,
     })
 }
 
@@ -48,13 +74,13 @@ pub fn ipv6(ctx: &TcContext) -> Option<Ipv6> {
 /// fragments, IPv6 fragments, truncated headers).
 #[inline(always)]
 pub fn tcp_flow_key(ctx: &TcContext) -> Option<FlowKey> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+    let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
     let (src_addr, dst_addr, l4) = match ethertype {
         ETH_P_IPV6 => ipv6_l4(ctx)?,
         ETH_P_IP => ipv4_l4(ctx)?,
         _ => return None,
     };
-    let ports = ctx.load::<[u8; 4]>(l4).ok()?;
+    let ports = read::<[u8; 4]>(ctx, l4)?;
     Some(FlowKey {
         src_addr,
         dst_addr,
@@ -65,15 +91,15 @@ pub fn tcp_flow_key(ctx: &TcContext) -> Option<FlowKey> {
 
 #[inline(always)]
 fn ipv6_l4(ctx: &TcContext) -> Option<(Addr, Addr, usize)> {
-    let mut next = ctx.load::<u8>(IP6_NEXT).ok()?;
-    let src = ctx.load::<Addr>(IP6_SRC).ok()?;
-    let dst = ctx.load::<Addr>(IP6_DST).ok()?;
+    let mut next = read::<u8>(ctx, IP6_NEXT)?;
+    let src = read::<Addr>(ctx, IP6_SRC)?;
+    let dst = read::<Addr>(ctx, IP6_DST)?;
     let mut offset = IP6_EXT;
     for _ in 0..MAX_EXT_HEADERS {
         if next != NEXTHDR_HOP && next != NEXTHDR_ROUTING && next != NEXTHDR_DEST {
             break;
         }
-        let header = ctx.load::<[u8; 2]>(offset).ok()?;
+        let header = read::<[u8; 2]>(ctx, offset)?;
         next = header[0];
         offset += (usize::from(header[1]) + 1) * 8;
     }
@@ -82,7 +108,7 @@ fn ipv6_l4(ctx: &TcContext) -> Option<(Addr, Addr, usize)> {
 
 #[inline(always)]
 fn ipv4_l4(ctx: &TcContext) -> Option<(Addr, Addr, usize)> {
-    let header = ctx.load::<[u8; 20]>(ETH_HLEN).ok()?;
+    let header = read::<[u8; 20]>(ctx, ETH_HLEN)?;
     let ihl = usize::from(header[0] & 0x0f) * 4;
     let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
     if header[9] != IPPROTO_TCP || ihl < 20 || fragment_offset != 0 {

@@ -21,7 +21,7 @@ use handoff_common::{Addr, Counter};
 
 use crate::{
     discard,
-    packet::{ETH_HLEN, IP6_DST, IP6_EXT, IP6_NEXT, IP6_PAYLOAD_LEN, IP6_SRC, IPPROTO_IPV6},
+    packet::{self, ETH_HLEN, IP6_DST, IP6_EXT, IP6_NEXT, IP6_PAYLOAD_LEN, IP6_SRC, IPPROTO_IPV6},
 };
 
 const AF_INET6: u8 = 10;
@@ -51,8 +51,9 @@ pub fn set_dst(ctx: &TcContext, addr: &Addr) -> Result<(), Failed> {
 /// IPv6 next header (the header's own first byte must carry the old one).
 #[inline(always)]
 pub fn insert_ext(ctx: &TcContext, header: &[u8; 24], kind: u8) -> Result<(), Failed> {
-    let payload_len = u16::from_be(ctx.load::<u16>(IP6_PAYLOAD_LEN).map_err(|_| Failed)?);
-    ctx.adjust_room(24, BPF_ADJ_ROOM_NET, 0)
+    let payload_len = u16::from_be(packet::read::<u16>(ctx, IP6_PAYLOAD_LEN).ok_or(Failed)?);
+    // FIXED_GSO: segments keep the MSS; the MSS clamp (datapath::mtu) left room for the header.
+    ctx.adjust_room(24, BPF_ADJ_ROOM_NET, BPF_F_ADJ_ROOM_FIXED_GSO as u64)
         .map_err(|_| Failed)?;
     store(ctx, IP6_EXT, header)?;
     store(ctx, IP6_NEXT, &kind)?;
@@ -63,7 +64,7 @@ pub fn insert_ext(ctx: &TcContext, header: &[u8; 24], kind: u8) -> Result<(), Fa
 /// `inner`.
 #[inline(always)]
 pub fn remove_ext(ctx: &TcContext, len: u16, inner: u8) -> Result<(), Failed> {
-    let payload_len = u16::from_be(ctx.load::<u16>(IP6_PAYLOAD_LEN).map_err(|_| Failed)?);
+    let payload_len = u16::from_be(packet::read::<u16>(ctx, IP6_PAYLOAD_LEN).ok_or(Failed)?);
     if payload_len < len {
         return Err(Failed);
     }

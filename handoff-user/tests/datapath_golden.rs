@@ -3,18 +3,19 @@
 //! `BPF_PROG_TEST_RUN` with `BPF_F_TEST_SKB_CHECKSUM_COMPLETE`, and the transformed frames are
 //! decoded again by tshark, which also checks their TCP checksums.
 
-use std::{collections::HashMap, net::Ipv6Addr, path::Path, process::Command};
-
-use handoff_common::{Addr, Counter, FlowKey, NODE_REVERSE_TUNNEL, NodeConfig};
+use handoff_common::Counter;
 use handoff_user::datapath::{Datapath, PinDir, Program};
-use testbed::{Netns, veth_pair};
+use testbed::{
+    Netns,
+    capture::{Frame, tshark_fields, write_pcap},
+    veth_pair,
+};
 
-const CLIENT: &str = "2001:db8:c::1";
-const DSA: &str = "2001:db8:d5a::1";
-const NODE1: &str = "2001:db8:1::10";
-const NODE2: &str = "2001:db8:2::20";
-const HA: &str = "2001:db8:a::1";
-const OTHER: &str = "2001:db8:e::99";
+#[path = "golden/support.rs"]
+mod golden;
+use golden::{
+    CLIENT, DSA, HA, NODE1, NODE2, OTHER, addr, configure, golden_frames, seed_maps, text_ip,
+};
 
 const SHOT: i32 = 2;
 const PIPE: i32 = 3;
@@ -251,77 +252,6 @@ fn expectations() -> Vec<Expect> {
     ]
 }
 
-fn addr(text: &str) -> Addr {
-    text.parse::<Ipv6Addr>().expect("test address").octets()
-}
-
-fn flow(src: &str, sport: u16, dst: &str, dport: u16) -> FlowKey {
-    FlowKey::new((text_ip(src), sport).into(), (text_ip(dst), dport).into())
-}
-
-fn text_ip(text: &str) -> std::net::IpAddr {
-    text.parse().expect("test address")
-}
-
-/// The golden frames: case → (input, expected output or None for "unchanged").
-fn golden_frames() -> HashMap<String, (Vec<u8>, Option<Vec<u8>>)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/packets.py");
-    // Debian's interpreter: python3-scapy is installed for it, not for other pythons on PATH.
-    let out = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .output()
-        .expect("run /usr/bin/python3 (python3-scapy comes with `cargo xtask setup`)");
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cases: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&out.stdout).expect("JSON from packets.py");
-    let hex = |value: &serde_json::Value| -> Option<Vec<u8>> {
-        let text = value.as_str()?;
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-            .collect()
-    };
-    cases
-        .iter()
-        .map(|(name, case)| {
-            let input = hex(&case["input"]).expect("input hex");
-            (name.clone(), (input, hex(&case["expected"])))
-        })
-        .collect()
-}
-
-/// Programs one Datapath with the state every case group expects.
-fn configure(datapath: &mut Datapath, program: Program) {
-    let maps = datapath.maps();
-    let local = match program {
-        Program::HaIngress => addr(HA),
-        _ => addr(NODE1),
-    };
-    maps.set_config(NodeConfig {
-        local,
-        home_agent: addr(HA),
-        flags: NODE_REVERSE_TUNNEL,
-    })
-    .unwrap();
-}
-
-fn seed_maps(datapath: &mut Datapath) {
-    let maps = datapath.maps();
-    maps.set_local_home(addr(DSA), true).unwrap();
-    maps.set_redirect(flow(CLIENT, 40001, DSA, 80), Some(addr(NODE2)))
-        .unwrap();
-    maps.freeze().freeze(flow(CLIENT, 40002, DSA, 80)).unwrap();
-    maps.set_ro_binding(addr(CLIENT), addr(DSA), Some(addr(NODE1)))
-        .unwrap();
-    maps.set_ha_binding(addr(DSA), Some(addr(NODE1))).unwrap();
-    maps.set_cn_binding(addr(DSA), Some(addr(NODE1))).unwrap();
-}
-
 #[test]
 fn privileged_golden_packets() {
     if !nix::unistd::geteuid().is_root() {
@@ -423,65 +353,34 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Writes the frames to a pcap file and has tshark decode them, checking TCP checksums.
 fn tshark_decode(frames: &[(&str, Vec<u8>)]) -> Vec<Decoded> {
-    let dir = std::env::temp_dir().join(format!("dsl-golden-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("outputs.pcap");
-    let mut pcap = Vec::new();
-    // Global header: magic, v2.4, GMT, accuracy, snaplen, LINKTYPE_ETHERNET.
-    for word in [0xa1b2_c3d4u32] {
-        pcap.extend_from_slice(&word.to_le_bytes());
-    }
-    pcap.extend_from_slice(&2u16.to_le_bytes());
-    pcap.extend_from_slice(&4u16.to_le_bytes());
-    for word in [0u32, 0, 65535, 1] {
-        pcap.extend_from_slice(&word.to_le_bytes());
-    }
-    for (_, frame) in frames {
-        for word in [0u32, 0, frame.len() as u32, frame.len() as u32] {
-            pcap.extend_from_slice(&word.to_le_bytes());
-        }
-        pcap.extend_from_slice(frame);
-    }
-    std::fs::write(&path, pcap).unwrap();
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(&path)
-        .args([
-            "-o",
-            "tcp.check_checksum:TRUE",
-            "-T",
-            "fields",
-            "-E",
-            "separator=|",
-        ])
-        .args(["-e", "ipv6.src", "-e", "ipv6.dst"])
-        .args([
-            "-e",
-            "ipv6.opt.mipv6.home_address",
-            "-e",
-            "ipv6.routing.mipv6.home_address",
-        ])
-        .args(["-e", "tcp.checksum.status"])
-        .output()
-        .expect("run tshark (installed by `cargo xtask setup`)");
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "tshark: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|line| {
-            let fields: Vec<&str> = line.split('|').collect();
-            Decoded {
-                src: fields[0].into(),
-                dst: fields[1].into(),
-                home_address_option: fields[2].into(),
-                rh2_home_address: fields[3].into(),
-                // 1 = good (2 would be "unverified", 0 bad).
-                tcp_checksum_good: fields[4] == "1",
-            }
+    let path = std::env::temp_dir().join(format!("dsl-golden-{}.pcap", std::process::id()));
+    let frames: Vec<Frame> = frames
+        .iter()
+        .map(|(_, bytes)| Frame {
+            at: std::time::SystemTime::now(),
+            outgoing: false,
+            bytes: bytes.clone(),
+        })
+        .collect();
+    write_pcap(&path, &frames).unwrap();
+    let fields = [
+        "ipv6.src",
+        "ipv6.dst",
+        "ipv6.opt.mipv6.home_address",
+        "ipv6.routing.mipv6.home_address",
+        "tcp.checksum.status",
+    ];
+    let rows = tshark_fields(&path, "", &fields);
+    let _ = std::fs::remove_file(&path);
+    rows.expect("tshark (installed by `cargo xtask setup`)")
+        .into_iter()
+        .map(|row| Decoded {
+            src: row[0].clone(),
+            dst: row[1].clone(),
+            home_address_option: row[2].clone(),
+            rh2_home_address: row[3].clone(),
+            // 1 = good (2 would be "unverified", 0 bad).
+            tcp_checksum_good: row[4] == "1",
         })
         .collect()
 }

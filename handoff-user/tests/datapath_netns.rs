@@ -8,16 +8,16 @@
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     thread,
 };
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use handoff_common::{Counter, NODE_REVERSE_TUNNEL, NodeConfig};
 use handoff_user::datapath::{CounterValues, Datapath, PinDir, Program, mtu};
 use testbed::{
     HostPair, Netns,
-    capture::{PacketCapture, write_pcap},
+    capture::{PacketCapture, tshark_fields, write_pcap},
     veth_pair,
 };
 
@@ -142,37 +142,15 @@ impl Capture {
     /// Stops the capture and returns one line of `fields` per packet matching `filter`.
     fn finish(self, filter: &str, fields: &[&str]) -> anyhow::Result<Vec<Vec<String>>> {
         write_pcap(&self.file, &self.capture.stop()?)?;
-        let rows = read_capture(&self.file, filter, fields);
-        let _ = std::fs::remove_file(&self.file);
+        let rows = tshark_fields(&self.file, filter, fields).map_err(anyhow::Error::from);
+        // DSL_KEEP_CAPTURES=1 keeps the file for a look with tshark or wireshark.
+        if std::env::var_os("DSL_KEEP_CAPTURES").is_some() {
+            eprintln!("capture kept: {}", self.file.display());
+        } else {
+            let _ = std::fs::remove_file(&self.file);
+        }
         rows
     }
-}
-
-fn read_capture(file: &Path, filter: &str, fields: &[&str]) -> anyhow::Result<Vec<Vec<String>>> {
-    let mut command = std::process::Command::new("tshark");
-    command.arg("-r").arg(file).args([
-        "-o",
-        "tcp.check_checksum:TRUE",
-        "-Y",
-        filter,
-        "-T",
-        "fields",
-        "-E",
-        "separator=|",
-    ]);
-    for field in fields {
-        command.args(["-e", field]);
-    }
-    let out = command.output().context("running tshark -r")?;
-    ensure!(
-        out.status.success(),
-        "tshark -r: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|line| line.split('|').map(str::to_owned).collect())
-        .collect())
 }
 
 /// ICMPv6 Parameter Problems the namespace's kernel sent (its own MIB counter).

@@ -154,7 +154,7 @@ fn read_until(socket: &OwnedFd, stop: &AtomicBool) -> io::Result<Vec<Frame>> {
         }
         frames.push(Frame {
             at: SystemTime::now(),
-            outgoing: from.sll_pkttype == libc::PACKET_OUTGOING as u8,
+            outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
             bytes: buffer[..n as usize].to_vec(),
         });
     }
@@ -178,6 +178,44 @@ pub fn write_pcap(path: &Path, frames: &[Frame]) -> io::Result<()> {
         out.extend_from_slice(&frame.bytes);
     }
     std::fs::write(path, out)
+}
+
+/// Decodes the pcap file at `path` with tshark (TCP checksums verified): one row of `fields` per
+/// packet that matches `display_filter` (empty: every packet).
+pub fn tshark_fields(
+    path: &Path,
+    display_filter: &str,
+    fields: &[&str],
+) -> io::Result<Vec<Vec<String>>> {
+    let mut command = std::process::Command::new("tshark");
+    command.arg("-r").arg(path).args([
+        "-o",
+        "tcp.check_checksum:TRUE",
+        "-T",
+        "fields",
+        "-E",
+        "separator=|",
+    ]);
+    if !display_filter.is_empty() {
+        command.args(["-Y", display_filter]);
+    }
+    for field in fields {
+        command.args(["-e", field]);
+    }
+    let out = command
+        .output()
+        .map_err(|err| io::Error::new(err.kind(), format!("running tshark: {err}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "tshark -r {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| line.split('|').map(str::to_owned).collect())
+        .collect())
 }
 
 #[cfg(test)]

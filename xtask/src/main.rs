@@ -49,6 +49,8 @@ enum Bench {
     Tcpstate,
     /// Mobile IPv6 signaling: BU construction and correspondent throughput.
     Mipv6,
+    /// eBPF programs: ns per packet, and route-optimized vs plain TCP throughput.
+    Datapath,
 }
 
 impl Bench {
@@ -56,6 +58,7 @@ impl Bench {
         match self {
             Bench::Tcpstate => ("handoff-user", "bench_tcpstate"),
             Bench::Mipv6 => ("mipv6d", "bench_mipv6"),
+            Bench::Datapath => ("handoff-user", "bench_datapath"),
         }
     }
 }

@@ -11,8 +11,8 @@
 //! the server advertises — so the unmodified client sends small enough segments — and the
 //! segments the server sends. Nothing is needed on clients, and no route MTU has to be kept in
 //! sync with bindings that come and go. TCP options (timestamps) are taken out of the MSS by the
-//! stack itself, and GSO packets are cut to the clamped MSS (the programs open room without
-//! `FIXED_GSO` for the 24-byte headers, so the kernel lowers `gso_size` by 24 as well).
+//! stack itself. The programs open room with `BPF_F_ADJ_ROOM_FIXED_GSO`, so GSO packets are
+//! still cut into segments of the full MSS, each of which fits because of the clamp.
 
 use std::{io, os::fd::AsFd};
 
