@@ -60,32 +60,28 @@ pub const fn ipv4_mapped(addr: [u8; 4]) -> [u8; 16] {
     ]
 }
 
-/// Value of an entry of the freeze map: what to do with the packets of a frozen flow.
-///
-/// Only dropping exists so far; the value is a word so that later actions (hand the packet to
-/// userspace for replay) fit without changing the map layout.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FreezeEntry {
-    /// One of the `FREEZE_ACTION_*` constants.
-    pub action: u32,
-}
-
-/// Drop every packet of the flow (the kernel never sees it, so the socket under repair is not
-/// disturbed and the peer simply retransmits later).
-pub const FREEZE_ACTION_DROP: u32 = 0;
-
 /// An IPv6 address as the programs store it (network byte order).
 pub type Addr = [u8; 16];
 
-/// Where a redirected connection's packets go: the member that owns it now (path B/D). The
-/// packet is encapsulated (IPv6-in-IPv6) from this node's address to `node`.
+/// What a node does with the packets of one connection: the value of the `FLOWS` map, keyed by
+/// the connection's [`FlowKey`] as its packets arrive. One map, so that activation switches a
+/// connection from frozen to redirected in one update (DESIGN.md §4, phase 7) and the data path
+/// needs one lookup per packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RedirectEntry {
-    /// Address of the member that owns the connection.
+pub struct FlowEntry {
+    /// `FLOW_FROZEN` or `FLOW_REDIRECT`.
+    pub action: u32,
+    /// For `FLOW_REDIRECT`: the member that owns the connection now; the packet is encapsulated
+    /// (IPv6-in-IPv6) from this node's address to it (path B/D).
     pub node: Addr,
 }
+
+/// Drop every packet of the flow (its socket is under TCP_REPAIR: the kernel must not see the
+/// packet, and the peer simply retransmits later).
+pub const FLOW_FROZEN: u32 = 0;
+/// Encapsulate every packet of the flow to `FlowEntry::node`.
+pub const FLOW_REDIRECT: u32 = 1;
 
 /// Key of a route-optimized binding at a server: the client (`peer`) and the home address (DSA)
 /// it has bound to this node's care-of address.
@@ -153,10 +149,8 @@ pub mod program {
 
 /// Names of the maps in the eBPF object.
 pub mod map {
-    /// `FlowKey` → `FreezeEntry`.
-    pub const FREEZE_FLOWS: &str = "FREEZE_FLOWS";
-    /// `FlowKey` → `RedirectEntry`.
-    pub const REDIRECTS: &str = "REDIRECTS";
+    /// `FlowKey` → `FlowEntry`: frozen and redirected connections.
+    pub const FLOWS: &str = "FLOWS";
     /// `Addr` (a DSA served here) → `u32` (reserved, 0).
     pub const LOCAL_HOMES: &str = "LOCAL_HOMES";
     /// `BindingKey` → `CareOf`: server-side route-optimized bindings.
@@ -173,9 +167,8 @@ pub mod map {
     pub const BINDING_ERRORS: &str = "BINDING_ERRORS";
 }
 
-/// Capacity of the freeze map: the most connections that can be frozen at once.
-pub const FREEZE_FLOWS_CAPACITY: u32 = 65_536;
-/// Capacity of the redirect and binding maps.
+/// Capacity of the flow and binding maps: the most connections frozen or redirected at once,
+/// and the most bindings.
 pub const FLOW_MAP_CAPACITY: u32 = 65_536;
 
 /// Indices of the programs' per-CPU counters: one per action and per drop reason.
@@ -283,11 +276,10 @@ impl Counter {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: both are #[repr(C)], made of integers and byte arrays without padding, and valid
+    // SAFETY: all are #[repr(C)], made of integers and byte arrays without padding, and valid
     // for every bit pattern.
     unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FreezeEntry {}
-    unsafe impl aya::Pod for super::RedirectEntry {}
+    unsafe impl aya::Pod for super::FlowEntry {}
     unsafe impl aya::Pod for super::BindingKey {}
     unsafe impl aya::Pod for super::CareOf {}
     unsafe impl aya::Pod for super::NodeConfig {}
@@ -302,8 +294,7 @@ mod tests {
     fn map_types_have_no_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<FlowKey>(), 36);
-        assert_eq!(size_of::<FreezeEntry>(), 4);
-        assert_eq!(size_of::<RedirectEntry>(), 16);
+        assert_eq!(size_of::<FlowEntry>(), 20);
         assert_eq!(size_of::<BindingKey>(), 32);
         assert_eq!(size_of::<CareOf>(), 16);
         assert_eq!(size_of::<NodeConfig>(), 36);

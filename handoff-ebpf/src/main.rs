@@ -24,18 +24,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use handoff_common::{
-    Addr, BindingKey, CareOf, Counter, FLOW_MAP_CAPACITY, FREEZE_FLOWS_CAPACITY, FlowKey,
-    FreezeEntry, NodeConfig, RedirectEntry,
+    Addr, BindingKey, CareOf, Counter, FLOW_MAP_CAPACITY, FlowEntry, FlowKey, NodeConfig,
 };
 
-/// Frozen flows, filled by userspace.
-#[map(name = "FREEZE_FLOWS")]
-static FREEZE_FLOWS: HashMap<FlowKey, FreezeEntry> =
-    HashMap::with_max_entries(FREEZE_FLOWS_CAPACITY, 0);
-
-/// Connections another member owns now.
-#[map(name = "REDIRECTS")]
-static REDIRECTS: HashMap<FlowKey, RedirectEntry> = HashMap::with_max_entries(FLOW_MAP_CAPACITY, 0);
+/// Frozen connections, and connections another member owns now; filled by userspace.
+#[map(name = "FLOWS")]
+static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(FLOW_MAP_CAPACITY, 0);
 
 /// The home addresses (DSAs) this node serves.
 #[map(name = "LOCAL_HOMES")]
@@ -65,7 +59,8 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0
 #[map(name = "BINDING_ERRORS")]
 static BINDING_ERRORS: RingBuf = RingBuf::with_byte_size(16 * 4096, 0);
 
-/// Drops packets of frozen flows; every other packet continues (`TC_ACT_PIPE`, which TCX treats
+/// Drops packets of frozen flows (redirect entries are the node programs' business); every other
+/// packet continues (`TC_ACT_PIPE`, which TCX treats
 /// as "next program", so later programs on the same hook still run).
 #[classifier]
 pub fn freeze(ctx: TcContext) -> i32 {

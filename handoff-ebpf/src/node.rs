@@ -2,10 +2,12 @@
 //! egress (Home Address option towards route-optimized peers, or the reverse tunnel).
 
 use aya_ebpf::programs::TcContext;
-use handoff_common::{BindingKey, Counter, FlowKey, NODE_REVERSE_TUNNEL};
+use handoff_common::{
+    BindingKey, Counter, FLOW_FROZEN, FLOW_REDIRECT, FlowKey, NODE_REVERSE_TUNNEL,
+};
 
 use crate::{
-    FREEZE_FLOWS, LOCAL_HOMES, PIPE, REDIRECTS, RO_BINDINGS, config, count, discard,
+    FLOWS, LOCAL_HOMES, PIPE, RO_BINDINGS, config, count, discard,
     packet::{self, IP6_EXT, IPPROTO_IPV6, IPPROTO_MH, NEXTHDR_DEST, NEXTHDR_ROUTING},
     rewrite::{self, Failed},
 };
@@ -20,12 +22,13 @@ pub const OPT_HOME_ADDRESS: u8 = 0xc9;
 /// The freeze decision for a TCP packet.
 #[inline(always)]
 pub fn freeze_verdict(key: &FlowKey) -> i32 {
-    // SAFETY: the value is only tested for presence.
-    if unsafe { FREEZE_FLOWS.get(key) }.is_some() {
-        discard(Counter::Dropped)
-    } else {
-        count(Counter::Passed);
-        PIPE
+    // SAFETY: the entry is copied out at once.
+    match unsafe { FLOWS.get(key) }.copied() {
+        Some(entry) if entry.action == FLOW_FROZEN => discard(Counter::Dropped),
+        _ => {
+            count(Counter::Passed);
+            PIPE
+        }
     }
 }
 
@@ -58,21 +61,23 @@ pub fn ingress(ctx: &TcContext) -> i32 {
         count(Counter::Skipped);
         return PIPE;
     };
-    // (d) Frozen while its socket is captured or restored.
-    let verdict = freeze_verdict(&key);
-    if verdict != PIPE {
-        return verdict;
-    }
-    // (c) Owned by another member now: tunnel it there.
     // SAFETY: the entry is copied out at once.
-    if let Some(target) = unsafe { REDIRECTS.get(key) }.copied() {
-        if rewrite::encapsulate(ctx, &config.local, &target.node).is_err() {
-            return discard(Counter::DropRewriteFailed);
+    match unsafe { FLOWS.get(key) }.copied() {
+        // (d) Frozen while its socket is captured or restored.
+        Some(entry) if entry.action == FLOW_FROZEN => discard(Counter::Dropped),
+        // (c) Owned by another member now: tunnel it there.
+        Some(entry) if entry.action == FLOW_REDIRECT => {
+            if rewrite::encapsulate(ctx, &config.local, &entry.node).is_err() {
+                return discard(Counter::DropRewriteFailed);
+            }
+            count(Counter::Redirected);
+            rewrite::forward_from_ingress(ctx, &config.local, &entry.node, IPPROTO_IPV6)
         }
-        count(Counter::Redirected);
-        return rewrite::forward_from_ingress(ctx, &config.local, &target.node, IPPROTO_IPV6);
+        _ => {
+            count(Counter::Passed);
+            PIPE
+        }
     }
-    PIPE
 }
 
 /// Validates a Type 2 Routing Header right after the IPv6 header and turns the packet back into

@@ -21,7 +21,7 @@ use handoff_common::{Addr, Counter};
 
 use crate::{
     discard,
-    packet::{self, ETH_HLEN, IP6_DST, IP6_EXT, IP6_NEXT, IP6_PAYLOAD_LEN, IP6_SRC, IPPROTO_IPV6},
+    packet::{self, ETH_HLEN, IP6_DST, IP6_EXT, IP6_PAYLOAD_LEN, IP6_SRC, IPPROTO_IPV6},
 };
 
 const AF_INET6: u8 = 10;
@@ -47,29 +47,41 @@ pub fn set_dst(ctx: &TcContext, addr: &Addr) -> Result<(), Failed> {
     store(ctx, IP6_DST, addr)
 }
 
+/// Payload length and hop limit of the IPv6 header (bytes 4..8 with the next header).
+#[inline(always)]
+fn length_and_hop_limit(ctx: &TcContext) -> Result<(u16, u8), Failed> {
+    let word = packet::read::<[u8; 4]>(ctx, IP6_PAYLOAD_LEN).ok_or(Failed)?;
+    Ok((u16::from_be_bytes([word[0], word[1]]), word[3]))
+}
+
+/// Writes payload length, next header and hop limit in one store.
+#[inline(always)]
+fn set_length_and_next(ctx: &TcContext, len: u16, next: u8, hop_limit: u8) -> Result<(), Failed> {
+    let len = len.to_be_bytes();
+    store(ctx, IP6_PAYLOAD_LEN, &[len[0], len[1], next, hop_limit])
+}
+
 /// Inserts the 24-byte extension header `header` right after the IPv6 header; `kind` becomes the
 /// IPv6 next header (the header's own first byte must carry the old one).
 #[inline(always)]
 pub fn insert_ext(ctx: &TcContext, header: &[u8; 24], kind: u8) -> Result<(), Failed> {
-    let payload_len = u16::from_be(packet::read::<u16>(ctx, IP6_PAYLOAD_LEN).ok_or(Failed)?);
+    let (payload_len, hop_limit) = length_and_hop_limit(ctx)?;
     // FIXED_GSO: segments keep the MSS; the MSS clamp (datapath::mtu) left room for the header.
     ctx.adjust_room(24, BPF_ADJ_ROOM_NET, BPF_F_ADJ_ROOM_FIXED_GSO as u64)
         .map_err(|_| Failed)?;
     store(ctx, IP6_EXT, header)?;
-    store(ctx, IP6_NEXT, &kind)?;
-    store(ctx, IP6_PAYLOAD_LEN, &(payload_len + 24).to_be())
+    set_length_and_next(ctx, payload_len + 24, kind, hop_limit)
 }
 
 /// Removes the `len`-byte extension header right after the IPv6 header, whose next header was
 /// `inner`.
 #[inline(always)]
 pub fn remove_ext(ctx: &TcContext, len: u16, inner: u8) -> Result<(), Failed> {
-    let payload_len = u16::from_be(packet::read::<u16>(ctx, IP6_PAYLOAD_LEN).ok_or(Failed)?);
+    let (payload_len, hop_limit) = length_and_hop_limit(ctx)?;
     if payload_len < len {
         return Err(Failed);
     }
-    store(ctx, IP6_NEXT, &inner)?;
-    store(ctx, IP6_PAYLOAD_LEN, &(payload_len - len).to_be())?;
+    set_length_and_next(ctx, payload_len - len, inner, hop_limit)?;
     ctx.adjust_room(-i32::from(len), BPF_ADJ_ROOM_NET, 0)
         .map_err(|_| Failed)
 }

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::Context as _;
 use handoff_common::NodeConfig;
-use handoff_user::datapath::{Datapath, PinDir, Program, mtu};
+use handoff_user::datapath::{Datapath, PinDir, Program, enable_run_stats, mtu};
 use testbed::{HostPair, Netns, veth_pair};
 
 #[path = "../tests/golden/support.rs"]
@@ -28,9 +28,12 @@ const RUNS: usize = 3;
 const DSA: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xd5a, 0, 0, 0, 0, 0, 1);
 const PORT: u16 = 9000;
 
-/// The program and the golden case whose input it is measured on.
-const MEASURED: [(Program, &str); 6] = [
+/// The program and the golden case whose input it is measured on: each transformation, and the
+/// pass paths that most packets take.
+const MEASURED: [(Program, &str); 8] = [
     (Program::Freeze, "node_egress_not_from_dsa"),
+    (Program::NodeIngress, "node_routing_type_0_left_alone"),
+    (Program::NodeEgress, "node_egress_not_from_dsa"),
     (Program::NodeIngress, "node_rh2_restored"),
     (Program::NodeEgress, "node_hao_inserted"),
     (Program::HaIngress, "ha_tunneled"),
@@ -39,18 +42,29 @@ const MEASURED: [(Program, &str); 6] = [
 ];
 
 fn main() -> anyhow::Result<()> {
-    let per_packet = per_packet()?;
-    let (plain, optimized) = throughput()?;
-    println!("\nper-packet cost (BPF_PROG_TEST_RUN, {SAMPLES} runs each)");
+    let (per_packet, floor) = per_packet()?;
+    let (plain, optimized, live) = throughput()?;
+    println!("\nper-packet cost (BPF_PROG_TEST_RUN, {SAMPLES} runs each; one run of a program");
+    println!("that only reads the EtherType costs {floor} ns: the test-run floor)");
     println!(
-        "{:<14} {:<28} {:>8} {:>8}",
+        "{:<14} {:<32} {:>8} {:>8}",
         "program", "case", "p50 ns", "p99 ns"
     );
     let mut programs = Vec::new();
     for (program, case, p50, p99) in &per_packet {
-        println!("{:<14} {:<28} {:>8} {:>8}", program.name(), case, p50, p99);
+        println!("{:<14} {:<32} {:>8} {:>8}", program.name(), case, p50, p99);
         programs.push(format!(
             r#"{{"program":"{}","case":"{case}","p50_ns":{p50},"p99_ns":{p99}}}"#,
+            program.name()
+        ));
+    }
+    println!("\nper-packet cost on live traffic (kernel run statistics, route-optimized run)");
+    println!("{:<14} {:>12} {:>10}", "program", "runs", "ns/run");
+    let mut live_json = Vec::new();
+    for (program, runs, nanos) in &live {
+        println!("{:<14} {:>12} {:>10.0}", program.name(), runs, nanos);
+        live_json.push(format!(
+            r#"{{"program":"{}","runs":{runs},"ns_per_run":{nanos:.1}}}"#,
             program.name()
         ));
     }
@@ -66,8 +80,9 @@ fn main() -> anyhow::Result<()> {
         ratio * 100.0
     );
     let json = format!(
-        r#"{{"per_packet":[{}],"throughput_gbit_s":{{"plain":{plain:.3},"route_optimized":{optimized:.3},"ratio":{ratio:.4}}}}}"#,
-        programs.join(",")
+        r#"{{"test_run_floor_ns":{floor},"per_packet":[{}],"live":[{}],"throughput_gbit_s":{{"plain":{plain:.3},"route_optimized":{optimized:.3},"ratio":{ratio:.4}}}}}"#,
+        programs.join(","),
+        live_json.join(",")
     );
     let dir = std::env::var_os("BENCH_OUT_DIR").unwrap_or_else(|| "target/bench".into());
     std::fs::create_dir_all(&dir)?;
@@ -77,7 +92,21 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn per_packet() -> anyhow::Result<Vec<(Program, &'static str, u32, u32)>> {
+/// p50 of `program` on `frame`, and its p99, in ns (kernel-measured, one run per call).
+fn sample(datapath: &mut Datapath, program: Program, frame: &[u8]) -> anyhow::Result<(u32, u32)> {
+    let mut nanos = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES {
+        nanos.push(datapath.test_run(program, frame, 1)?.nanos_per_run);
+    }
+    nanos.sort_unstable();
+    Ok((nanos[SAMPLES / 2], nanos[SAMPLES * 99 / 100]))
+}
+
+/// Per program and case: (program, case, p50, p99); and the test-run floor (p50 of the freeze
+/// program on an ARP frame, which it leaves at the first check).
+type PerPacket = (Vec<(Program, &'static str, u32, u32)>, u32);
+
+fn per_packet() -> anyhow::Result<PerPacket> {
     let frames = golden::golden_frames();
     let netns = Netns::create("bench-dp")?;
     netns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
@@ -91,19 +120,21 @@ fn per_packet() -> anyhow::Result<Vec<(Program, &'static str, u32, u32)>> {
         for (program, case) in MEASURED {
             golden::configure(&mut datapath, program);
             let (input, _) = frames.get(case).context("golden case missing")?;
-            let mut nanos = Vec::with_capacity(SAMPLES);
-            for _ in 0..SAMPLES {
-                nanos.push(datapath.test_run(program, input, 1)?.nanos_per_run);
-            }
-            nanos.sort_unstable();
-            out.push((program, case, nanos[SAMPLES / 2], nanos[SAMPLES * 99 / 100]));
+            let (p50, p99) = sample(&mut datapath, program, input)?;
+            out.push((program, case, p50, p99));
         }
-        Ok(out)
+        let mut arp = vec![0u8; 60];
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        let (floor, _) = sample(&mut datapath, Program::Freeze, &arp)?;
+        Ok((out, floor))
     })
 }
 
-/// (plain, route-optimized) throughput in Gbit/s.
-fn throughput() -> anyhow::Result<(f64, f64)> {
+/// Per program of a live run: (program, runs, ns per run).
+type Live = Vec<(Program, u64, f64)>;
+
+/// (plain, route-optimized) throughput in Gbit/s, and the programs' cost during the latter.
+fn throughput() -> anyhow::Result<(f64, f64, Live)> {
     let hosts = HostPair::new("bench-tp")?;
     let care_of = HostPair::SERVER_V6;
     hosts.server.add_address("lo", IpAddr::V6(DSA), 128)?;
@@ -113,7 +144,7 @@ fn throughput() -> anyhow::Result<(f64, f64)> {
     let node_pins = PinDir::for_instance(hosts.server.name());
     let client_pins = PinDir::for_instance(hosts.client.name());
     let plain = median(RUNS, || bulk(&hosts, IpAddr::V6(care_of)))?;
-    let _node = hosts.server.run(|| -> anyhow::Result<Datapath> {
+    let mut node = hosts.server.run(|| -> anyhow::Result<Datapath> {
         let mut dp = Datapath::load(&node_pins)?;
         let maps = dp.maps();
         maps.set_config(NodeConfig {
@@ -131,7 +162,7 @@ fn throughput() -> anyhow::Result<(f64, f64)> {
         dp.attach(Program::NodeEgress, HostPair::SERVER_IF)?;
         Ok(dp)
     })?;
-    let _client = hosts.client.run(|| -> anyhow::Result<Datapath> {
+    let mut client = hosts.client.run(|| -> anyhow::Result<Datapath> {
         let mut dp = Datapath::load(&client_pins)?;
         dp.maps()
             .set_cn_binding(DSA.octets(), Some(care_of.octets()))?;
@@ -139,8 +170,21 @@ fn throughput() -> anyhow::Result<(f64, f64)> {
         dp.attach(Program::CnIngress, HostPair::CLIENT_IF)?;
         Ok(dp)
     })?;
+    let stats = enable_run_stats()?;
     let optimized = median(RUNS, || bulk(&hosts, IpAddr::V6(DSA)))?;
-    Ok((plain, optimized))
+    let mut live = Vec::new();
+    for (on_node, program) in [
+        (true, Program::NodeIngress),
+        (true, Program::NodeEgress),
+        (false, Program::CnEgress),
+        (false, Program::CnIngress),
+    ] {
+        let datapath = if on_node { &mut node } else { &mut client };
+        let (runs, time) = datapath.run_stats(program)?;
+        live.push((program, runs, time.as_nanos() as f64 / runs.max(1) as f64));
+    }
+    drop(stats);
+    Ok((plain, optimized, live))
 }
 
 fn median(runs: usize, mut run: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<f64> {

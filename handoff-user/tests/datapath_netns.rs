@@ -438,7 +438,7 @@ fn redirect(offloads: bool) -> anyhow::Result<()> {
             flags: 0,
         })?;
         maps.set_local_home(DSA.octets(), true)?;
-        maps.set_redirect(flow, Some(node2_addr.octets()))?;
+        maps.freeze().redirect(flow, node2_addr.octets())?;
         Ok(())
     })?;
     let mut owner = datapath(&node2, "n2-n1", &[Program::NodeIngress], |dp| {

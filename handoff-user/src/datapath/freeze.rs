@@ -1,6 +1,6 @@
 //! The per-connection freeze filter: while a connection's state is captured (donor) or restored
 //! (acceptor), its packets must not reach the socket. The `freeze` TC program drops the packets
-//! of every 4-tuple in the pinned `FREEZE_FLOWS` map and counts what it does per CPU.
+//! of every 4-tuple frozen in the pinned `FLOWS` map and counts what it does per CPU.
 
 use super::{Datapath, DatapathError, FreezeMap, PinDir, Program};
 

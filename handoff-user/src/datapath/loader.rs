@@ -61,9 +61,8 @@ impl Program {
 }
 
 /// Every map of the object with its pin file name.
-const PINNED_MAPS: [(&str, &str); 9] = [
-    (map::FREEZE_FLOWS, "freeze_flows"),
-    (map::REDIRECTS, "redirects"),
+const PINNED_MAPS: [(&str, &str); 8] = [
+    (map::FLOWS, "flows"),
     (map::LOCAL_HOMES, "local_homes"),
     (map::RO_BINDINGS, "ro_bindings"),
     (map::HA_BINDINGS, "ha_bindings"),
@@ -154,6 +153,19 @@ impl Datapath {
         })
     }
 
+    /// How often `program` has run and for how long in total, as the kernel counts it while run
+    /// statistics are on (see [`enable_run_stats`]; both are zero otherwise).
+    pub fn run_stats(
+        &mut self,
+        program: Program,
+    ) -> Result<(u64, std::time::Duration), DatapathError> {
+        let info = self
+            .program(program)
+            .and_then(|loaded| loaded.info())
+            .map_err(|source| program_error(program, "(statistics)", source))?;
+        Ok((info.run_count(), info.run_time()))
+    }
+
     /// The maps.
     pub fn maps(&mut self) -> &mut Maps {
         &mut self.maps
@@ -188,6 +200,13 @@ impl Drop for Datapath {
         let files: Vec<&str> = PINNED_MAPS.iter().map(|(_, file)| *file).collect();
         self.pins.remove(&files);
     }
+}
+
+/// Turns on the kernel's per-program run statistics until the returned descriptor is closed
+/// (they cost two clock reads per run, so they are off by default).
+pub fn enable_run_stats() -> Result<std::os::fd::OwnedFd, DatapathError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|err| DatapathError::Stats(err.io_error))
 }
 
 fn program_error(program: Program, interface: &str, source: ProgramError) -> DatapathError {

@@ -6,8 +6,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
 };
 use handoff_common::{
-    Addr, BindingErrorEvent, BindingKey, CareOf, Counter, FREEZE_ACTION_DROP, FlowKey, FreezeEntry,
-    NodeConfig, RedirectEntry, map,
+    Addr, BindingErrorEvent, BindingKey, CareOf, Counter, FLOW_FROZEN, FLOW_REDIRECT, FlowEntry,
+    FlowKey, NodeConfig, map,
 };
 
 use super::{DatapathError, PinDir, loader::pin_file};
@@ -57,7 +57,6 @@ fn set<K: aya::Pod, V: aya::Pod>(
 /// Every map of the object.
 pub struct Maps {
     freeze: FreezeMap,
-    redirects: HashMap<MapData, FlowKey, RedirectEntry>,
     local_homes: HashMap<MapData, Addr, u32>,
     ro_bindings: HashMap<MapData, BindingKey, CareOf>,
     ha_bindings: HashMap<MapData, Addr, CareOf>,
@@ -74,8 +73,7 @@ impl Maps {
             };
         }
         Ok(Maps {
-            freeze: FreezeMap::from_maps(take(ebpf, map::FREEZE_FLOWS)?, take(ebpf, map::STATS)?)?,
-            redirects: typed!(map::REDIRECTS),
+            freeze: FreezeMap::from_maps(take(ebpf, map::FLOWS)?, take(ebpf, map::STATS)?)?,
             local_homes: typed!(map::LOCAL_HOMES),
             ro_bindings: typed!(map::RO_BINDINGS),
             ha_bindings: typed!(map::HA_BINDINGS),
@@ -85,7 +83,7 @@ impl Maps {
         })
     }
 
-    /// The freeze map and the counters.
+    /// The per-connection table (frozen, redirected) and the counters.
     pub fn freeze(&mut self) -> &mut FreezeMap {
         &mut self.freeze
     }
@@ -104,20 +102,6 @@ impl Maps {
             map::LOCAL_HOMES,
             home,
             served.then_some(0),
-        )
-    }
-
-    /// Sends `flow` to member `node` (path B/D), or stops doing so (`None`).
-    pub fn set_redirect(
-        &mut self,
-        flow: FlowKey,
-        node: Option<Addr>,
-    ) -> Result<bool, DatapathError> {
-        set(
-            &mut self.redirects,
-            map::REDIRECTS,
-            flow,
-            node.map(|node| RedirectEntry { node }),
         )
     }
 
@@ -180,10 +164,11 @@ impl Maps {
     }
 }
 
-/// The freeze map and the programs' counters. Held by the process that loaded the programs, or
-/// opened from the pins by any other agent of the node.
+/// The per-connection table (`FLOWS`: frozen or redirected connections) and the programs'
+/// counters. Held by the process that loaded the programs, or opened from the pins by any other
+/// agent of the node.
 pub struct FreezeMap {
-    flows: HashMap<MapData, FlowKey, FreezeEntry>,
+    flows: HashMap<MapData, FlowKey, FlowEntry>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -191,38 +176,48 @@ impl FreezeMap {
     /// Opens the maps pinned in `pins` by another process.
     pub fn open(pins: &PinDir) -> Result<FreezeMap, DatapathError> {
         FreezeMap::from_maps(
-            open_pinned(pins, map::FREEZE_FLOWS)?,
+            open_pinned(pins, map::FLOWS)?,
             open_pinned(pins, map::STATS)?,
         )
     }
 
     fn from_maps(flows: Map, stats: Map) -> Result<FreezeMap, DatapathError> {
         Ok(FreezeMap {
-            flows: flows.try_into().map_err(map_error(map::FREEZE_FLOWS))?,
+            flows: flows.try_into().map_err(map_error(map::FLOWS))?,
             stats: stats.try_into().map_err(map_error(map::STATS))?,
         })
     }
 
-    /// Drops the packets of `flow` from now on. Freezing a frozen flow is not an error.
+    /// Drops the packets of `flow` from now on (replacing a redirect). Freezing a frozen flow is
+    /// not an error.
     pub fn freeze(&mut self, flow: FlowKey) -> Result<(), DatapathError> {
-        let entry = FreezeEntry {
-            action: FREEZE_ACTION_DROP,
-        };
-        set(&mut self.flows, map::FREEZE_FLOWS, flow, Some(entry)).map(|_| ())
+        self.set(flow, FLOW_FROZEN, [0; 16])
     }
 
-    /// Lets the packets of `flow` through again. Returns whether it was frozen.
+    /// Sends the packets of `flow` to member `node` from now on (path B/D), replacing a freeze
+    /// in one update: the switch at activation.
+    pub fn redirect(&mut self, flow: FlowKey, node: Addr) -> Result<(), DatapathError> {
+        self.set(flow, FLOW_REDIRECT, node)
+    }
+
+    fn set(&mut self, flow: FlowKey, action: u32, node: Addr) -> Result<(), DatapathError> {
+        let entry = FlowEntry { action, node };
+        set(&mut self.flows, map::FLOWS, flow, Some(entry)).map(|_| ())
+    }
+
+    /// Lets the packets of `flow` through again (neither frozen nor redirected). Returns whether
+    /// it had an entry.
     pub fn thaw(&mut self, flow: &FlowKey) -> Result<bool, DatapathError> {
-        set(&mut self.flows, map::FREEZE_FLOWS, *flow, None)
+        set(&mut self.flows, map::FLOWS, *flow, None)
     }
 
     /// Whether `flow` is frozen.
     pub fn is_frozen(&self, flow: &FlowKey) -> Result<bool, DatapathError> {
         match self.flows.get(flow, 0) {
-            Ok(_) => Ok(true),
+            Ok(entry) => Ok(entry.action == FLOW_FROZEN),
             Err(err) if is_not_found(&err) => Ok(false),
             Err(source) => Err(DatapathError::Map {
-                map: map::FREEZE_FLOWS,
+                map: map::FLOWS,
                 source,
             }),
         }

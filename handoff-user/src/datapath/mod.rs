@@ -8,7 +8,7 @@ pub mod mtu;
 mod pin;
 
 pub use freeze::FreezeFilter;
-pub use loader::{Datapath, Program, TestRunOutput};
+pub use loader::{Datapath, Program, TestRunOutput, enable_run_stats};
 pub use maps::{CounterValues, FreezeCounters, FreezeMap, Maps};
 pub use pin::{BPFFS_ROOT, PinDir};
 
@@ -62,6 +62,9 @@ pub enum DatapathError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The kernel refused to turn run statistics on.
+    #[error("enabling BPF run statistics: {0}")]
+    Stats(io::Error),
     /// The object lacks a program or map that this crate expects (built from other sources).
     #[error("the embedded eBPF object has no {0}")]
     Missing(&'static str),

@@ -78,7 +78,8 @@ pub fn configure(datapath: &mut Datapath, program: Program) {
 pub fn seed_maps(datapath: &mut Datapath) {
     let maps = datapath.maps();
     maps.set_local_home(addr(DSA), true).unwrap();
-    maps.set_redirect(flow(CLIENT, 40001, DSA, 80), Some(addr(NODE2)))
+    maps.freeze()
+        .redirect(flow(CLIENT, 40001, DSA, 80), addr(NODE2))
         .unwrap();
     maps.freeze().freeze(flow(CLIENT, 40002, DSA, 80)).unwrap();
     maps.set_ro_binding(addr(CLIENT), addr(DSA), Some(addr(NODE1)))
