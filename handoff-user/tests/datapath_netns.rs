@@ -12,7 +12,7 @@ use std::{
     thread,
 };
 
-use anyhow::ensure;
+use anyhow::{Context as _, ensure};
 use handoff_common::{Counter, NODE_REVERSE_TUNNEL, NodeConfig};
 use handoff_user::datapath::{CounterValues, Datapath, PinDir, Program, mtu};
 use testbed::{
@@ -155,12 +155,14 @@ impl Capture {
 
 /// ICMPv6 Parameter Problems the namespace's kernel sent (its own MIB counter).
 fn parameter_problems_sent(netns: &Netns) -> anyhow::Result<u64> {
-    let snmp6 = netns.run(|| std::fs::read_to_string("/proc/net/snmp6"))?;
+    // thread-self: /proc/net follows the process's main thread, not the thread inside the
+    // namespace.
+    let snmp6 = netns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp6"))?;
     Ok(snmp6
         .lines()
         .find_map(|line| line.strip_prefix("Icmp6OutParmProblems"))
         .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0))
+        .context("no Icmp6OutParmProblems in snmp6")?)
 }
 
 fn counters(datapath: &mut Datapath) -> anyhow::Result<CounterValues> {
@@ -497,6 +499,74 @@ fn redirect(offloads: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A Binding Update (HAO + Mobility Header) arriving at a client: returns whether a packet
+/// socket — mipv6d's way in — saw it whole, the `mobility_to_daemon` count, and the Parameter
+/// Problems the client's kernel sent. With `attach == false` no program is on the interface.
+fn binding_update_at_client(attach: bool) -> anyhow::Result<(bool, u64, u64)> {
+    let hosts = HostPair::new("bu")?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/packets.py");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(&script)
+        .args(["binding-update", &HostPair::SERVER_V6.to_string()])
+        .args([&HostPair::CLIENT_V6.to_string(), &DSA.to_string()])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let frame: Vec<u8> = (0..text.trim().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16))
+        .collect::<Result<_, _>>()?;
+    let programs: &[Program] = if attach { &[Program::CnIngress] } else { &[] };
+    let mut client = datapath(&hosts.client, HostPair::CLIENT_IF, programs, |_| Ok(()))?;
+    let capture = PacketCapture::start(&hosts.client, HostPair::CLIENT_IF)?;
+    // Sent through the node's IPv6 stack as a whole packet (IPPROTO_RAW: header included), so
+    // that it reaches the client as a unicast frame: the kernel sends no ICMP error for a
+    // link-layer broadcast.
+    hosts.server.run(|| -> std::io::Result<()> {
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+        )?;
+        let to = SocketAddr::new(v6(HostPair::CLIENT_V6), 0);
+        raw.send_to(&frame[14..], &to.into())?;
+        Ok(())
+    })?;
+    // The kernel's answer, if any, leaves within microseconds; give it ample time.
+    thread::sleep(std::time::Duration::from_millis(200));
+    let frames = capture.stop()?;
+    let seen = frames
+        .iter()
+        .any(|f| !f.outgoing && f.bytes[14..] == frame[14..]);
+    let to_daemon = counters(&mut client)?.get(Counter::MobilityToDaemon);
+    Ok((seen, to_daemon, parameter_problems_sent(&hosts.client)?))
+}
+
+#[test]
+fn privileged_binding_update_reaches_the_daemon_without_icmp_error() {
+    if root() {
+        assert_eq!(binding_update_at_client(true).unwrap(), (true, 1, 0));
+    }
+}
+
+/// The check above can fail: without the program the kernel answers with a Parameter Problem.
+#[test]
+fn privileged_binding_update_without_program_draws_a_parameter_problem() {
+    if root() {
+        let (seen, to_daemon, problems) = binding_update_at_client(false).unwrap();
+        assert!(seen);
+        assert_eq!(to_daemon, 0);
+        assert_eq!(
+            problems, 1,
+            "the kernel should have refused the Home Address option"
+        );
+    }
 }
 
 #[test]

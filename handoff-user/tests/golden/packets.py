@@ -168,4 +168,11 @@ cases["cn_dest_opts_without_hao"] = case(
     IPv6(src=NODE1, dst=CLIENT) / IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\x00\x00\x00\x00")]) / seg_dsa_c
 )
 
-json.dump(cases, sys.stdout)
+if len(sys.argv) == 5 and sys.argv[1] == "binding-update":
+    # A Binding Update from a care-of address with its Home Address option, to a correspondent:
+    # packets.py binding-update CARE_OF CORRESPONDENT HOME
+    care_of, correspondent, home = sys.argv[2:]
+    bu = IPv6(src=care_of, dst=correspondent) / hao_dest_opts(home) / MIP6MH_BU(seq=1, flags=0x80, mhtime=105)
+    print(raw(Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / bu).hex())
+else:
+    json.dump(cases, sys.stdout)
