@@ -82,6 +82,20 @@ pub struct FlowEntry {
 pub const FLOW_FROZEN: u32 = 0;
 /// Encapsulate every packet of the flow to `FlowEntry::node`.
 pub const FLOW_REDIRECT: u32 = 1;
+/// Like `FLOW_FROZEN`, but hand each packet to userspace first (`FROZEN_PACKETS`), so that a
+/// handoff can replay it on the acceptor instead of waiting for the peer to retransmit it.
+pub const FLOW_QUEUED: u32 = 2;
+
+/// Header of a packet handed to userspace by a `FLOW_QUEUED` entry; the packet itself (the
+/// Ethernet frame, `len` bytes) follows it in the perf event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueuedPacket {
+    /// The flow the packet belongs to.
+    pub flow: FlowKey,
+    /// Length of the frame that follows.
+    pub len: u32,
+}
 
 /// Key of a route-optimized binding at a server: the client (`peer`) and the home address (DSA)
 /// it has bound to this node's care-of address.
@@ -151,6 +165,8 @@ pub mod program {
 pub mod map {
     /// `FlowKey` → `FlowEntry`: frozen and redirected connections.
     pub const FLOWS: &str = "FLOWS";
+    /// Perf event array: `QueuedPacket` + frame, for `FLOW_QUEUED` flows.
+    pub const FROZEN_PACKETS: &str = "FROZEN_PACKETS";
     /// `Addr` (a DSA served here) → `u32` (reserved, 0).
     pub const LOCAL_HOMES: &str = "LOCAL_HOMES";
     /// `BindingKey` → `CareOf`: server-side route-optimized bindings.
@@ -218,11 +234,13 @@ pub enum Counter {
     DropRewriteFailed,
     /// A binding-error report was lost because the ring buffer was full.
     BindingErrorLost,
+    /// Packets of `FLOW_QUEUED` flows handed to userspace (and dropped from the kernel's path).
+    Queued,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 21] = [
         Counter::Passed,
         Counter::Dropped,
         Counter::Skipped,
@@ -243,6 +261,7 @@ impl Counter {
         Counter::DropNoRoute,
         Counter::DropRewriteFailed,
         Counter::BindingErrorLost,
+        Counter::Queued,
     ];
     /// Number of counters (the length of the per-CPU array).
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -270,6 +289,7 @@ impl Counter {
             Counter::DropNoRoute => "drop_no_route",
             Counter::DropRewriteFailed => "drop_rewrite_failed",
             Counter::BindingErrorLost => "binding_error_lost",
+            Counter::Queued => "queued",
         }
     }
 }
@@ -280,6 +300,7 @@ mod pod {
     // for every bit pattern.
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::QueuedPacket {}
     unsafe impl aya::Pod for super::BindingKey {}
     unsafe impl aya::Pod for super::CareOf {}
     unsafe impl aya::Pod for super::NodeConfig {}
@@ -295,6 +316,7 @@ mod tests {
         use core::mem::size_of;
         assert_eq!(size_of::<FlowKey>(), 36);
         assert_eq!(size_of::<FlowEntry>(), 20);
+        assert_eq!(size_of::<QueuedPacket>(), 40);
         assert_eq!(size_of::<BindingKey>(), 32);
         assert_eq!(size_of::<CareOf>(), 16);
         assert_eq!(size_of::<NodeConfig>(), 36);

@@ -20,16 +20,21 @@ mod rewrite;
 use aya_ebpf::{
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
     macros::{classifier, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerfEventArray, RingBuf},
     programs::TcContext,
 };
 use handoff_common::{
     Addr, BindingKey, CareOf, Counter, FLOW_MAP_CAPACITY, FlowEntry, FlowKey, NodeConfig,
+    QueuedPacket,
 };
 
 /// Frozen connections, and connections another member owns now; filled by userspace.
 #[map(name = "FLOWS")]
 static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(FLOW_MAP_CAPACITY, 0);
+
+/// Packets of `FLOW_QUEUED` flows, for replay on the acceptor.
+#[map(name = "FROZEN_PACKETS")]
+static FROZEN_PACKETS: PerfEventArray<QueuedPacket> = PerfEventArray::new(0);
 
 /// The home addresses (DSAs) this node serves.
 #[map(name = "LOCAL_HOMES")]
@@ -66,7 +71,7 @@ static BINDING_ERRORS: RingBuf = RingBuf::with_byte_size(16 * 4096, 0);
 pub fn freeze(ctx: TcContext) -> i32 {
     packet::linearize(&ctx);
     match packet::tcp_flow_key(&ctx) {
-        Some(key) => node::freeze_verdict(&key),
+        Some(key) => node::freeze_verdict(&ctx, &key),
         None => {
             count(Counter::Skipped);
             PIPE

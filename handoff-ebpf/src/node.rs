@@ -3,11 +3,12 @@
 
 use aya_ebpf::programs::TcContext;
 use handoff_common::{
-    BindingKey, Counter, FLOW_FROZEN, FLOW_REDIRECT, FlowKey, NODE_REVERSE_TUNNEL,
+    BindingKey, Counter, FLOW_FROZEN, FLOW_QUEUED, FLOW_REDIRECT, FlowKey, NODE_REVERSE_TUNNEL,
+    QueuedPacket,
 };
 
 use crate::{
-    FLOWS, LOCAL_HOMES, PIPE, RO_BINDINGS, config, count, discard,
+    FLOWS, FROZEN_PACKETS, LOCAL_HOMES, PIPE, RO_BINDINGS, config, count, discard,
     packet::{self, IP6_EXT, IPPROTO_IPV6, IPPROTO_MH, NEXTHDR_DEST, NEXTHDR_ROUTING},
     rewrite::{self, Failed},
 };
@@ -21,10 +22,11 @@ pub const OPT_HOME_ADDRESS: u8 = 0xc9;
 
 /// The freeze decision for a TCP packet.
 #[inline(always)]
-pub fn freeze_verdict(key: &FlowKey) -> i32 {
+pub fn freeze_verdict(ctx: &TcContext, key: &FlowKey) -> i32 {
     // SAFETY: the entry is copied out at once.
     match unsafe { FLOWS.get(key) }.copied() {
         Some(entry) if entry.action == FLOW_FROZEN => discard(Counter::Dropped),
+        Some(entry) if entry.action == FLOW_QUEUED => queue(ctx, key),
         _ => {
             count(Counter::Passed);
             PIPE
@@ -65,6 +67,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
     match unsafe { FLOWS.get(key) }.copied() {
         // (d) Frozen while its socket is captured or restored.
         Some(entry) if entry.action == FLOW_FROZEN => discard(Counter::Dropped),
+        Some(entry) if entry.action == FLOW_QUEUED => queue(ctx, &key),
         // (c) Owned by another member now: tunnel it there.
         Some(entry) if entry.action == FLOW_REDIRECT => {
             if rewrite::encapsulate(ctx, &config.local, &entry.node).is_err() {
@@ -78,6 +81,16 @@ pub fn ingress(ctx: &TcContext) -> i32 {
             PIPE
         }
     }
+}
+
+/// Hands the packet (the whole frame, after the header) to userspace and drops it.
+#[inline(always)]
+fn queue(ctx: &TcContext, key: &FlowKey) -> i32 {
+    let len = ctx.len();
+    let header = QueuedPacket { flow: *key, len };
+    // The flags' upper half asks the kernel to append that many bytes of the packet.
+    FROZEN_PACKETS.output(ctx, header, len);
+    discard(Counter::Queued)
 }
 
 /// Validates a Type 2 Routing Header right after the IPv6 header and turns the packet back into

@@ -8,7 +8,9 @@ use std::{
 };
 
 use handoff_common::FlowKey;
-use handoff_user::datapath::{FreezeCounters, FreezeFilter, PinDir};
+use handoff_user::datapath::{
+    Datapath, FreezeCounters, FreezeFilter, PinDir, Program, QueuedFrame, replay,
+};
 use testbed::{Family, HostPair};
 
 /// How long the frozen connection is watched for (stray) deliveries.
@@ -161,4 +163,93 @@ fn privileged_freeze_check_fails_without_the_program() {
         "passed without the program: {observation:?}"
     );
     assert_eq!(observation.delivered_while_frozen, PAYLOAD);
+}
+
+/// An upload while the flow is queued rather than dropped: what the client sent during the freeze
+/// is handed to userspace; with `replay_them`, it is sent into the server's stack after the thaw.
+/// The client's route has `rto_min` 5 s and its tail-loss probes are off, so within the test
+/// nothing but the replay can deliver those bytes. Returns (frames queued, bytes the server received within a second of the thaw).
+fn queued_upload(replay_them: bool) -> anyhow::Result<(usize, Vec<u8>)> {
+    let hosts = HostPair::new("queue")?;
+    hosts.client.sysctl("net.ipv4.tcp_early_retrans", "0")?;
+    hosts.client.add_route_with(
+        HostPair::SERVER_V6,
+        128,
+        None,
+        HostPair::CLIENT_IF,
+        Some(Duration::from_secs(5)),
+    )?;
+    let pins = PinDir::for_instance(hosts.server.name());
+    let mut datapath = hosts.server.run(|| {
+        let mut datapath = Datapath::load(&pins)?;
+        datapath.attach(Program::Freeze, HostPair::SERVER_IF)?;
+        anyhow::Ok(datapath)
+    })?;
+    let listener = hosts.listen(Family::V6)?;
+    let (mut client, mut server) = hosts.connect(&listener)?;
+    let flow = FlowKey::new(client.local_addr()?, client.peer_addr()?);
+    let mut reader = datapath.maps().open_frozen_packets()?;
+    datapath.maps().freeze().queue(flow)?;
+
+    let payload: Vec<u8> = (0..PAYLOAD).map(|i| (i * 13 % 251) as u8).collect();
+    client.write_all(&payload)?;
+    // Frames may be GSO packets carrying several segments: count TCP payload bytes instead.
+    let tcp_payload = |frame: &[u8]| {
+        frame.get(14 + 40 + 12).map_or(0, |offset| {
+            frame
+                .len()
+                .saturating_sub(14 + 40 + usize::from(offset >> 4) * 4)
+        })
+    };
+    let mut frames = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while frames
+        .iter()
+        .map(|f: &QueuedFrame| tcp_payload(&f.frame))
+        .sum::<usize>()
+        < PAYLOAD
+        && Instant::now() < deadline
+    {
+        frames.extend(reader.drain());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    anyhow::ensure!(
+        frames.iter().all(|frame| frame.flow == flow),
+        "a frame of another flow was queued"
+    );
+    datapath.maps().freeze().thaw(&flow)?;
+    if replay_them {
+        hosts
+            .server
+            .run(|| frames.iter().try_for_each(|frame| replay(&frame.frame)))?;
+    }
+    let delivered = read_for(&mut server, PAYLOAD, Duration::from_secs(1))?;
+    Ok((frames.len(), delivered))
+}
+
+#[test]
+fn privileged_queued_packets_are_replayed_without_retransmission() {
+    if !root() {
+        return;
+    }
+    let (queued, delivered) = queued_upload(true).unwrap();
+    assert!(queued > 0, "nothing queued");
+    let payload: Vec<u8> = (0..PAYLOAD).map(|i| (i * 13 % 251) as u8).collect();
+    assert_eq!(delivered, payload);
+}
+
+/// Without the replay the same bytes do not arrive (the client's retransmission timer is held
+/// at 5 s): the check above cannot pass by accident.
+#[test]
+fn privileged_queued_packets_are_lost_without_replay() {
+    if !root() {
+        return;
+    }
+    let (queued, delivered) = queued_upload(false).unwrap();
+    assert!(queued > 0);
+    assert!(
+        delivered.is_empty(),
+        "{} bytes arrived without replay",
+        delivered.len()
+    );
 }

@@ -61,8 +61,9 @@ impl Program {
 }
 
 /// Every map of the object with its pin file name.
-const PINNED_MAPS: [(&str, &str); 8] = [
+const PINNED_MAPS: [(&str, &str); 9] = [
     (map::FLOWS, "flows"),
+    (map::FROZEN_PACKETS, "frozen_packets"),
     (map::LOCAL_HOMES, "local_homes"),
     (map::RO_BINDINGS, "ro_bindings"),
     (map::HA_BINDINGS, "ha_bindings"),

@@ -3,11 +3,14 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{
+        Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf,
+        perf::{PerfEvent, PerfEventArray, PerfEventArrayBuffer},
+    },
 };
 use handoff_common::{
-    Addr, BindingErrorEvent, BindingKey, CareOf, Counter, FLOW_FROZEN, FLOW_REDIRECT, FlowEntry,
-    FlowKey, NodeConfig, map,
+    Addr, BindingErrorEvent, BindingKey, CareOf, Counter, FLOW_FROZEN, FLOW_QUEUED, FLOW_REDIRECT,
+    FlowEntry, FlowKey, NodeConfig, QueuedPacket, map,
 };
 
 use super::{DatapathError, PinDir, loader::pin_file};
@@ -63,6 +66,7 @@ pub struct Maps {
     cn_bindings: HashMap<MapData, Addr, CareOf>,
     config: Array<MapData, NodeConfig>,
     binding_errors: RingBuf<MapData>,
+    frozen_packets: PerfEventArray<MapData>,
 }
 
 impl Maps {
@@ -80,6 +84,7 @@ impl Maps {
             cn_bindings: typed!(map::CN_BINDINGS),
             config: typed!(map::CONFIG),
             binding_errors: typed!(map::BINDING_ERRORS),
+            frozen_packets: typed!(map::FROZEN_PACKETS),
         })
     }
 
@@ -149,6 +154,18 @@ impl Maps {
         )
     }
 
+    /// Starts receiving the packets of queued flows (see [`FreezeMap::queue`]): opens a perf
+    /// buffer on every online CPU. Packets queued while no reader is open are lost.
+    pub fn open_frozen_packets(&mut self) -> Result<FrozenPackets, DatapathError> {
+        let cpus = aya::util::online_cpus().map_err(|(_, err)| DatapathError::Stats(err))?;
+        let buffers = cpus
+            .into_iter()
+            .map(|cpu| self.frozen_packets.open(cpu, Some(64)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| DatapathError::PerfBuffer(err.to_string()))?;
+        Ok(FrozenPackets { buffers, lost: 0 })
+    }
+
     /// The Home Address options without a binding reported since the last call (for mipv6d's
     /// Binding Errors).
     pub fn take_binding_errors(&mut self) -> Vec<BindingErrorEvent> {
@@ -162,6 +179,61 @@ impl Maps {
         }
         events
     }
+}
+
+/// Reader of the packets that `FLOW_QUEUED` flows hand to userspace: one perf buffer per CPU.
+pub struct FrozenPackets {
+    buffers: Vec<PerfEventArrayBuffer<MapData>>,
+    lost: u64,
+}
+
+/// A packet of a queued flow, as it arrived (Ethernet frame).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedFrame {
+    /// The flow.
+    pub flow: FlowKey,
+    /// The frame, Ethernet header included.
+    pub frame: Vec<u8>,
+}
+
+impl FrozenPackets {
+    /// The packets handed over since the last call, per CPU in arrival order.
+    pub fn drain(&mut self) -> Vec<QueuedFrame> {
+        let mut frames = Vec::new();
+        let mut lost = 0;
+        for buffer in &mut self.buffers {
+            buffer.for_each(|event| match event {
+                PerfEvent::Sample { head, tail } => {
+                    let sample = [head, tail].concat();
+                    if let Some(frame) = parse_queued(&sample) {
+                        frames.push(frame);
+                    }
+                }
+                PerfEvent::Lost { count } => lost += count,
+            });
+        }
+        self.lost += lost;
+        frames
+    }
+
+    /// Samples the kernel could not deliver because a buffer was full, so far.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+}
+
+/// A perf sample: `QueuedPacket`, then the frame (then the kernel's alignment padding).
+fn parse_queued(sample: &[u8]) -> Option<QueuedFrame> {
+    let header_len = std::mem::size_of::<QueuedPacket>();
+    let header = sample.get(..header_len)?;
+    // SAFETY: QueuedPacket is plain data valid for any bytes; read_unaligned copes with the
+    // buffer's alignment.
+    let header: QueuedPacket = unsafe { header.as_ptr().cast::<QueuedPacket>().read_unaligned() };
+    let frame = sample.get(header_len..header_len + header.len as usize)?;
+    Some(QueuedFrame {
+        flow: header.flow,
+        frame: frame.to_vec(),
+    })
 }
 
 /// The per-connection table (`FLOWS`: frozen or redirected connections) and the programs'
@@ -194,6 +266,12 @@ impl FreezeMap {
         self.set(flow, FLOW_FROZEN, [0; 16])
     }
 
+    /// Like [`FreezeMap::freeze`], but each packet is also handed to the reader opened with
+    /// [`Maps::open_frozen_packets`], so that it can be replayed after the restore.
+    pub fn queue(&mut self, flow: FlowKey) -> Result<(), DatapathError> {
+        self.set(flow, FLOW_QUEUED, [0; 16])
+    }
+
     /// Sends the packets of `flow` to member `node` from now on (path B/D), replacing a freeze
     /// in one update: the switch at activation.
     pub fn redirect(&mut self, flow: FlowKey, node: Addr) -> Result<(), DatapathError> {
@@ -214,7 +292,7 @@ impl FreezeMap {
     /// Whether `flow` is frozen.
     pub fn is_frozen(&self, flow: &FlowKey) -> Result<bool, DatapathError> {
         match self.flows.get(flow, 0) {
-            Ok(entry) => Ok(entry.action == FLOW_FROZEN),
+            Ok(entry) => Ok(entry.action == FLOW_FROZEN || entry.action == FLOW_QUEUED),
             Err(err) if is_not_found(&err) => Ok(false),
             Err(source) => Err(DatapathError::Map {
                 map: map::FLOWS,

@@ -6,11 +6,13 @@ mod loader;
 mod maps;
 pub mod mtu;
 mod pin;
+mod replay;
 
 pub use freeze::FreezeFilter;
 pub use loader::{Datapath, Program, TestRunOutput, enable_run_stats};
-pub use maps::{CounterValues, FreezeCounters, FreezeMap, Maps};
+pub use maps::{CounterValues, FreezeCounters, FreezeMap, FrozenPackets, Maps, QueuedFrame};
 pub use pin::{BPFFS_ROOT, PinDir};
+pub use replay::replay;
 
 use std::{io, path::PathBuf};
 
@@ -62,6 +64,9 @@ pub enum DatapathError {
         /// The underlying error.
         source: io::Error,
     },
+    /// A perf buffer for queued packets could not be opened.
+    #[error("opening a perf buffer for queued packets: {0}")]
+    PerfBuffer(String),
     /// The kernel refused to turn run statistics on.
     #[error("enabling BPF run statistics: {0}")]
     Stats(io::Error),
