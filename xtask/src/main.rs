@@ -3,6 +3,7 @@
 
 mod setup;
 mod test;
+mod testbed;
 
 use std::{
     path::{Path, PathBuf},
@@ -40,6 +41,9 @@ enum Task {
         #[arg(value_enum)]
         name: Bench,
     },
+    /// Network-namespace testbeds: up [--topology FILE] | down | status | exec HOST -- CMD |
+    /// selftest | scenario (see `cargo xtask testbed --help`).
+    Testbed(testbed::Args),
 }
 
 /// The benchmarks; each is an example binary `bench_<name>` of the crate it measures.
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Task::Test(options) => setup::run(&root).and_then(|()| test::run(&root, &options)),
         Task::Demo => setup::run(&root).and_then(|()| demo(&root)),
         Task::Bench { name } => setup::run(&root).and_then(|()| bench(&root, name)),
+        Task::Testbed(args) => testbed::run(&root, &args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,8 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "tshark",
     "python3-scapy",
+    "iputils-ping",
+    "fonts-dejavu-core",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 const BTF: &str = "/sys/kernel/btf/vmlinux";
