@@ -10,22 +10,23 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use handoff_common::NodeConfig;
 use handoff_user::datapath::{Datapath, PinDir, Program, enable_run_stats, mtu};
 use testbed::{HostPair, Netns, veth_pair};
 
 #[path = "../tests/golden/support.rs"]
 mod golden;
+#[path = "../tests/support/route_optimized.rs"]
+mod route_optimized;
+use route_optimized::DSA;
 
 const SAMPLES: usize = 20_000;
 const THROUGHPUT_FOR: Duration = Duration::from_secs(2);
 const RUNS: usize = 3;
-const DSA: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xd5a, 0, 0, 0, 0, 0, 1);
 const PORT: u16 = 9000;
 
 /// The program and the golden case whose input it is measured on: each transformation, and the
@@ -137,39 +138,9 @@ type Live = Vec<(Program, u64, f64)>;
 fn throughput() -> anyhow::Result<(f64, f64, Live)> {
     let hosts = HostPair::new("bench-tp")?;
     let care_of = HostPair::SERVER_V6;
-    hosts.server.add_address("lo", IpAddr::V6(DSA), 128)?;
-    hosts
-        .client
-        .add_route(DSA, 128, care_of, HostPair::CLIENT_IF)?;
-    let node_pins = PinDir::for_instance(hosts.server.name());
-    let client_pins = PinDir::for_instance(hosts.client.name());
+    route_optimized::prepare(&hosts)?;
     let plain = median(RUNS, || bulk(&hosts, IpAddr::V6(care_of)))?;
-    let mut node = hosts.server.run(|| -> anyhow::Result<Datapath> {
-        let mut dp = Datapath::load(&node_pins)?;
-        let maps = dp.maps();
-        maps.set_config(NodeConfig {
-            local: care_of.octets(),
-            home_agent: [0; 16],
-            flags: 0,
-        })?;
-        maps.set_local_home(DSA.octets(), true)?;
-        maps.set_ro_binding(
-            HostPair::CLIENT_V6.octets(),
-            DSA.octets(),
-            Some(care_of.octets()),
-        )?;
-        dp.attach(Program::NodeIngress, HostPair::SERVER_IF)?;
-        dp.attach(Program::NodeEgress, HostPair::SERVER_IF)?;
-        Ok(dp)
-    })?;
-    let mut client = hosts.client.run(|| -> anyhow::Result<Datapath> {
-        let mut dp = Datapath::load(&client_pins)?;
-        dp.maps()
-            .set_cn_binding(DSA.octets(), Some(care_of.octets()))?;
-        dp.attach(Program::CnEgress, HostPair::CLIENT_IF)?;
-        dp.attach(Program::CnIngress, HostPair::CLIENT_IF)?;
-        Ok(dp)
-    })?;
+    let (mut node, mut client) = route_optimized::attach(&hosts)?;
     let stats = enable_run_stats()?;
     let optimized = median(RUNS, || bulk(&hosts, IpAddr::V6(DSA)))?;
     let mut live = Vec::new();

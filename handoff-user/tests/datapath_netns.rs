@@ -21,8 +21,9 @@ use testbed::{
     veth_pair,
 };
 
-/// The distributed-server address (a home address), on the serving node's `lo`.
-const DSA: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xd5a, 0, 0, 0, 0, 0, 1);
+#[path = "support/route_optimized.rs"]
+mod route_optimized;
+use route_optimized::DSA;
 /// Bytes sent each way per connection.
 const TRANSFER: usize = 1 << 20;
 const PORT: u16 = 8080;
@@ -197,35 +198,8 @@ fn route_optimization(offloads: bool) -> anyhow::Result<()> {
         offloads,
         &[(&hosts.client, client_if), (&hosts.server, node_if)],
     )?;
-    hosts.server.add_address("lo", v6(DSA), 128)?;
-    hosts.client.add_route(DSA, 128, care_of, client_if)?;
-
-    let mut node = datapath(
-        &hosts.server,
-        node_if,
-        &[Program::NodeIngress, Program::NodeEgress],
-        |dp| {
-            let maps = dp.maps();
-            maps.set_config(NodeConfig {
-                local: care_of.octets(),
-                home_agent: [0; 16],
-                flags: 0,
-            })?;
-            maps.set_local_home(DSA.octets(), true)?;
-            maps.set_ro_binding(client.octets(), DSA.octets(), Some(care_of.octets()))?;
-            Ok(())
-        },
-    )?;
-    let mut correspondent = datapath(
-        &hosts.client,
-        client_if,
-        &[Program::CnEgress, Program::CnIngress],
-        |dp| {
-            dp.maps()
-                .set_cn_binding(DSA.octets(), Some(care_of.octets()))?;
-            Ok(())
-        },
-    )?;
+    route_optimized::prepare(&hosts)?;
+    let (mut node, mut correspondent) = route_optimized::attach(&hosts)?;
 
     let capture = Capture::start(&hosts.server, node_if)?;
     let listener = listen(&hosts.server, SocketAddr::new(v6(DSA), PORT))?;
