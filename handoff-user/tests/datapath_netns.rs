@@ -159,11 +159,11 @@ fn parameter_problems_sent(netns: &Netns) -> anyhow::Result<u64> {
     // thread-self: /proc/net follows the process's main thread, not the thread inside the
     // namespace.
     let snmp6 = netns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp6"))?;
-    Ok(snmp6
+    snmp6
         .lines()
         .find_map(|line| line.strip_prefix("Icmp6OutParmProblems"))
         .and_then(|value| value.trim().parse().ok())
-        .context("no Icmp6OutParmProblems in snmp6")?)
+        .context("no Icmp6OutParmProblems in snmp6")
 }
 
 fn counters(datapath: &mut Datapath) -> anyhow::Result<CounterValues> {
