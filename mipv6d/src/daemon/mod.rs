@@ -1,0 +1,8 @@
+//! The `mipv6d` daemon around the cores: configuration, control protocol, and the loop that
+//! multiplexes the packet socket, the control socket and a stop signal.
+
+pub mod config;
+pub mod control;
+mod run;
+
+pub use run::{Daemon, StopSignal};
