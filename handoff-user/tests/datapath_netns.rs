@@ -301,7 +301,8 @@ fn home_agent_tunnel(offloads: bool) -> anyhow::Result<()> {
             home_agent: [0; 16],
             flags: 0,
         })?;
-        maps.set_ha_binding(DSA.octets(), Some(node_addr.octets()))?;
+        maps.bindings()
+            .set_tunnel(DSA.octets(), Some(node_addr.octets()))?;
         Ok(())
     };
     let mut home_agent = datapath(&ha, "ha-c", &[Program::HaIngress], binding)?;

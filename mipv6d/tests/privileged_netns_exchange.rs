@@ -14,6 +14,7 @@ use mipv6d::correspondent::{Correspondent, CorrespondentConfig};
 use mipv6d::io_shell::{EventLoop, PacketReceiver, RawSender, monotonic_now};
 use mipv6d::mobile::{MnEvent, MobileConfig, MobileNode};
 
+use handoff_user::datapath::{Datapath, PinDir};
 use testbed::{Netns, veth_pair};
 
 const CLIENT_IF: &str = "veth-c";
@@ -234,6 +235,17 @@ fn privileged_daemons_bind_through_the_control_socket() {
         .add_address(SERVER_IF, hoa.into(), 64)
         .expect("home address");
 
+    // The data path of each side, loaded here; the daemons write their bindings into its pinned
+    // maps (`datapath_instance`).
+    let load = |netns: &Netns| {
+        let pins = PinDir::for_instance(netns.name());
+        netns
+            .run(|| Datapath::load(&pins))
+            .expect("load the data path")
+    };
+    let mut client_datapath = load(&client);
+    let mut server_datapath = load(&server);
+
     let dir = std::env::temp_dir().join(format!("mipv6d-daemons-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cn_sock, mn_sock) = (dir.join("cn.sock"), dir.join("mn.sock"));
@@ -242,16 +254,18 @@ fn privileged_daemons_bind_through_the_control_socket() {
     std::fs::write(
         &cn_conf,
         format!(
-            "role = \"correspondent\"\ninterface = \"{CLIENT_IF}\"\ncontrol_socket = \"{}\"\n[correspondent]\naddresses = [\"{CLIENT_V6}\"]\n",
-            cn_sock.display()
+            "role = \"correspondent\"\ninterface = \"{CLIENT_IF}\"\ncontrol_socket = \"{}\"\ndatapath_instance = \"{}\"\n[correspondent]\naddresses = [\"{CLIENT_V6}\"]\n",
+            cn_sock.display(),
+            client.name()
         ),
     )
     .unwrap();
     std::fs::write(
         &mn_conf,
         format!(
-            "role = \"mobile\"\ninterface = \"{SERVER_IF}\"\ncontrol_socket = \"{}\"\n[mobile]\ncare_of_address = \"{SERVER_V6}\"\n",
-            mn_sock.display()
+            "role = \"mobile\"\ninterface = \"{SERVER_IF}\"\ncontrol_socket = \"{}\"\ndatapath_instance = \"{}\"\n[mobile]\ncare_of_address = \"{SERVER_V6}\"\n",
+            mn_sock.display(),
+            server.name()
         ),
     )
     .unwrap();
@@ -290,6 +304,24 @@ fn privileged_daemons_bind_through_the_control_socket() {
         "{list}"
     );
     assert_eq!(list["bindings"][0]["sequence"], 1001);
+    // Both data paths follow: the client sends to the DSA through the member's care-of address
+    // (RH2), the member answers the client with a Home Address option.
+    assert_eq!(
+        client_datapath
+            .maps()
+            .bindings()
+            .correspondent(hoa.octets())
+            .unwrap(),
+        Some(SERVER_V6.octets())
+    );
+    assert_eq!(
+        server_datapath
+            .maps()
+            .bindings()
+            .route_optimized(CLIENT_V6.octets(), hoa.octets())
+            .unwrap(),
+        Some(SERVER_V6.octets())
+    );
     let stats = control(&mn_sock, r#"{"op":"stats"}"#);
     assert_eq!(stats["bound"], 1);
     let token = control(

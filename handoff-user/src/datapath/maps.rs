@@ -57,13 +57,24 @@ fn set<K: aya::Pod, V: aya::Pod>(
     .map_err(map_error(name))
 }
 
+/// The care-of address stored under `key`, if any.
+fn lookup<K: aya::Pod>(
+    map: &HashMap<MapData, K, CareOf>,
+    name: &'static str,
+    key: K,
+) -> Result<Option<Addr>, DatapathError> {
+    match map.get(&key, 0) {
+        Ok(care_of) => Ok(Some(care_of.addr)),
+        Err(err) if is_not_found(&err) => Ok(None),
+        Err(err) => Err(map_error(name)(err)),
+    }
+}
+
 /// Every map of the object.
 pub struct Maps {
     freeze: FreezeMap,
     local_homes: HashMap<MapData, Addr, u32>,
-    ro_bindings: HashMap<MapData, BindingKey, CareOf>,
-    ha_bindings: HashMap<MapData, Addr, CareOf>,
-    cn_bindings: HashMap<MapData, Addr, CareOf>,
+    bindings: BindingMaps,
     config: Array<MapData, NodeConfig>,
     binding_errors: RingBuf<MapData>,
     frozen_packets: PerfEventArray<MapData>,
@@ -79,9 +90,11 @@ impl Maps {
         Ok(Maps {
             freeze: FreezeMap::from_maps(take(ebpf, map::FLOWS)?, take(ebpf, map::STATS)?)?,
             local_homes: typed!(map::LOCAL_HOMES),
-            ro_bindings: typed!(map::RO_BINDINGS),
-            ha_bindings: typed!(map::HA_BINDINGS),
-            cn_bindings: typed!(map::CN_BINDINGS),
+            bindings: BindingMaps::from_maps(
+                take(ebpf, map::RO_BINDINGS)?,
+                take(ebpf, map::HA_BINDINGS)?,
+                take(ebpf, map::CN_BINDINGS)?,
+            )?,
             config: typed!(map::CONFIG),
             binding_errors: typed!(map::BINDING_ERRORS),
             frozen_packets: typed!(map::FROZEN_PACKETS),
@@ -110,48 +123,9 @@ impl Maps {
         )
     }
 
-    /// Server side: the client `peer` has bound `home` to `care_of` (this node's address), or
-    /// the binding is gone (`None`).
-    pub fn set_ro_binding(
-        &mut self,
-        peer: Addr,
-        home: Addr,
-        care_of: Option<Addr>,
-    ) -> Result<bool, DatapathError> {
-        set(
-            &mut self.ro_bindings,
-            map::RO_BINDINGS,
-            BindingKey { peer, home },
-            care_of.map(|addr| CareOf { addr }),
-        )
-    }
-
-    /// Home agent: `home` is registered at `care_of`, or deregistered (`None`).
-    pub fn set_ha_binding(
-        &mut self,
-        home: Addr,
-        care_of: Option<Addr>,
-    ) -> Result<bool, DatapathError> {
-        set(
-            &mut self.ha_bindings,
-            map::HA_BINDINGS,
-            home,
-            care_of.map(|addr| CareOf { addr }),
-        )
-    }
-
-    /// Correspondent: `home` is bound to `care_of`, or the binding is gone (`None`).
-    pub fn set_cn_binding(
-        &mut self,
-        home: Addr,
-        care_of: Option<Addr>,
-    ) -> Result<bool, DatapathError> {
-        set(
-            &mut self.cn_bindings,
-            map::CN_BINDINGS,
-            home,
-            care_of.map(|addr| CareOf { addr }),
-        )
+    /// The Mobile IPv6 binding maps.
+    pub fn bindings(&mut self) -> &mut BindingMaps {
+        &mut self.bindings
     }
 
     /// Starts receiving the packets of queued flows (see [`FreezeMap::queue`]): opens a perf
@@ -234,6 +208,100 @@ fn parse_queued(sample: &[u8]) -> Option<QueuedFrame> {
         flow: header.flow,
         frame: frame.to_vec(),
     })
+}
+
+/// The Mobile IPv6 binding maps, filled by mipv6d: held by the process that loaded the programs,
+/// or opened from the pins.
+pub struct BindingMaps {
+    route_optimized: HashMap<MapData, BindingKey, CareOf>,
+    tunnels: HashMap<MapData, Addr, CareOf>,
+    correspondent: HashMap<MapData, Addr, CareOf>,
+}
+
+impl BindingMaps {
+    /// Opens the maps pinned in `pins` by the process that loaded the programs.
+    pub fn open(pins: &PinDir) -> Result<BindingMaps, DatapathError> {
+        BindingMaps::from_maps(
+            open_pinned(pins, map::RO_BINDINGS)?,
+            open_pinned(pins, map::HA_BINDINGS)?,
+            open_pinned(pins, map::CN_BINDINGS)?,
+        )
+    }
+
+    fn from_maps(
+        route_optimized: Map,
+        tunnels: Map,
+        correspondent: Map,
+    ) -> Result<BindingMaps, DatapathError> {
+        Ok(BindingMaps {
+            route_optimized: route_optimized
+                .try_into()
+                .map_err(map_error(map::RO_BINDINGS))?,
+            tunnels: tunnels.try_into().map_err(map_error(map::HA_BINDINGS))?,
+            correspondent: correspondent
+                .try_into()
+                .map_err(map_error(map::CN_BINDINGS))?,
+        })
+    }
+
+    /// Server side: the care-of address `peer` has bound `home` to, if any.
+    pub fn route_optimized(&self, peer: Addr, home: Addr) -> Result<Option<Addr>, DatapathError> {
+        lookup(
+            &self.route_optimized,
+            map::RO_BINDINGS,
+            BindingKey { peer, home },
+        )
+    }
+
+    /// Home agent: where `home` is registered, if anywhere.
+    pub fn tunnel(&self, home: Addr) -> Result<Option<Addr>, DatapathError> {
+        lookup(&self.tunnels, map::HA_BINDINGS, home)
+    }
+
+    /// Correspondent: the care-of address `home` is bound to, if any.
+    pub fn correspondent(&self, home: Addr) -> Result<Option<Addr>, DatapathError> {
+        lookup(&self.correspondent, map::CN_BINDINGS, home)
+    }
+
+    /// Server side: the client `peer` has bound `home` to `care_of` (this node's address), or
+    /// the binding is gone (`None`).
+    pub fn set_route_optimized(
+        &mut self,
+        peer: Addr,
+        home: Addr,
+        care_of: Option<Addr>,
+    ) -> Result<bool, DatapathError> {
+        set(
+            &mut self.route_optimized,
+            map::RO_BINDINGS,
+            BindingKey { peer, home },
+            care_of.map(|addr| CareOf { addr }),
+        )
+    }
+
+    /// Home agent: `home` is registered at `care_of`, or deregistered (`None`).
+    pub fn set_tunnel(&mut self, home: Addr, care_of: Option<Addr>) -> Result<bool, DatapathError> {
+        set(
+            &mut self.tunnels,
+            map::HA_BINDINGS,
+            home,
+            care_of.map(|addr| CareOf { addr }),
+        )
+    }
+
+    /// Correspondent: `home` is bound to `care_of`, or the binding is gone (`None`).
+    pub fn set_correspondent(
+        &mut self,
+        home: Addr,
+        care_of: Option<Addr>,
+    ) -> Result<bool, DatapathError> {
+        set(
+            &mut self.correspondent,
+            map::CN_BINDINGS,
+            home,
+            care_of.map(|addr| CareOf { addr }),
+        )
+    }
 }
 
 /// The per-connection table (`FLOWS`: frozen or redirected connections) and the programs'

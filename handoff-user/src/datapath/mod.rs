@@ -10,7 +10,9 @@ mod replay;
 
 pub use freeze::FreezeFilter;
 pub use loader::{Datapath, Program, TestRunOutput, enable_run_stats};
-pub use maps::{CounterValues, FreezeCounters, FreezeMap, FrozenPackets, Maps, QueuedFrame};
+pub use maps::{
+    BindingMaps, CounterValues, FreezeCounters, FreezeMap, FrozenPackets, Maps, QueuedFrame,
+};
 pub use pin::{BPFFS_ROOT, PinDir};
 pub use replay::replay;
 

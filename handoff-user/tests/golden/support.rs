@@ -82,8 +82,13 @@ pub fn seed_maps(datapath: &mut Datapath) {
         .redirect(flow(CLIENT, 40001, DSA, 80), addr(NODE2))
         .unwrap();
     maps.freeze().freeze(flow(CLIENT, 40002, DSA, 80)).unwrap();
-    maps.set_ro_binding(addr(CLIENT), addr(DSA), Some(addr(NODE1)))
+    maps.bindings()
+        .set_route_optimized(addr(CLIENT), addr(DSA), Some(addr(NODE1)))
         .unwrap();
-    maps.set_ha_binding(addr(DSA), Some(addr(NODE1))).unwrap();
-    maps.set_cn_binding(addr(DSA), Some(addr(NODE1))).unwrap();
+    maps.bindings()
+        .set_tunnel(addr(DSA), Some(addr(NODE1)))
+        .unwrap();
+    maps.bindings()
+        .set_correspondent(addr(DSA), Some(addr(NODE1)))
+        .unwrap();
 }

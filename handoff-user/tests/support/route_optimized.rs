@@ -34,7 +34,11 @@ pub fn attach(hosts: &HostPair) -> anyhow::Result<(Datapath, Datapath)> {
             flags: 0,
         })?;
         maps.set_local_home(DSA.octets(), true)?;
-        maps.set_ro_binding(HostPair::CLIENT_V6.octets(), DSA.octets(), Some(care_of))?;
+        maps.bindings().set_route_optimized(
+            HostPair::CLIENT_V6.octets(),
+            DSA.octets(),
+            Some(care_of),
+        )?;
         node.attach(Program::NodeIngress, HostPair::SERVER_IF)?;
         node.attach(Program::NodeEgress, HostPair::SERVER_IF)?;
         Ok(node)
@@ -42,7 +46,10 @@ pub fn attach(hosts: &HostPair) -> anyhow::Result<(Datapath, Datapath)> {
     let client_pins = PinDir::for_instance(hosts.client.name());
     let client = hosts.client.run(|| -> anyhow::Result<Datapath> {
         let mut client = Datapath::load(&client_pins)?;
-        client.maps().set_cn_binding(DSA.octets(), Some(care_of))?;
+        client
+            .maps()
+            .bindings()
+            .set_correspondent(DSA.octets(), Some(care_of))?;
         client.attach(Program::CnEgress, HostPair::CLIENT_IF)?;
         client.attach(Program::CnIngress, HostPair::CLIENT_IF)?;
         Ok(client)

@@ -12,8 +12,8 @@ use clap::Parser;
 
 use mipv6d::correspondent::{Correspondent, CorrespondentConfig};
 use mipv6d::daemon::config::{Config, Role, parse_prefix};
-use mipv6d::daemon::control::MobileDaemon;
-use mipv6d::daemon::{Daemon, StopSignal};
+use mipv6d::daemon::control::{DatapathSink, LogOnly, MobileDaemon};
+use mipv6d::daemon::{Daemon, PinnedMaps, StopSignal};
 use mipv6d::home_agent::{HomeAgent, HomeAgentConfig, MobileNodeKey};
 use mipv6d::io_shell::{PacketReceiver, RawSender};
 
@@ -89,6 +89,12 @@ fn run(config: &Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let datapath: Box<dyn DatapathSink> = match &config.datapath_instance {
+        Some(instance) => Box::new(PinnedMaps::open(instance).with_context(|| {
+            format!("opening the data path's maps of instance {instance} — is it loaded?")
+        })?),
+        None => Box::new(LogOnly),
+    };
     tracing::info!(role = ?config.role, interface = %config.interface, "mipv6d: started");
     let result = match config.role {
         Role::Correspondent => {
@@ -104,12 +110,16 @@ fn run(config: &Config) -> anyhow::Result<()> {
                 ..CorrespondentConfig::default()
             };
             let cn = Correspondent::new(cfg, random()?, random()?);
-            Daemon::new(cn, sockets, control).run(&stop)
+            Daemon::new(cn, sockets, control)
+                .with_datapath(datapath)
+                .run(&stop)
         }
         Role::Mobile => {
             let m = config.mobile.as_ref().context("[mobile] section")?;
             let d = MobileDaemon::new(m.care_of_address, m.lifetime_units, random()?);
-            Daemon::new(d, sockets, control).run(&stop)
+            Daemon::new(d, sockets, control)
+                .with_datapath(datapath)
+                .run(&stop)
         }
         Role::HomeAgent => {
             let h = config.home_agent.as_ref().context("[home_agent] section")?;
@@ -130,7 +140,9 @@ fn run(config: &Config) -> anyhow::Result<()> {
                     home_address: node.home_address,
                 });
             }
-            Daemon::new(HomeAgent::new(cfg), sockets, control).run(&stop)
+            Daemon::new(HomeAgent::new(cfg), sockets, control)
+                .with_datapath(datapath)
+                .run(&stop)
         }
     };
     if let Some(path) = &config.control_socket {

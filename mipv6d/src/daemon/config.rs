@@ -51,6 +51,9 @@ pub struct Config {
     pub interface: String,
     /// Unix socket for the control protocol (handoffd, the `handoff` CLI).
     pub control_socket: Option<PathBuf>,
+    /// Data-path instance whose pinned maps (`/sys/fs/bpf/dsl/<instance>/`) receive the binding
+    /// changes; without it they are only logged.
+    pub datapath_instance: Option<String>,
     /// Correspondent settings.
     pub correspondent: Option<CorrespondentSection>,
     /// Mobile-node settings.

@@ -19,8 +19,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::correspondent::Correspondent;
-use crate::home_agent::HomeAgent;
+use crate::correspondent::{CnEvent, Correspondent};
+use crate::home_agent::{HaEvent, HomeAgent};
 use crate::mobile::{BindingUpdateList, Failure, MnEvent, MobileConfig, Token, UpdateListKey};
 use crate::time::Timestamp;
 
@@ -90,8 +90,65 @@ pub trait ControlTarget {
         request: Request,
         now: Timestamp,
     ) -> Option<Value>;
-    /// Answers to earlier requests that completed (call after feeding the engine).
-    fn completions(&mut self, now: Timestamp) -> Vec<(ClientId, Value)>;
+    /// Answers to earlier requests that completed (call after feeding the engine); binding
+    /// changes go to `datapath`.
+    fn completions(
+        &mut self,
+        now: Timestamp,
+        datapath: &mut dyn DatapathSink,
+    ) -> Vec<(ClientId, Value)>;
+}
+
+/// A binding change the data path must follow (the eBPF binding maps of `handoff-user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatapathUpdate {
+    /// Client role: packets to `home` leave for `care_of` with an RH2 (`None`: no longer).
+    Correspondent {
+        /// The home address (DSA).
+        home: Ipv6Addr,
+        /// Its care-of address.
+        care_of: Option<Ipv6Addr>,
+    },
+    /// Server role: packets from `home` to `peer` leave from `care_of` with a Home Address
+    /// option (`None`: no longer).
+    RouteOptimized {
+        /// The client.
+        peer: Ipv6Addr,
+        /// The home address (DSA).
+        home: Ipv6Addr,
+        /// This member's care-of address.
+        care_of: Option<Ipv6Addr>,
+    },
+    /// Home agent: packets for `home` are tunnelled to `care_of` (`None`: no longer).
+    Tunnel {
+        /// The registered home address.
+        home: Ipv6Addr,
+        /// Where it is registered.
+        care_of: Option<Ipv6Addr>,
+    },
+}
+
+/// Where the engines' binding changes go.
+pub trait DatapathSink {
+    /// Applies one change.
+    fn apply(&mut self, update: DatapathUpdate);
+}
+
+/// No data path on this host: changes are only logged.
+#[derive(Debug, Default)]
+pub struct LogOnly;
+
+impl DatapathSink for LogOnly {
+    fn apply(&mut self, update: DatapathUpdate) {
+        tracing::info!(?update, "binding change (no data path configured)");
+    }
+}
+
+/// Records the changes, for tests.
+impl DatapathSink for Vec<DatapathUpdate> {
+    fn apply(&mut self, update: DatapathUpdate) {
+        self.push(update);
+    }
 }
 
 /// Parses one request line and handles it; malformed lines get an error answer.
@@ -259,9 +316,26 @@ impl ControlTarget for MobileDaemon {
         }
     }
 
-    fn completions(&mut self, now: Timestamp) -> Vec<(ClientId, Value)> {
+    fn completions(
+        &mut self,
+        now: Timestamp,
+        datapath: &mut dyn DatapathSink,
+    ) -> Vec<(ClientId, Value)> {
         let mut out = Vec::new();
         while let Some((key, event)) = self.list.poll_event() {
+            let (home, peer) = key;
+            let route = |care_of| DatapathUpdate::RouteOptimized {
+                peer,
+                home,
+                care_of,
+            };
+            match event {
+                MnEvent::Bound { .. } => datapath.apply(route(Some(self.care_of_address))),
+                MnEvent::Deregistered { .. } | MnEvent::BindingExpired => {
+                    datapath.apply(route(None))
+                }
+                MnEvent::HomeTokenObtained(_) | MnEvent::Failed(_) => {}
+            }
             let answer = match event {
                 MnEvent::Bound {
                     sequence,
@@ -356,10 +430,22 @@ impl ControlTarget for Correspondent {
         })
     }
 
-    fn completions(&mut self, _: Timestamp) -> Vec<(ClientId, Value)> {
-        // Binding changes are for the eBPF map (not yet wired); drain them so they do not pile up.
+    fn completions(
+        &mut self,
+        _: Timestamp,
+        datapath: &mut dyn DatapathSink,
+    ) -> Vec<(ClientId, Value)> {
         while let Some(event) = self.poll_event() {
-            tracing::info!(?event, "correspondent binding cache");
+            datapath.apply(match event {
+                CnEvent::BindingUpdated(binding) => DatapathUpdate::Correspondent {
+                    home: binding.home_address,
+                    care_of: Some(binding.care_of_address),
+                },
+                CnEvent::BindingRemoved { home_address, .. } => DatapathUpdate::Correspondent {
+                    home: home_address,
+                    care_of: None,
+                },
+            });
         }
         Vec::new()
     }
@@ -387,9 +473,22 @@ impl ControlTarget for HomeAgent {
         })
     }
 
-    fn completions(&mut self, _: Timestamp) -> Vec<(ClientId, Value)> {
+    fn completions(
+        &mut self,
+        _: Timestamp,
+        datapath: &mut dyn DatapathSink,
+    ) -> Vec<(ClientId, Value)> {
         while let Some(event) = self.poll_event() {
-            tracing::info!(?event, "home agent tunnel table");
+            datapath.apply(match event {
+                HaEvent::TunnelUpdated(binding) => DatapathUpdate::Tunnel {
+                    home: binding.home_address,
+                    care_of: Some(binding.care_of_address),
+                },
+                HaEvent::TunnelRemoved { home_address, .. } => DatapathUpdate::Tunnel {
+                    home: home_address,
+                    care_of: None,
+                },
+            });
         }
         Vec::new()
     }
@@ -434,7 +533,25 @@ mod tests {
                 break;
             }
         }
-        let done = d.completions(t1);
+        let mut updates = Vec::new();
+        let done = d.completions(t1, &mut updates);
+        assert_eq!(
+            updates,
+            [DatapathUpdate::RouteOptimized {
+                peer: a("2001:db8:3::7"),
+                home: a("2001:db8:1::100"),
+                care_of: Some(a("2001:db8:2::1")),
+            }]
+        );
+        let mut client_side = Vec::new();
+        assert!(cn.completions(t1, &mut client_side).is_empty());
+        assert_eq!(
+            client_side,
+            [DatapathUpdate::Correspondent {
+                home: a("2001:db8:1::100"),
+                care_of: Some(a("2001:db8:2::1")),
+            }]
+        );
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].0, 7);
         assert_eq!(done[0].1["ok"], true);

@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod control;
+mod datapath;
 mod run;
 
+pub use datapath::PinnedMaps;
 pub use run::{Daemon, StopSignal};

@@ -12,7 +12,7 @@ use crate::io_shell::{Engine, PacketReceiver, RawSender, decapsulate, monotonic_
 use crate::time::Timestamp;
 use crate::transmit::Transmit;
 
-use super::control::{ClientId, ControlTarget, MobileDaemon, handle_line};
+use super::control::{ClientId, ControlTarget, DatapathSink, LogOnly, MobileDaemon, handle_line};
 
 /// Something that ends the loop when it becomes readable.
 #[derive(Debug)]
@@ -111,6 +111,7 @@ pub struct Daemon<T> {
     connections: Vec<Connection>,
     next_id: ClientId,
     buf: Vec<u8>,
+    datapath: Box<dyn DatapathSink>,
 }
 
 impl<T: Engine + ControlTarget> Daemon<T> {
@@ -128,7 +129,14 @@ impl<T: Engine + ControlTarget> Daemon<T> {
             connections: Vec::new(),
             next_id: 1,
             buf: vec![0; 65_536],
+            datapath: Box::new(LogOnly),
         }
+    }
+
+    /// Sends the engine's binding changes to `datapath` (the eBPF maps) instead of the log.
+    pub fn with_datapath(mut self, datapath: Box<dyn DatapathSink>) -> Self {
+        self.datapath = datapath;
+        self
     }
 
     /// The role engine.
@@ -277,7 +285,10 @@ impl<T: Engine + ControlTarget> Daemon<T> {
                 tracing::warn!(%error, destination = %t.destination, kind = ?t.kind, "mipv6d: cannot send");
             }
         }
-        for (id, answer) in self.target.completions(monotonic_now()) {
+        for (id, answer) in self
+            .target
+            .completions(monotonic_now(), self.datapath.as_mut())
+        {
             self.reply(id, &answer);
         }
     }
