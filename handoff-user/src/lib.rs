@@ -1,5 +1,7 @@
-//! Userspace of Distributed Servers for Linux: the eBPF loader and map management so far; the
-//! node agent, the operator CLI, the application library and the TCP state capture/restore core
+//! Userspace of Distributed Servers for Linux: the eBPF data path (loader, maps, replay) and the
+//! TCP state capture/restore core; the node agent, the operator CLI and the application library
 //! join it as their issues land (see `../shared/DESIGN.md` §5).
 
 pub mod datapath;
+mod rawip;
+pub mod tcpstate;

@@ -98,16 +98,17 @@ impl Netns {
     pub fn announce(&self, name: &str, addr: IpAddr) -> io::Result<()> {
         let mac = self.mac_address(name)?;
         let index = self.link_index(name)?;
+        self.announce_from(index, mac, addr)
+            .map_err(|err| with_context(err, format!("on {name}")))
+    }
+
+    /// [`Netns::announce`] with the interface's index and MAC address already known.
+    pub fn announce_from(&self, index: u32, mac: [u8; 6], addr: IpAddr) -> io::Result<()> {
         self.run(|| match addr {
             IpAddr::V6(v6) => unsolicited_na(index, v6, mac),
             IpAddr::V4(v4) => gratuitous_arp(index, v4, mac),
         })
-        .map_err(|err| {
-            with_context(
-                err,
-                format!("announcing {addr} on {name} in {}", self.name()),
-            )
-        })
+        .map_err(|err| with_context(err, format!("announcing {addr} in {}", self.name())))
     }
 }
 

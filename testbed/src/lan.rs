@@ -15,6 +15,9 @@ pub struct Lan {
     pub client: Netns,
     /// The servers' namespaces.
     pub servers: Vec<Netns>,
+    /// Each server's (interface index, MAC address), looked up once so that announcing the
+    /// service address costs one raw send.
+    links: Vec<(u32, [u8; 6])>,
 }
 
 impl Lan {
@@ -50,9 +53,19 @@ impl Lan {
             list.push(server);
         }
         client.set_link_up(Self::BRIDGE)?;
+        let links = list
+            .iter()
+            .map(|s| {
+                Ok((
+                    s.link_index(Self::SERVER_IF)?,
+                    s.mac_address(Self::SERVER_IF)?,
+                ))
+            })
+            .collect::<io::Result<_>>()?;
         Ok(Lan {
             client,
             servers: list,
+            links,
         })
     }
 
@@ -84,11 +97,27 @@ impl Lan {
     /// Adds the service address to server `i` (IPv6 without DAD) and announces it, so that the
     /// client's neighbour entry points at server `i` from now on.
     pub fn claim_service(&self, i: usize, family: Family) -> io::Result<()> {
+        self.add_service(i, family)?;
+        self.announce_service(i, family)
+    }
+
+    /// Adds the service address to server `i` without announcing it: sockets can bind to it,
+    /// the client keeps sending to whoever it sent to.
+    pub fn add_service(&self, i: usize, family: Family) -> io::Result<()> {
         let addr = Self::service(family);
-        let server = self.server(i)?;
         let prefix = if addr.is_ipv6() { 128 } else { 32 };
-        server.add_address(Self::SERVER_IF, addr, prefix)?;
-        server.announce(Self::SERVER_IF, addr)
+        self.server(i)?.add_address(Self::SERVER_IF, addr, prefix)
+    }
+
+    /// Announces the service address from server `i` (unsolicited NA or gratuitous ARP): the
+    /// client sends to server `i` from now on. One raw send.
+    pub fn announce_service(&self, i: usize, family: Family) -> io::Result<()> {
+        let (index, mac) = *self
+            .links
+            .get(i)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no server {i}")))?;
+        self.server(i)?
+            .announce_from(index, mac, Self::service(family))
     }
 
     /// Removes the service address from server `i`.

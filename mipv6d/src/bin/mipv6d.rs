@@ -26,7 +26,7 @@ use mipv6d::io_shell::{PacketReceiver, RawSender};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// The configuration file (see mipv6d/DESIGN-NOTES.md for the schema).
+    /// The configuration file (see docs/mipv6d.md for the schema).
     #[arg(short, long)]
     config: PathBuf,
 }
