@@ -33,7 +33,7 @@ enum Task {
     Setup,
     /// Formatting, clippy, unit tests, privileged integration tests; one summary at the end.
     Test(test::Options),
-    /// The main job: two namespaces, a live TCP stream, its 4-tuple frozen and thawed by eBPF.
+    /// The main job: a live TCP stream moved from one server to another with TCP_REPAIR.
     Demo,
     /// A benchmark: prints its figures and writes them as JSON to target/bench/NAME.json.
     Bench {
@@ -96,14 +96,8 @@ fn workspace_root() -> PathBuf {
 fn demo(root: &Path) -> anyhow::Result<()> {
     let status = Command::new(cargo())
         .current_dir(root)
-        .args([
-            "run",
-            "--quiet",
-            "--package",
-            "handoff-user",
-            "--example",
-            "freeze_demo",
-        ])
+        .args(["run", "--quiet", "--release", "--package", "handoff-user"])
+        .args(["--example", "move_demo"])
         .status()
         .context("running the demo")?;
     if !status.success() {
