@@ -3,5 +3,5 @@
 //! join it as their issues land (see `../shared/DESIGN.md` §5).
 
 pub mod datapath;
-mod rawip;
+pub mod rawip;
 pub mod tcpstate;

@@ -7,9 +7,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
+
 use std::net::Ipv6Addr;
-use std::process::{Command, Stdio};
 
 use common::*;
 use mipv6d::Timestamp;
@@ -18,31 +17,6 @@ use mipv6d::crypto::binding_management_key;
 use mipv6d::home_agent::{HaDisposition, HomeAgent, HomeAgentConfig, MobileNodeKey};
 use mipv6d::wire::icmpv6::ParameterProblemRepr;
 use mipv6d::wire::{BaStatus, BeStatus, MhMessage, MhPacket, MhRepr, ParsedDatagram, WireError};
-
-fn run_python(args: &[&str], stdin: &str) -> Option<String> {
-    let py = require("python3 with scapy", python_with_scapy())?;
-    let mut child = Command::new(py)
-        .arg(scapy_peer_script())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "scapy_peer.py {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8(out.stdout).unwrap())
-}
 
 fn parse_kv(line: &str) -> BTreeMap<String, String> {
     line.split_whitespace()

@@ -4,9 +4,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::net::Ipv6Addr;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mipv6d::Timestamp;
@@ -447,4 +448,30 @@ pub fn fields_per_mipv6d(pkt: &[u8]) -> BTreeMap<String, String> {
         }
     }
     m
+}
+
+/// Runs `scapy_peer.py ARGS` with `stdin`; `None` (skipped, said on stderr) without scapy.
+pub fn run_python(args: &[&str], stdin: &str) -> Option<String> {
+    let py = require("python3 with scapy", python_with_scapy())?;
+    let mut child = Command::new(py)
+        .arg(scapy_peer_script())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "scapy_peer.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8(out.stdout).unwrap())
 }
