@@ -31,6 +31,30 @@ impl Netns {
         interface: &str,
         rto_min: Option<Duration>,
     ) -> io::Result<()> {
+        self.route(destination, prefix_len, gateway, interface, rto_min, false)
+    }
+
+    /// Adds the route `destination/prefix_len via gateway dev interface`, or replaces the route
+    /// to that destination (`ip route replace`).
+    pub fn replace_route(
+        &self,
+        destination: Ipv6Addr,
+        prefix_len: u8,
+        gateway: Ipv6Addr,
+        interface: &str,
+    ) -> io::Result<()> {
+        self.route(destination, prefix_len, Some(gateway), interface, None, true)
+    }
+
+    fn route(
+        &self,
+        destination: Ipv6Addr,
+        prefix_len: u8,
+        gateway: Option<Ipv6Addr>,
+        interface: &str,
+        rto_min: Option<Duration>,
+        replace: bool,
+    ) -> io::Result<()> {
         let index = self.link_index(interface)?;
         self.netlink(|handle| async move {
             let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
@@ -49,7 +73,12 @@ impl Netns {
                     RouteMetric::RtoMin(millis),
                 ]));
             }
-            handle.route().add(route).execute().await
+            let request = handle.route().add(route);
+            if replace {
+                request.replace().execute().await
+            } else {
+                request.execute().await
+            }
         })
         .map_err(|err| {
             io::Error::new(
