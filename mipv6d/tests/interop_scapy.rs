@@ -117,16 +117,9 @@ struct ParsedDatagramOwned {
 
 #[test]
 fn correspondent_judges_scapy_built_messages_as_the_rfc_says() {
-    let Some(init) = run_python(&["build-init", HOA, COA, CN], "") else {
+    let Some(pk) = scapy_init() else {
         return;
     };
-    let pk: BTreeMap<String, String> = init
-        .lines()
-        .map(|l| {
-            let (n, h) = l.split_once(' ').unwrap();
-            (n.to_string(), h.to_string())
-        })
-        .collect();
     let cfg = CorrespondentConfig {
         addresses: vec![a(CN)],
         ..CorrespondentConfig::default()
@@ -162,28 +155,7 @@ fn correspondent_judges_scapy_built_messages_as_the_rfc_says() {
     assert_eq!(cookie, [0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]);
 
     let seq = 1000u16;
-    let out = run_python(
-        &[
-            "build-bu",
-            HOA,
-            COA,
-            CN,
-            &hidx.to_string(),
-            &to_hex(&htok),
-            &cidx.to_string(),
-            &to_hex(&ctok),
-            &seq.to_string(),
-        ],
-        "",
-    )
-    .unwrap();
-    let bus: BTreeMap<String, String> = out
-        .lines()
-        .map(|l| {
-            let (n, h) = l.split_once(' ').unwrap();
-            (n.to_string(), h.to_string())
-        })
-        .collect();
+    let bus = scapy_binding_updates((hidx, htok), (cidx, ctok), seq);
     let kbm = binding_management_key(&htok, Some(&ctok));
 
     // Accepted, BA 0 authenticated with the same Kbm, routed with an RH2.

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::unix::net::UnixStream;
@@ -63,13 +62,6 @@ fn replies(
         .collect()
 }
 
-fn lines_to_map(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|line| line.split_once(' '))
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect()
-}
-
 fn control(path: &std::path::Path, request: &str) -> serde_json::Value {
     let mut stream = UnixStream::connect(path).expect("control socket");
     stream
@@ -90,10 +82,9 @@ fn privileged_scapy_mobile_node_binds_with_the_correspondent_daemon() {
         );
         return;
     }
-    let Some(init) = run_python(&["build-init", HOA, COA, CN], "") else {
+    let Some(init) = scapy_init() else {
         return;
     };
-    let init = lines_to_map(&init);
 
     // The mobile node holds its home and care-of addresses; the correspondent its own; every
     // 2001:db8::/32 address is on-link on the veth between them.
@@ -164,22 +155,7 @@ fn privileged_scapy_mobile_node_binds_with_the_correspondent_daemon() {
 
     // scapy builds the BU from those tokens; the daemon accepts it and authenticates its BA.
     let seq = 1000u16;
-    let bus = run_python(
-        &[
-            "build-bu",
-            HOA,
-            COA,
-            CN,
-            &hidx.to_string(),
-            &to_hex(&htok),
-            &cidx.to_string(),
-            &to_hex(&ctok),
-            &seq.to_string(),
-        ],
-        "",
-    )
-    .unwrap();
-    let bus = lines_to_map(&bus);
+    let bus = scapy_binding_updates((hidx, htok), (cidx, ctok), seq);
     let acks = replies(&mn, || send(&mn, &[&bus["bu_ok"]]));
     let (dst, rh2, mh, message) = acks.first().expect("a Binding Acknowledgement").clone();
     assert_eq!(

@@ -27,28 +27,32 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The client (correspondent) and a server member (mobile node) in two namespaces on one veth.
+/// CoA = the member's link address; HoA = a second address on the same link (the DSA), so that
+/// the HoT reaches it directly (in the project the home agent tunnels it). Returns the HoA too.
+fn client_and_member() -> (Netns, Netns, Ipv6Addr) {
+    let client = Netns::create("mip").expect("client namespace");
+    let server = Netns::create("mip").expect("server namespace");
+    veth_pair(&client, CLIENT_IF, &server, SERVER_IF).expect("veth link");
+    let hoa = Ipv6Addr::new(0xfd00, 0xd51, 0, 0, 0, 0, 0, 0x100);
+    client
+        .add_address(CLIENT_IF, CLIENT_V6.into(), 64)
+        .expect("client address");
+    for addr in [SERVER_V6, hoa] {
+        server
+            .add_address(SERVER_IF, addr.into(), 64)
+            .expect("server address");
+    }
+    (client, server, hoa)
+}
+
 #[test]
 fn privileged_return_routability_and_bu_over_real_sockets() {
     if !is_root() {
         eprintln!("SKIPPED (not root): privileged_return_routability_and_bu_over_real_sockets");
         return;
     }
-    // The client (correspondent) and the server member (mobile node) in two namespaces.
-    let client = Netns::create("mip").expect("client namespace");
-    let server = Netns::create("mip").expect("server namespace");
-    veth_pair(&client, CLIENT_IF, &server, SERVER_IF).expect("veth link");
-    // CoA = the member's link address; HoA = a second address on the same link (the DSA), so
-    // that the HoT reaches it directly (in the project the home agent tunnels it).
-    let hoa = Ipv6Addr::new(0xfd00, 0xd51, 0, 0, 0, 0, 0, 0x100);
-    client
-        .add_address(CLIENT_IF, CLIENT_V6.into(), 64)
-        .expect("client address");
-    server
-        .add_address(SERVER_IF, SERVER_V6.into(), 64)
-        .expect("server address");
-    server
-        .add_address(SERVER_IF, hoa.into(), 64)
-        .expect("home address");
+    let (client, server, hoa) = client_and_member();
     let (cn_addr, coa) = (CLIENT_V6, SERVER_V6);
 
     let cn_sockets = client
@@ -221,19 +225,7 @@ fn privileged_daemons_bind_through_the_control_socket() {
         eprintln!("SKIPPED (not root): privileged_daemons_bind_through_the_control_socket");
         return;
     }
-    let client = Netns::create("mip").expect("client namespace");
-    let server = Netns::create("mip").expect("server namespace");
-    veth_pair(&client, CLIENT_IF, &server, SERVER_IF).expect("veth link");
-    let hoa = Ipv6Addr::new(0xfd00, 0xd51, 0, 0, 0, 0, 0, 0x100);
-    client
-        .add_address(CLIENT_IF, CLIENT_V6.into(), 64)
-        .expect("client address");
-    server
-        .add_address(SERVER_IF, SERVER_V6.into(), 64)
-        .expect("server address");
-    server
-        .add_address(SERVER_IF, hoa.into(), 64)
-        .expect("home address");
+    let (client, server, hoa) = client_and_member();
 
     // The data path of each side, loaded here; the daemons write their bindings into its pinned
     // maps (`datapath_instance`).

@@ -475,3 +475,41 @@ pub fn run_python(args: &[&str], stdin: &str) -> Option<String> {
     );
     Some(String::from_utf8(out.stdout).unwrap())
 }
+
+/// scapy_peer.py's `build-init`: the HoTI and CoTI it builds, by name; `None` without scapy.
+pub fn scapy_init() -> Option<BTreeMap<String, String>> {
+    run_python(&["build-init", HOA, COA, CN], "").map(|out| named_lines(&out))
+}
+
+/// scapy_peer.py's `build-bu` for the given nonce indices and keygen tokens: the BUs it builds
+/// (valid and deliberately wrong ones), by name.
+pub fn scapy_binding_updates(
+    (home_index, home_token): (u16, [u8; 8]),
+    (care_of_index, care_of_token): (u16, [u8; 8]),
+    sequence: u16,
+) -> BTreeMap<String, String> {
+    let out = run_python(
+        &[
+            "build-bu",
+            HOA,
+            COA,
+            CN,
+            &home_index.to_string(),
+            &to_hex(&home_token),
+            &care_of_index.to_string(),
+            &to_hex(&care_of_token),
+            &sequence.to_string(),
+        ],
+        "",
+    )
+    .expect("scapy (build-init ran)");
+    named_lines(&out)
+}
+
+/// `name hex` lines → a map.
+fn named_lines(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
