@@ -43,7 +43,14 @@ impl Netns {
         gateway: Ipv6Addr,
         interface: &str,
     ) -> io::Result<()> {
-        self.route(destination, prefix_len, Some(gateway), interface, None, true)
+        self.route(
+            destination,
+            prefix_len,
+            Some(gateway),
+            interface,
+            None,
+            true,
+        )
     }
 
     fn route(
