@@ -217,6 +217,7 @@ fn queued_upload(replay_them: bool) -> anyhow::Result<(usize, Vec<u8>)> {
         frames.iter().all(|frame| frame.flow == flow),
         "a frame of another flow was queued"
     );
+    anyhow::ensure!(reader.lost() == 0, "{} queued packets lost", reader.lost());
     datapath.maps().freeze().thaw(&flow)?;
     if replay_them {
         hosts

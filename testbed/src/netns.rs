@@ -103,19 +103,6 @@ impl Netns {
         })
     }
 
-    /// Spawns a thread inside the namespace.
-    pub fn spawn<R: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> R + Send + 'static,
-    ) -> io::Result<thread::JoinHandle<R>> {
-        let file = self.file.try_clone()?;
-        Ok(thread::spawn(move || {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-                .expect("setns into a namespace we hold open");
-            f()
-        }))
-    }
-
     /// Moves the calling thread into the namespace.
     fn enter(&self) -> io::Result<()> {
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)?;
