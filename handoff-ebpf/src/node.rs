@@ -41,6 +41,28 @@ pub fn ingress(ctx: &TcContext) -> i32 {
     if let Some(mut ip) = packet::ipv6(ctx) {
         // (a) IPv6-in-IPv6 from the home agent or another member.
         if ip.next == IPPROTO_IPV6 && ip.dst == config.local {
+            // (c) for a connection another member owns now: re-address the tunnel and send it
+            // on (no decapsulation and re-encapsulation: the kernel refuses to encapsulate an
+            // skb still marked as encapsulated, and two header moves cost more than two stores).
+            if let Some(inner) = packet::tunnelled_tcp_flow_key(ctx) {
+                // SAFETY: the entry is copied out at once.
+                if let Some(entry) = unsafe { FLOWS.get(&inner) }.copied()
+                    && entry.action == FLOW_REDIRECT
+                {
+                    if rewrite::set_src(ctx, &config.local).is_err()
+                        || rewrite::set_dst(ctx, &entry.node).is_err()
+                    {
+                        return discard(Counter::DropRewriteFailed);
+                    }
+                    count(Counter::Redirected);
+                    return rewrite::forward_from_ingress(
+                        ctx,
+                        &config.local,
+                        &entry.node,
+                        IPPROTO_IPV6,
+                    );
+                }
+            }
             if rewrite::decapsulate(ctx).is_err() {
                 return discard(Counter::DropRewriteFailed);
             }

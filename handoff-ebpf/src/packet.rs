@@ -76,10 +76,23 @@ pub fn ipv6(ctx: &TcContext) -> Option<Ipv6> {
 pub fn tcp_flow_key(ctx: &TcContext) -> Option<FlowKey> {
     let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
     let (src_addr, dst_addr, l4) = match ethertype {
-        ETH_P_IPV6 => ipv6_l4(ctx)?,
+        ETH_P_IPV6 => ipv6_l4(ctx, ETH_HLEN)?,
         ETH_P_IP => ipv4_l4(ctx)?,
         _ => return None,
     };
+    flow_key_at(ctx, src_addr, dst_addr, l4)
+}
+
+/// The 4-tuple of the TCP packet inside an IPv6-in-IPv6 packet (outer header without
+/// extension headers), or `None`.
+#[inline(always)]
+pub fn tunnelled_tcp_flow_key(ctx: &TcContext) -> Option<FlowKey> {
+    let (src_addr, dst_addr, l4) = ipv6_l4(ctx, IP6_EXT)?;
+    flow_key_at(ctx, src_addr, dst_addr, l4)
+}
+
+#[inline(always)]
+fn flow_key_at(ctx: &TcContext, src_addr: Addr, dst_addr: Addr, l4: usize) -> Option<FlowKey> {
     let ports = read::<[u8; 4]>(ctx, l4)?;
     Some(FlowKey {
         src_addr,
@@ -89,12 +102,14 @@ pub fn tcp_flow_key(ctx: &TcContext) -> Option<FlowKey> {
     })
 }
 
+/// Addresses and transport offset of the IPv6 header at `base` (the frame's own header at
+/// `ETH_HLEN`, a tunnelled one behind it).
 #[inline(always)]
-fn ipv6_l4(ctx: &TcContext) -> Option<(Addr, Addr, usize)> {
-    let mut next = read::<u8>(ctx, IP6_NEXT)?;
-    let src = read::<Addr>(ctx, IP6_SRC)?;
-    let dst = read::<Addr>(ctx, IP6_DST)?;
-    let mut offset = IP6_EXT;
+fn ipv6_l4(ctx: &TcContext, base: usize) -> Option<(Addr, Addr, usize)> {
+    let mut next = read::<u8>(ctx, base + (IP6_NEXT - ETH_HLEN))?;
+    let src = read::<Addr>(ctx, base + (IP6_SRC - ETH_HLEN))?;
+    let dst = read::<Addr>(ctx, base + (IP6_DST - ETH_HLEN))?;
+    let mut offset = base + IPV6_HLEN;
     for _ in 0..MAX_EXT_HEADERS {
         if next != NEXTHDR_HOP && next != NEXTHDR_ROUTING && next != NEXTHDR_DEST {
             break;

@@ -1,0 +1,235 @@
+//! handoffd's TOML configuration (one file per member). See the README's "Configuration".
+
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use super::channel::ClusterKey;
+
+/// The default TCP port of the agent-to-agent channel.
+pub const DEFAULT_PORT: u16 = 7740;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This member's name (`node1`): how peers, the CLI and logs call it.
+    pub node: String,
+    /// This member's own address: its care-of address, where redirected and tunnelled packets
+    /// reach it, and where the agent channel listens.
+    pub care_of_address: Ipv6Addr,
+    /// The interface toward the network: the data path's programs attach here.
+    pub interface: String,
+    /// The distributed-server addresses this member serves (put on `lo` at start).
+    pub dsas: Vec<Ipv6Addr>,
+    /// A file holding the cluster's key: 64 hexadecimal digits.
+    pub cluster_key_file: PathBuf,
+    /// TCP port of the agent channel.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The applications' Unix socket (see docs/handoffd.md, "Application protocol").
+    pub app_socket: PathBuf,
+    /// The operator's Unix socket (the `handoff` CLI).
+    pub control_socket: PathBuf,
+    /// Data-path instance (`/sys/fs/bpf/dsl/<instance>/`); default: the node name.
+    pub datapath_instance: Option<String>,
+    /// The home agent: with `reverse_tunnel`, replies without a route-optimized binding are
+    /// tunnelled to it instead of being sent with the DSA as source.
+    pub home_agent: Option<Ipv6Addr>,
+    /// See `home_agent`.
+    #[serde(default)]
+    pub reverse_tunnel: bool,
+    /// Handoff tuning.
+    #[serde(default)]
+    pub handoff: HandoffSection,
+    /// The other members.
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerSection>,
+}
+
+/// `[handoff]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffSection {
+    /// The donor waits at most this long for the send queue to empty before freezing (the
+    /// queue then travels with the state).
+    #[serde(default = "default_send_queue_wait")]
+    pub send_queue_wait_ms: u64,
+    /// How long the application may take to yield a connection.
+    #[serde(default = "default_yield_timeout")]
+    pub yield_timeout_ms: u64,
+    /// How long the donor waits for each answer of the acceptor before rolling back.
+    #[serde(default = "default_peer_timeout")]
+    pub peer_timeout_ms: u64,
+    /// Handoffs in flight at once during a drain.
+    #[serde(default = "default_drain_parallel")]
+    pub drain_parallel: usize,
+}
+
+impl Default for HandoffSection {
+    fn default() -> Self {
+        HandoffSection {
+            send_queue_wait_ms: default_send_queue_wait(),
+            yield_timeout_ms: default_yield_timeout(),
+            peer_timeout_ms: default_peer_timeout(),
+            drain_parallel: default_drain_parallel(),
+        }
+    }
+}
+
+impl HandoffSection {
+    /// `send_queue_wait_ms` as a duration.
+    pub fn send_queue_wait(&self) -> Duration {
+        Duration::from_millis(self.send_queue_wait_ms)
+    }
+
+    /// `yield_timeout_ms` as a duration.
+    pub fn yield_timeout(&self) -> Duration {
+        Duration::from_millis(self.yield_timeout_ms)
+    }
+
+    /// `peer_timeout_ms` as a duration.
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_millis(self.peer_timeout_ms)
+    }
+}
+
+/// `[[peer]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// The peer's node name.
+    pub node: String,
+    /// The peer's own address (its care-of address).
+    pub address: Ipv6Addr,
+    /// Its agent channel port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+impl PeerSection {
+    /// Where its agent channel listens.
+    pub fn channel_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address.into(), self.port)
+    }
+}
+
+fn default_port() -> u16 {
+    DEFAULT_PORT
+}
+fn default_send_queue_wait() -> u64 {
+    20
+}
+fn default_yield_timeout() -> u64 {
+    2000
+}
+fn default_peer_timeout() -> u64 {
+    2000
+}
+fn default_drain_parallel() -> usize {
+    16
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config
+            .check()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks what the schema cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.node.is_empty() {
+            return Err("node: give this member a name".into());
+        }
+        if self.dsas.is_empty() {
+            return Err("dsas: list at least one distributed-server address".into());
+        }
+        if self.reverse_tunnel && self.home_agent.is_none() {
+            return Err("reverse_tunnel = true needs home_agent".into());
+        }
+        if self.handoff.drain_parallel == 0 {
+            return Err("handoff.drain_parallel must be at least 1".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for peer in &self.peers {
+            if peer.node == self.node {
+                return Err(format!("peer {}: that is this node's own name", peer.node));
+            }
+            if !names.insert(&peer.node) {
+                return Err(format!("peer {} is listed twice", peer.node));
+            }
+        }
+        Ok(())
+    }
+
+    /// The data-path instance name.
+    pub fn instance(&self) -> &str {
+        self.datapath_instance.as_deref().unwrap_or(&self.node)
+    }
+
+    /// Reads the cluster key file.
+    pub fn cluster_key(&self) -> Result<ClusterKey, String> {
+        let text = std::fs::read_to_string(&self.cluster_key_file)
+            .map_err(|e| format!("cannot read {}: {e}", self.cluster_key_file.display()))?;
+        ClusterKey::from_hex(&text).map_err(|e| format!("{}: {e}", self.cluster_key_file.display()))
+    }
+
+    /// The peer called `node`.
+    pub fn peer(&self, node: &str) -> Option<&PeerSection> {
+        self.peers.iter().find(|p| p.node == node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        node = "node1"
+        care_of_address = "fd00:d51:1:3::4"
+        interface = "eth-ha1"
+        dsas = ["fd00:d51:ff00::1"]
+        cluster_key_file = "/etc/handoffd/cluster.key"
+        app_socket = "/run/handoffd/app.sock"
+        control_socket = "/run/handoffd/control.sock"
+        [[peer]]
+        node = "node2"
+        address = "fd00:d51:1:5::6"
+    "#;
+
+    #[test]
+    fn a_minimal_file_gets_the_defaults() {
+        let config: Config = toml::from_str(MINIMAL).unwrap();
+        config.check().unwrap();
+        assert_eq!(config.port, DEFAULT_PORT);
+        assert_eq!(config.instance(), "node1");
+        assert_eq!(config.handoff.send_queue_wait_ms, 20);
+        assert_eq!(config.peer("node2").unwrap().port, DEFAULT_PORT);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let unknown = format!("{MINIMAL}\nbogus = 1");
+        assert!(toml::from_str::<Config>(&unknown).is_err());
+        let twice = format!("{MINIMAL}\n[[peer]]\nnode = \"node2\"\naddress = \"::1\"");
+        let config: Config = toml::from_str(&twice).unwrap();
+        assert_eq!(config.check().unwrap_err(), "peer node2 is listed twice");
+        let own = MINIMAL.replace("node = \"node2\"", "node = \"node1\"");
+        let config: Config = toml::from_str(&own).unwrap();
+        assert!(config.check().unwrap_err().contains("own name"));
+        let tunnel = format!("reverse_tunnel = true\n{MINIMAL}");
+        let config: Config = toml::from_str(&tunnel).unwrap();
+        assert!(config.check().unwrap_err().contains("home_agent"));
+    }
+}

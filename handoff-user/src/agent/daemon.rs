@@ -1,0 +1,1272 @@
+//! The running agent: data path, application socket, agent channels, operator socket, and the
+//! donor and acceptor sides of a handoff.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        unix::net::{UnixListener, UnixStream},
+    },
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
+use handoff_common::{FlowKey, NODE_REVERSE_TUNNEL, NodeConfig};
+use serde_json::{Value, json};
+
+use super::{
+    channel::{self, ChannelReceiver, ChannelSender, ClusterKey},
+    config::Config,
+    netcfg,
+    proto::{
+        AppEvent, AppRequest, ConnId, ConnSelector, ControlRequest, DrainError, DrainMove,
+        DrainProgress, DrainReport, PeerMessage, PhaseReport, monotonic_ns,
+    },
+    seqpacket::{SeqPacket, SeqPacketListener},
+};
+use crate::{
+    datapath::{Datapath, PinDir, Program},
+    tcpstate::{
+        ConnState, RestoreOptions,
+        handoff::{AcceptorRestore, DonorCapture},
+    },
+};
+
+/// How long the acceptor keeps a restored socket waiting for the donor's commit.
+const COMMIT_TIMEOUT_FACTOR: u32 = 2;
+/// How often the send-queue wait looks at the queue.
+const SEND_QUEUE_POLL: Duration = Duration::from_micros(100);
+/// Handoff reports kept for `handoff history`.
+const HISTORY: usize = 1000;
+/// Drain progress lines are this far apart.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+type AppId = u64;
+
+struct App {
+    socket: Arc<SeqPacket>,
+    services: Vec<(Ipv6Addr, u16)>,
+}
+
+struct Conn {
+    app: AppId,
+    since: Instant,
+    moving: bool,
+    /// Handed to this member from another one (its redirect entries elsewhere must go when it
+    /// closes).
+    arrived: bool,
+}
+
+enum YieldAnswer {
+    Yielded(OwnedFd, Vec<u8>),
+    Declined(String),
+}
+
+struct Accepting {
+    restore: AcceptorRestore,
+    conn: ConnId,
+    app: AppId,
+    app_state: Vec<u8>,
+    reply: ChannelSender,
+    deadline: Instant,
+}
+
+/// One member's agent.
+pub struct Agent {
+    config: Config,
+    key: ClusterKey,
+    datapath: Mutex<Datapath>,
+    apps: Mutex<HashMap<AppId, App>>,
+    conns: Mutex<BTreeMap<ConnId, Conn>>,
+    yields: Mutex<HashMap<ConnId, mpsc::Sender<YieldAnswer>>>,
+    peers: Mutex<HashMap<String, ChannelSender>>,
+    waiting: Mutex<HashMap<u64, mpsc::Sender<PeerMessage>>>,
+    accepting: Mutex<HashMap<(String, u64), Accepting>>,
+    history: Mutex<VecDeque<PhaseReport>>,
+    draining: AtomicBool,
+    drain_targets: Mutex<Vec<String>>,
+    next_id: AtomicU64,
+    next_app: AtomicU64,
+    round_robin: AtomicUsize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn micros(from: u64, to: u64) -> f64 {
+    to.saturating_sub(from) as f64 / 1000.0
+}
+
+fn flow(conn: &ConnId) -> FlowKey {
+    FlowKey::new(conn.client, conn.local)
+}
+
+impl Agent {
+    /// Loads the data path, configures the host and opens the agent's sockets; the returned
+    /// agent serves once [`Agent::serve`] runs.
+    pub fn start(config: Config) -> anyhow::Result<(Arc<Agent>, Listeners)> {
+        use anyhow::Context as _;
+        let key = config.cluster_key().map_err(anyhow::Error::msg)?;
+        let pins = PinDir::for_instance(config.instance());
+        let mut datapath = Datapath::load(&pins).context("loading the data path")?;
+        let home_agent = config.home_agent.unwrap_or(Ipv6Addr::UNSPECIFIED);
+        datapath.maps().set_config(NodeConfig {
+            local: config.care_of_address.octets(),
+            home_agent: home_agent.octets(),
+            flags: if config.reverse_tunnel {
+                NODE_REVERSE_TUNNEL
+            } else {
+                0
+            },
+        })?;
+        for dsa in &config.dsas {
+            datapath.maps().set_local_home(dsa.octets(), true)?;
+            netcfg::add_to_loopback(*dsa)?;
+        }
+        netcfg::enable_forwarding(&config.interface)?;
+        for program in [Program::NodeIngress, Program::NodeEgress] {
+            datapath
+                .attach(program, &config.interface)
+                .with_context(|| format!("attaching {program:?} to {}", config.interface))?;
+        }
+        let channel =
+            TcpListener::bind(SocketAddr::new(config.care_of_address.into(), config.port))
+                .with_context(|| {
+                    format!(
+                        "agent channel on [{}]:{}",
+                        config.care_of_address, config.port
+                    )
+                })?;
+        let apps = SeqPacketListener::bind(&config.app_socket)
+            .with_context(|| format!("application socket {}", config.app_socket.display()))?;
+        let _ = std::fs::remove_file(&config.control_socket);
+        let control = UnixListener::bind(&config.control_socket)
+            .with_context(|| format!("control socket {}", config.control_socket.display()))?;
+        let agent = Arc::new(Agent {
+            key,
+            datapath: Mutex::new(datapath),
+            apps: Mutex::default(),
+            conns: Mutex::default(),
+            yields: Mutex::default(),
+            peers: Mutex::default(),
+            waiting: Mutex::default(),
+            accepting: Mutex::default(),
+            history: Mutex::default(),
+            draining: AtomicBool::new(false),
+            drain_targets: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            next_app: AtomicU64::new(1),
+            round_robin: AtomicUsize::new(0),
+            config,
+        });
+        Ok((
+            agent,
+            Listeners {
+                channel,
+                apps,
+                control,
+            },
+        ))
+    }
+
+    /// Serves on background threads; returns at once.
+    pub fn serve(self: &Arc<Self>, listeners: Listeners) {
+        let Listeners {
+            channel,
+            apps,
+            control,
+        } = listeners;
+        let agent = Arc::clone(self);
+        thread::spawn(move || agent.accept_peers(channel));
+        let agent = Arc::clone(self);
+        thread::spawn(move || agent.accept_apps(apps));
+        let agent = Arc::clone(self);
+        thread::spawn(move || agent.accept_control(control));
+        let agent = Arc::clone(self);
+        thread::spawn(move || agent.reap_accepting());
+        // Open the channels now, so that no handshake sits on a handoff's path.
+        for peer in self.config.peers.clone() {
+            let agent = Arc::clone(self);
+            thread::spawn(move || {
+                if let Err(e) = agent.peer(&peer.node) {
+                    tracing::info!(peer = %peer.node, "channel not up yet: {e}");
+                }
+            });
+        }
+        tracing::info!(
+            node = %self.config.node,
+            address = %self.config.care_of_address,
+            dsas = ?self.config.dsas,
+            "handoffd serving"
+        );
+    }
+
+    /// Removes the sockets' files (at shutdown).
+    pub fn remove_socket_files(&self) {
+        let _ = std::fs::remove_file(&self.config.app_socket);
+        let _ = std::fs::remove_file(&self.config.control_socket);
+    }
+
+    // ---- agent channels -------------------------------------------------------------------
+
+    fn hello(&self) -> Vec<u8> {
+        postcard::to_allocvec(&PeerMessage::Hello {
+            node: self.config.node.clone(),
+        })
+        .expect("a hello always encodes")
+    }
+
+    fn peer_name(&self, hello: &[u8]) -> Result<String, String> {
+        match postcard::from_bytes(hello) {
+            Ok(PeerMessage::Hello { node }) if self.config.peer(&node).is_some() => Ok(node),
+            Ok(PeerMessage::Hello { node }) => Err(format!("unknown member {node:?}")),
+            _ => Err("no hello".into()),
+        }
+    }
+
+    fn accept_peers(self: Arc<Self>, listener: TcpListener) {
+        for stream in listener.incoming() {
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("agent channel accept: {e}");
+                    continue;
+                }
+            };
+            let agent = Arc::clone(&self);
+            thread::spawn(move || {
+                let from = stream.peer_addr().ok();
+                match channel::accept(stream, &agent.key, &agent.hello()) {
+                    Ok((sender, receiver, hello)) => match agent.peer_name(&hello) {
+                        Ok(node) => {
+                            tracing::info!(peer = %node, "agent channel up (incoming)");
+                            lock(&agent.peers)
+                                .entry(node.clone())
+                                .or_insert_with(|| sender.clone());
+                            agent.read_peer(node, sender, receiver);
+                        }
+                        Err(why) => {
+                            tracing::warn!(?from, "refused agent channel: {why}");
+                            sender.shutdown();
+                        }
+                    },
+                    Err(e) => tracing::warn!(?from, "refused agent channel: {e}"),
+                }
+            });
+        }
+    }
+
+    /// The open channel to `node`, connecting first if there is none.
+    fn peer(self: &Arc<Self>, node: &str) -> Result<ChannelSender, String> {
+        if let Some(sender) = lock(&self.peers).get(node) {
+            return Ok(sender.clone());
+        }
+        let peer = self
+            .config
+            .peer(node)
+            .ok_or_else(|| format!("{node} is not a member (see [[peer]] in the configuration)"))?;
+        let (sender, receiver, hello) = channel::connect(
+            peer.channel_addr(),
+            &self.key,
+            &self.hello(),
+            self.config.handoff.peer_timeout(),
+        )
+        .map_err(|e| format!("agent channel to {node} at {}: {e}", peer.channel_addr()))?;
+        match self.peer_name(&hello) {
+            Ok(name) if name == node => {}
+            Ok(name) => return Err(format!("{} answered as {name}, not {node}", peer.address)),
+            Err(why) => return Err(format!("{node}: {why}")),
+        }
+        tracing::info!(peer = %node, "agent channel up (outgoing)");
+        lock(&self.peers).insert(node.to_owned(), sender.clone());
+        let agent = Arc::clone(self);
+        let reader_sender = sender.clone();
+        let name = node.to_owned();
+        thread::spawn(move || agent.read_peer(name, reader_sender, receiver));
+        Ok(sender)
+    }
+
+    fn read_peer(
+        self: Arc<Self>,
+        node: String,
+        sender: ChannelSender,
+        mut receiver: ChannelReceiver,
+    ) {
+        loop {
+            let message = match receiver.recv() {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::info!(peer = %node, "agent channel closed: {e}");
+                    break;
+                }
+            };
+            match postcard::from_bytes::<PeerMessage>(&message) {
+                Ok(message) => self.on_peer_message(&node, &sender, message),
+                Err(e) => {
+                    tracing::warn!(peer = %node, "undecodable message, channel dropped: {e}");
+                    break;
+                }
+            }
+        }
+        sender.shutdown();
+        let mut peers = lock(&self.peers);
+        if peers.get(&node).is_some_and(|s| s.same_channel(&sender)) {
+            peers.remove(&node);
+        }
+    }
+
+    fn send_to(sender: &ChannelSender, message: &PeerMessage) -> Result<(), String> {
+        let bytes = postcard::to_allocvec(message).map_err(|e| e.to_string())?;
+        sender.send(&bytes).map_err(|e| e.to_string())
+    }
+
+    fn on_peer_message(self: &Arc<Self>, from: &str, sender: &ChannelSender, message: PeerMessage) {
+        match message {
+            PeerMessage::Hello { .. } => {}
+            PeerMessage::Prepare { conn, .. } => prime_neighbour(conn.client),
+            PeerMessage::Transfer {
+                id,
+                conn,
+                tcp_state,
+                app_state,
+            } => {
+                let received_ns = monotonic_ns();
+                let reply = match self.restore(from, sender, id, conn, &tcp_state, app_state) {
+                    Ok(restored_ns) => PeerMessage::Ready {
+                        id,
+                        received_ns,
+                        restored_ns,
+                    },
+                    Err(reason) => {
+                        tracing::warn!(%conn, donor = %from, "handoff refused: {reason}");
+                        PeerMessage::Refused { id, reason }
+                    }
+                };
+                if let Err(e) = Self::send_to(sender, &reply) {
+                    tracing::warn!(peer = %from, "cannot answer handoff {id}: {e}");
+                }
+            }
+            PeerMessage::Commit { id } => self.activate(from, id),
+            PeerMessage::Abort { id } => {
+                if let Some(accepting) = lock(&self.accepting).remove(&(from.to_owned(), id)) {
+                    tracing::info!(conn = %accepting.conn, "handoff aborted by the donor");
+                    self.drop_restored(accepting);
+                }
+            }
+            reply @ (PeerMessage::Ready { id, .. }
+            | PeerMessage::Refused { id, .. }
+            | PeerMessage::Activated { id, .. }) => {
+                if let Some(waiter) = lock(&self.waiting).get(&id) {
+                    let _ = waiter.send(reply);
+                }
+            }
+            PeerMessage::Owner { conn, owner } => {
+                if owner != self.config.care_of_address && !lock(&self.conns).contains_key(&conn) {
+                    if let Err(e) = lock(&self.datapath)
+                        .maps()
+                        .freeze()
+                        .redirect(flow(&conn), owner.octets())
+                    {
+                        tracing::warn!(%conn, "cannot redirect: {e}");
+                    }
+                }
+            }
+            PeerMessage::Gone { conn } => {
+                if !lock(&self.conns).contains_key(&conn) {
+                    let _ = lock(&self.datapath).maps().freeze().thaw(&flow(&conn));
+                }
+            }
+        }
+    }
+
+    fn broadcast(self: &Arc<Self>, message: PeerMessage, except: Option<&str>) {
+        let agent = Arc::clone(self);
+        let except = except.map(str::to_owned);
+        thread::spawn(move || {
+            for peer in &agent.config.peers {
+                if Some(&peer.node) == except.as_ref() {
+                    continue;
+                }
+                let sent = agent
+                    .peer(&peer.node)
+                    .and_then(|sender| Self::send_to(&sender, &message));
+                if let Err(e) = sent {
+                    tracing::warn!(peer = %peer.node, "cannot tell {message:?}: {e}");
+                }
+            }
+        });
+    }
+
+    // ---- acceptor ---------------------------------------------------------------------------
+
+    fn app_serving(&self, local: SocketAddr) -> Option<AppId> {
+        let IpAddr::V6(dsa) = local.ip() else {
+            return None;
+        };
+        lock(&self.apps)
+            .iter()
+            .find(|(_, app)| app.services.contains(&(dsa, local.port())))
+            .map(|(id, _)| *id)
+    }
+
+    /// Phase 3: checks, re-creates the socket frozen, and parks it until the commit.
+    fn restore(
+        &self,
+        donor: &str,
+        reply: &ChannelSender,
+        id: u64,
+        conn: ConnId,
+        tcp_state: &[u8],
+        app_state: Vec<u8>,
+    ) -> Result<u64, String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(format!("{} is draining", self.config.node));
+        }
+        let app = self.app_serving(conn.local).ok_or_else(|| {
+            format!(
+                "no application on {} serves {}",
+                self.config.node, conn.local
+            )
+        })?;
+        let state = ConnState::from_bytes(tcp_state).map_err(|e| format!("state refused: {e}"))?;
+        if state.local != conn.local || state.peer != conn.client {
+            return Err(format!(
+                "state is for {}-{}, not {conn}",
+                state.peer, state.local
+            ));
+        }
+        let restore = {
+            let mut datapath = lock(&self.datapath);
+            AcceptorRestore::freeze_and_restore(
+                datapath.maps().freeze(),
+                &state,
+                RestoreOptions::default(),
+            )
+            .map_err(|e| format!("restore failed: {e}"))?
+        };
+        let restored_ns = monotonic_ns();
+        lock(&self.accepting).insert(
+            (donor.to_owned(), id),
+            Accepting {
+                restore,
+                conn,
+                app,
+                app_state,
+                reply: reply.clone(),
+                deadline: Instant::now()
+                    + self.config.handoff.peer_timeout() * COMMIT_TIMEOUT_FACTOR,
+            },
+        );
+        Ok(restored_ns)
+    }
+
+    /// Phase 7 at the acceptor.
+    fn activate(&self, donor: &str, id: u64) {
+        let Some(accepting) = lock(&self.accepting).remove(&(donor.to_owned(), id)) else {
+            tracing::warn!(%donor, id, "commit for an unknown handoff");
+            return;
+        };
+        let Accepting {
+            restore,
+            conn,
+            app,
+            app_state,
+            reply,
+            ..
+        } = accepting;
+        let stream = {
+            let mut datapath = lock(&self.datapath);
+            restore.activate(datapath.maps().freeze())
+        };
+        let activated_ns = monotonic_ns();
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::error!(%conn, "activation failed, connection lost: {e}");
+                return;
+            }
+        };
+        lock(&self.conns).insert(
+            conn,
+            Conn {
+                app,
+                since: Instant::now(),
+                moving: false,
+                arrived: true,
+            },
+        );
+        if let Err(e) = self.adopt(app, conn, stream.as_fd(), &app_state) {
+            tracing::error!(%conn, "cannot hand the connection to its application: {e}");
+            lock(&self.conns).remove(&conn);
+        }
+        if let Err(e) = Self::send_to(&reply, &PeerMessage::Activated { id, activated_ns }) {
+            tracing::warn!(%conn, "cannot confirm activation: {e}");
+        }
+    }
+
+    fn drop_restored(&self, accepting: Accepting) {
+        let mut datapath = lock(&self.datapath);
+        if let Err(e) = accepting.restore.abort(datapath.maps().freeze()) {
+            tracing::warn!(conn = %accepting.conn, "abort: {e}");
+        }
+    }
+
+    /// Drops restored sockets whose commit never came (the donor rolled back or died).
+    fn reap_accepting(self: Arc<Self>) {
+        loop {
+            thread::sleep(Duration::from_millis(100));
+            let now = Instant::now();
+            let expired: Vec<Accepting> = {
+                let mut accepting = lock(&self.accepting);
+                let keys: Vec<_> = accepting
+                    .iter()
+                    .filter(|(_, a)| a.deadline <= now)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                keys.iter().filter_map(|k| accepting.remove(k)).collect()
+            };
+            for accepting in expired {
+                tracing::warn!(conn = %accepting.conn, "no commit from the donor: restored socket dropped");
+                self.drop_restored(accepting);
+            }
+        }
+    }
+
+    fn adopt(
+        &self,
+        app: AppId,
+        conn: ConnId,
+        socket: std::os::fd::BorrowedFd<'_>,
+        state: &[u8],
+    ) -> Result<(), String> {
+        let socket_of_app = lock(&self.apps)
+            .get(&app)
+            .map(|a| Arc::clone(&a.socket))
+            .ok_or("the application is gone")?;
+        let event = AppEvent::Adopt {
+            conn,
+            state: BASE64.encode(state),
+        };
+        let message = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
+        socket_of_app
+            .send(&message, Some(socket))
+            .map_err(|e| e.to_string())
+    }
+
+    // ---- donor ------------------------------------------------------------------------------
+
+    /// Hands `conn` to member `to`. `yielded`: the socket and state, when the application
+    /// started the move; otherwise the application is asked to yield.
+    pub fn hand_off(
+        self: &Arc<Self>,
+        conn: ConnId,
+        to: &str,
+        yielded: Option<(OwnedFd, Vec<u8>)>,
+    ) -> Result<PhaseReport, String> {
+        let start_ns = monotonic_ns();
+        let app = {
+            let mut conns = lock(&self.conns);
+            let entry = conns
+                .get_mut(&conn)
+                .ok_or_else(|| format!("{conn} is not served by {}", self.config.node))?;
+            if entry.moving {
+                return Err(format!("{conn} is already moving"));
+            }
+            entry.moving = true;
+            entry.app
+        };
+        let result = self.hand_off_inner(conn, app, to, yielded, start_ns);
+        let mut conns = lock(&self.conns);
+        match &result {
+            Ok(report) => {
+                conns.remove(&conn);
+                let mut history = lock(&self.history);
+                if history.len() == HISTORY {
+                    history.pop_front();
+                }
+                history.push_back(report.clone());
+            }
+            Err(_) => {
+                if let Some(entry) = conns.get_mut(&conn) {
+                    entry.moving = false;
+                }
+            }
+        }
+        result
+    }
+
+    fn hand_off_inner(
+        self: &Arc<Self>,
+        conn: ConnId,
+        app: AppId,
+        to: &str,
+        yielded: Option<(OwnedFd, Vec<u8>)>,
+        start_ns: u64,
+    ) -> Result<PhaseReport, String> {
+        let give_back = |socket: &OwnedFd, state: &[u8]| {
+            if let Err(e) = self.adopt(app, conn, socket.as_fd(), state) {
+                tracing::error!(%conn, "cannot give the connection back: {e}");
+            }
+        };
+        if to == self.config.node {
+            if let Some((socket, state)) = &yielded {
+                give_back(socket, state);
+            }
+            return Err(format!("{conn} is already on {to}"));
+        }
+        let owner = match (self.config.peer(to), self.peer(to)) {
+            (Some(peer), Ok(sender)) => (peer.address, sender),
+            (_, Err(e)) => {
+                if let Some((socket, state)) = &yielded {
+                    give_back(socket, state);
+                }
+                return Err(e);
+            }
+            (None, Ok(_)) => unreachable!("peer() only opens channels to configured members"),
+        };
+        let (to_address, sender) = owner;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, replies) = mpsc::channel();
+        lock(&self.waiting).insert(id, reply_tx);
+        let _waiting = Unregister(self, id);
+        let _ = Self::send_to(&sender, &PeerMessage::Prepare { id, conn });
+
+        // Phase 1: the application yields, the send queue drains (bounded), freeze + capture.
+        let (socket, app_state) = match yielded {
+            Some(yielded) => yielded,
+            None => self.ask_to_yield(app, conn)?,
+        };
+        let yielded_ns = monotonic_ns();
+        let unsent = wait_send_queue(&socket, self.config.handoff.send_queue_wait());
+        let waited_ns = monotonic_ns();
+        let capture = {
+            let mut datapath = lock(&self.datapath);
+            DonorCapture::freeze_and_capture(datapath.maps().freeze(), &socket)
+        };
+        let capture = match capture {
+            Ok(capture) => capture,
+            Err(e) => {
+                give_back(&socket, &app_state);
+                return Err(format!("capture failed (connection stays): {e}"));
+            }
+        };
+        let captured_ns = monotonic_ns();
+        let roll_back = |capture: DonorCapture, why: String| {
+            let rolled = {
+                let mut datapath = lock(&self.datapath);
+                capture.rollback(datapath.maps().freeze(), &socket)
+            };
+            match rolled {
+                Ok(()) => {
+                    give_back(&socket, &app_state);
+                    Err(format!(
+                        "{why}; rolled back, the connection stays on {}",
+                        self.config.node
+                    ))
+                }
+                Err(e) => Err(format!("{why}; rollback failed, connection lost: {e}")),
+            }
+        };
+        let state_bytes = match capture.state.to_bytes() {
+            Ok(bytes) => bytes,
+            Err(e) => return roll_back(capture, format!("state does not encode: {e}")),
+        };
+
+        // Phase 2: transfer; phase 3 at the acceptor.
+        let transfer = PeerMessage::Transfer {
+            id,
+            conn,
+            tcp_state: state_bytes.clone(),
+            app_state: app_state.clone(),
+        };
+        if let Err(e) = Self::send_to(&sender, &transfer) {
+            return roll_back(capture, format!("transfer to {to} failed: {e}"));
+        }
+        let timeout = self.config.handoff.peer_timeout();
+        let (received_ns, restored_ns) = match replies.recv_timeout(timeout) {
+            Ok(PeerMessage::Ready {
+                received_ns,
+                restored_ns,
+                ..
+            }) => (received_ns, restored_ns),
+            Ok(PeerMessage::Refused { reason, .. }) => {
+                return roll_back(capture, format!("{to} refused: {reason}"));
+            }
+            Ok(other) => return roll_back(capture, format!("{to} answered {other:?}")),
+            Err(_) => {
+                let _ = Self::send_to(&sender, &PeerMessage::Abort { id });
+                return roll_back(
+                    capture,
+                    format!("{to} did not answer within {} ms", timeout.as_millis()),
+                );
+            }
+        };
+
+        // Phase 7: from here on the connection belongs to the acceptor.
+        let key = capture.key();
+        if let Err(e) = lock(&self.datapath)
+            .maps()
+            .freeze()
+            .redirect(key, to_address.octets())
+        {
+            let _ = Self::send_to(&sender, &PeerMessage::Abort { id });
+            return roll_back(capture, format!("cannot redirect: {e}"));
+        }
+        let send_queue_bytes = capture.state.unacked.len() + capture.state.unsent.len();
+        capture.release(socket);
+        if let Err(e) = Self::send_to(&sender, &PeerMessage::Commit { id }) {
+            return Err(format!(
+                "commit to {to} failed after the switch, connection lost: {e}"
+            ));
+        }
+        let activated_ns = match replies.recv_timeout(timeout) {
+            Ok(PeerMessage::Activated { activated_ns, .. }) => activated_ns,
+            other => {
+                return Err(format!(
+                    "{to} did not confirm the activation ({other:?}); the connection is \
+                     redirected to it"
+                ));
+            }
+        };
+        self.broadcast(
+            PeerMessage::Owner {
+                conn,
+                owner: to_address,
+            },
+            Some(to),
+        );
+        tracing::debug!(%conn, %to, unsent, "handed off");
+        Ok(PhaseReport {
+            conn: Some(conn),
+            from: self.config.node.clone(),
+            to: to.to_owned(),
+            yield_us: micros(start_ns, yielded_ns),
+            send_queue_wait_us: micros(yielded_ns, waited_ns),
+            capture_us: micros(waited_ns, captured_ns),
+            transfer_us: micros(captured_ns, received_ns),
+            recreation_us: micros(received_ns, restored_ns),
+            binding_us: 0.0,
+            activation_us: micros(restored_ns, activated_ns),
+            frozen_us: micros(waited_ns, activated_ns),
+            total_us: micros(start_ns, activated_ns),
+            state_bytes: state_bytes.len(),
+            send_queue_bytes,
+        })
+    }
+
+    fn ask_to_yield(&self, app: AppId, conn: ConnId) -> Result<(OwnedFd, Vec<u8>), String> {
+        let socket = lock(&self.apps)
+            .get(&app)
+            .map(|a| Arc::clone(&a.socket))
+            .ok_or("the application is gone")?;
+        let (tx, rx) = mpsc::channel();
+        lock(&self.yields).insert(conn, tx);
+        let message = serde_json::to_vec(&AppEvent::Yield { conn }).map_err(|e| e.to_string())?;
+        let asked = socket.send(&message, None);
+        let timeout = self.config.handoff.yield_timeout();
+        let answer = asked
+            .map_err(|e| format!("cannot ask the application to yield: {e}"))
+            .and_then(|()| {
+                rx.recv_timeout(timeout).map_err(|_| {
+                    format!(
+                        "the application did not yield {conn} within {} ms",
+                        timeout.as_millis()
+                    )
+                })
+            });
+        lock(&self.yields).remove(&conn);
+        match answer? {
+            YieldAnswer::Yielded(socket, state) => Ok((socket, state)),
+            YieldAnswer::Declined(reason) => Err(format!("the application declined: {reason}")),
+        }
+    }
+
+    // ---- applications -------------------------------------------------------------------
+
+    fn accept_apps(self: Arc<Self>, listener: SeqPacketListener) {
+        loop {
+            match listener.accept() {
+                Ok(socket) => {
+                    let agent = Arc::clone(&self);
+                    thread::spawn(move || agent.serve_app(socket));
+                }
+                Err(e) => tracing::warn!("application socket accept: {e}"),
+            }
+        }
+    }
+
+    fn serve_app(self: Arc<Self>, socket: SeqPacket) {
+        let id = self.next_app.fetch_add(1, Ordering::Relaxed);
+        let sender = match socket.try_clone() {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::warn!("application socket: {e}");
+                return;
+            }
+        };
+        lock(&self.apps).insert(
+            id,
+            App {
+                socket: Arc::clone(&sender),
+                services: Vec::new(),
+            },
+        );
+        loop {
+            let (message, fd) = match socket.recv() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(app = id, "application socket: {e}");
+                    break;
+                }
+            };
+            let request = match serde_json::from_slice::<AppRequest>(&message) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.tell_app(&sender, format!("bad request: {e}"));
+                    continue;
+                }
+            };
+            if let Err(message) = self.on_app_request(id, &sender, request, fd) {
+                self.tell_app(&sender, message);
+            }
+        }
+        lock(&self.apps).remove(&id);
+        lock(&self.conns).retain(|_, c| c.app != id);
+        tracing::info!(app = id, "application disconnected");
+    }
+
+    fn tell_app(&self, socket: &SeqPacket, message: String) {
+        tracing::warn!("application request refused: {message}");
+        if let Ok(bytes) = serde_json::to_vec(&AppEvent::Error { message }) {
+            let _ = socket.send(&bytes, None);
+        }
+    }
+
+    fn on_app_request(
+        self: &Arc<Self>,
+        app: AppId,
+        socket: &SeqPacket,
+        request: AppRequest,
+        fd: Option<OwnedFd>,
+    ) -> Result<(), String> {
+        let decode = |state: &str| {
+            BASE64
+                .decode(state)
+                .map_err(|e| format!("state is not base64: {e}"))
+        };
+        match request {
+            AppRequest::Register { dsa, port } => {
+                if !self.config.dsas.contains(&dsa) {
+                    return Err(format!(
+                        "{dsa} is not a DSA of {} (dsas in its configuration)",
+                        self.config.node
+                    ));
+                }
+                if let Some(entry) = lock(&self.apps).get_mut(&app) {
+                    entry.services.push((dsa, port));
+                }
+                let reply = AppEvent::Registered {
+                    node: self.config.node.clone(),
+                };
+                let bytes = serde_json::to_vec(&reply).map_err(|e| e.to_string())?;
+                socket.send(&bytes, None).map_err(|e| e.to_string())
+            }
+            AppRequest::Accepted { conn } => {
+                lock(&self.conns).insert(
+                    conn,
+                    Conn {
+                        app,
+                        since: Instant::now(),
+                        moving: false,
+                        arrived: false,
+                    },
+                );
+                if self.draining.load(Ordering::Relaxed) {
+                    self.move_new_connection(conn);
+                }
+                Ok(())
+            }
+            AppRequest::Closed { conn } => {
+                if lock(&self.conns).remove(&conn).is_some_and(|c| c.arrived) {
+                    self.broadcast(PeerMessage::Gone { conn }, None);
+                }
+                Ok(())
+            }
+            AppRequest::Yielded { conn, state } => {
+                let fd = fd.ok_or("yielded without the socket")?;
+                let state = decode(&state)?;
+                match lock(&self.yields).remove(&conn) {
+                    Some(waiter) => {
+                        let _ = waiter.send(YieldAnswer::Yielded(fd, state));
+                        Ok(())
+                    }
+                    None => {
+                        // Too late: the handoff gave up waiting. The connection goes back.
+                        self.adopt(app, conn, fd.as_fd(), &state)
+                    }
+                }
+            }
+            AppRequest::Decline { conn, reason } => {
+                if let Some(waiter) = lock(&self.yields).remove(&conn) {
+                    let _ = waiter.send(YieldAnswer::Declined(reason));
+                }
+                Ok(())
+            }
+            AppRequest::Move { conn, to, state } => {
+                let fd = fd.ok_or("move without the socket")?;
+                let state = decode(&state)?;
+                let agent = Arc::clone(self);
+                thread::spawn(move || match agent.hand_off(conn, &to, Some((fd, state))) {
+                    Ok(report) => log_report(&report),
+                    Err(e) => tracing::warn!(%conn, %to, "move failed: {e}"),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// A draining member passes each new connection on at once.
+    fn move_new_connection(self: &Arc<Self>, conn: ConnId) {
+        let targets = lock(&self.drain_targets).clone();
+        if targets.is_empty() {
+            return;
+        }
+        let to = targets[self.round_robin.fetch_add(1, Ordering::Relaxed) % targets.len()].clone();
+        let agent = Arc::clone(self);
+        thread::spawn(move || {
+            if let Err(e) = agent.hand_off(conn, &to, None) {
+                tracing::warn!(%conn, %to, "new connection on a drained node not moved: {e}");
+            }
+        });
+    }
+
+    // ---- operator ----------------------------------------------------------------------
+
+    fn accept_control(self: Arc<Self>, listener: UnixListener) {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => {
+                    let agent = Arc::clone(&self);
+                    thread::spawn(move || agent.serve_control(stream));
+                }
+                Err(e) => tracing::warn!("control socket accept: {e}"),
+            }
+        }
+    }
+
+    fn serve_control(self: Arc<Self>, stream: UnixStream) {
+        let Ok(reader) = stream.try_clone() else {
+            return;
+        };
+        let mut out = stream;
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let answer = match serde_json::from_str::<ControlRequest>(&line) {
+                Ok(request) => self.on_control(request, &mut out),
+                Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+            };
+            if writeln!(out, "{answer}").is_err() {
+                break;
+            }
+        }
+    }
+
+    fn on_control(self: &Arc<Self>, request: ControlRequest, out: &mut UnixStream) -> Value {
+        match request {
+            ControlRequest::Move { conn, to } => {
+                let found = conn
+                    .parse::<ConnSelector>()
+                    .and_then(|selector| self.select(&selector));
+                match found.and_then(|conn| self.hand_off(conn, &to, None)) {
+                    Ok(report) => {
+                        log_report(&report);
+                        json!({"ok": true, "handoff": report})
+                    }
+                    Err(e) => json!({"ok": false, "error": e}),
+                }
+            }
+            ControlRequest::Drain {
+                to,
+                deadline_ms,
+                dry_run,
+            } => match self.drain(to, deadline_ms.map(Duration::from_millis), dry_run, out) {
+                Ok(report) => json!({"ok": true, "drain": report}),
+                Err(e) => json!({"ok": false, "error": e}),
+            },
+            ControlRequest::Undrain => {
+                let was = self.draining.swap(false, Ordering::Relaxed);
+                json!({"ok": true, "node": self.config.node, "was_draining": was})
+            }
+            ControlRequest::Status => self.status(),
+            ControlRequest::History => {
+                json!({"ok": true, "node": self.config.node, "handoffs": *lock(&self.history)})
+            }
+            ControlRequest::Conns => {
+                let conns: Vec<Value> = lock(&self.conns)
+                    .iter()
+                    .map(|(conn, c)| {
+                        json!({
+                            "client": conn.client,
+                            "local": conn.local,
+                            "age_s": c.since.elapsed().as_secs_f64(),
+                            "arrived": c.arrived,
+                            "moving": c.moving,
+                        })
+                    })
+                    .collect();
+                json!({"ok": true, "node": self.config.node, "conns": conns})
+            }
+        }
+    }
+
+    fn select(&self, selector: &ConnSelector) -> Result<ConnId, String> {
+        let conns = lock(&self.conns);
+        let mut matching = conns.keys().filter(|c| selector.matches(c));
+        match (matching.next(), matching.next()) {
+            (Some(conn), None) => Ok(*conn),
+            (None, _) => Err(format!(
+                "no connection from {} on {}",
+                selector.client, self.config.node
+            )),
+            (Some(_), Some(_)) => Err(format!(
+                "{} has several connections here: name one as [client]:port-[dsa]:port",
+                selector.client
+            )),
+        }
+    }
+
+    fn status(&self) -> Value {
+        let peers: Vec<Value> = {
+            let open = lock(&self.peers);
+            self.config
+                .peers
+                .iter()
+                .map(|p| {
+                    json!({
+                        "node": p.node,
+                        "address": p.address,
+                        "channel": if open.contains_key(&p.node) { "up" } else { "down" },
+                    })
+                })
+                .collect()
+        };
+        let counters = lock(&self.datapath)
+            .maps()
+            .freeze()
+            .all_counters()
+            .map(|values| {
+                handoff_common::Counter::ALL
+                    .iter()
+                    .map(|c| (c.name().to_owned(), Value::from(values.get(*c))))
+                    .collect::<serde_json::Map<_, _>>()
+            })
+            .map_err(|e| e.to_string());
+        json!({
+            "ok": true,
+            "node": self.config.node,
+            "address": self.config.care_of_address,
+            "dsas": self.config.dsas,
+            "draining": self.draining.load(Ordering::Relaxed),
+            "connections": lock(&self.conns).len(),
+            "applications": lock(&self.apps).len(),
+            "handoffs_waiting_commit": lock(&self.accepting).len(),
+            "peers": peers,
+            "datapath_counters": match counters { Ok(c) => Value::Object(c), Err(e) => Value::String(e) },
+        })
+    }
+
+    fn drain(
+        self: &Arc<Self>,
+        to: Vec<String>,
+        deadline: Option<Duration>,
+        dry_run: bool,
+        out: &mut UnixStream,
+    ) -> Result<DrainReport, String> {
+        let targets = if to.is_empty() {
+            self.config.peers.iter().map(|p| p.node.clone()).collect()
+        } else {
+            to
+        };
+        if targets.is_empty() {
+            return Err("no member to drain to (no [[peer]] configured)".into());
+        }
+        for target in &targets {
+            if self.config.peer(target).is_none() {
+                return Err(format!("{target} is not a member"));
+            }
+        }
+        let conns: Vec<ConnId> = lock(&self.conns).keys().copied().collect();
+        let plan: Vec<(ConnId, String)> = conns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (*c, targets[i % targets.len()].clone()))
+            .collect();
+        let start = Instant::now();
+        let mut report = DrainReport {
+            node: self.config.node.clone(),
+            dry_run,
+            total: plan.len(),
+            ..DrainReport::default()
+        };
+        if dry_run {
+            report.remaining = plan.len();
+            report.moves = plan
+                .into_iter()
+                .map(|(conn, to)| DrainMove {
+                    conn,
+                    to,
+                    total_us: 0.0,
+                })
+                .collect();
+            return Ok(report);
+        }
+        *lock(&self.drain_targets) = targets;
+        self.draining.store(true, Ordering::Relaxed);
+        let queue = Arc::new(Mutex::new(plan.into_iter()));
+        let (done_tx, done) = mpsc::channel();
+        let workers = self.config.handoff.drain_parallel.min(report.total.max(1));
+        for _ in 0..workers {
+            let queue = Arc::clone(&queue);
+            let done_tx = done_tx.clone();
+            let agent = Arc::clone(self);
+            thread::spawn(move || {
+                loop {
+                    if deadline.is_some_and(|d| start.elapsed() >= d) {
+                        break;
+                    }
+                    let Some((conn, to)) = lock(&queue).next() else {
+                        break;
+                    };
+                    let result = agent.hand_off(conn, &to, None);
+                    if done_tx.send((conn, to, result)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut last_progress = Instant::now();
+        loop {
+            match done.recv_timeout(PROGRESS_EVERY) {
+                Ok((conn, to, Ok(phases))) => {
+                    report.moved += 1;
+                    report.moves.push(DrainMove {
+                        conn,
+                        to,
+                        total_us: phases.total_us,
+                    });
+                }
+                Ok((conn, to, Err(error))) => {
+                    report.failed += 1;
+                    report.errors.push(DrainError { conn, to, error });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
+                let elapsed = start.elapsed().as_secs_f64();
+                let progress = DrainProgress {
+                    moved: report.moved,
+                    failed: report.failed,
+                    remaining: lock(&self.conns).len(),
+                    rate: report.moved as f64 / elapsed.max(1e-9),
+                    elapsed_s: elapsed,
+                };
+                let _ = writeln!(out, "{}", json!({ "progress": progress }));
+            }
+        }
+        report.elapsed_s = start.elapsed().as_secs_f64();
+        report.rate = report.moved as f64 / report.elapsed_s.max(1e-9);
+        report.remaining = lock(&self.conns).len();
+        tracing::info!(
+            moved = report.moved,
+            failed = report.failed,
+            remaining = report.remaining,
+            "drain of {} done in {:.3} s",
+            self.config.node,
+            report.elapsed_s
+        );
+        Ok(report)
+    }
+}
+
+/// The sockets an agent serves, opened by [`Agent::start`].
+pub struct Listeners {
+    channel: TcpListener,
+    apps: SeqPacketListener,
+    control: UnixListener,
+}
+
+/// Removes a donor's reply slot when the handoff ends, however it ends.
+struct Unregister<'a>(&'a Agent, u64);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.waiting).remove(&self.1);
+    }
+}
+
+fn log_report(report: &PhaseReport) {
+    tracing::info!(
+        conn = ?report.conn,
+        to = %report.to,
+        total_us = report.total_us,
+        frozen_us = report.frozen_us,
+        state_bytes = report.state_bytes,
+        "handed off"
+    );
+}
+
+/// Waits (bounded) until everything sent on `socket` is acknowledged; returns what is left.
+fn wait_send_queue(socket: &OwnedFd, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
+        let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 || queued <= 0 || Instant::now() >= deadline {
+            return queued.max(0) as usize;
+        }
+        thread::sleep(SEND_QUEUE_POLL);
+    }
+}
+
+/// Makes the kernel resolve the next hop toward `client` now (a datagram with hop limit 1,
+/// which the first router drops), so that the restored socket's first burst does not meet an
+/// unresolved neighbour (the kernel queues only a few packets for one; the rest would wait for
+/// the retransmission timer: a one-second pause, measured in tests/tcpstate_lo.rs).
+fn prime_neighbour(client: SocketAddr) {
+    let probe = || -> std::io::Result<()> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(client),
+            socket2::Type::DGRAM,
+            None,
+        )?;
+        if client.is_ipv6() {
+            socket.set_unicast_hops_v6(1)?;
+        } else {
+            socket.set_ttl_v4(1)?;
+        }
+        socket.send_to(b"", &SocketAddr::new(client.ip(), 9).into())?;
+        Ok(())
+    };
+    if let Err(e) = probe() {
+        tracing::debug!(%client, "neighbour probe: {e}");
+    }
+}

@@ -1,0 +1,417 @@
+//! Messages of handoffd's three protocols: agent ↔ agent (binary, inside the encrypted
+//! channel), application ↔ agent and operator ↔ agent (JSON; documented in docs/handoffd.md
+//! for other languages).
+
+use std::{
+    fmt,
+    net::{Ipv6Addr, SocketAddr},
+    str::FromStr,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// A connection as its server sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConnId {
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// The served address (a DSA) and port.
+    pub local: SocketAddr,
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.client, self.local)
+    }
+}
+
+/// How the operator names a connection: `[client]:port`, or `[client]:port-[dsa]:port` when
+/// one client endpoint talks to several services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnSelector {
+    /// The client endpoint.
+    pub client: SocketAddr,
+    /// The served endpoint, if given.
+    pub local: Option<SocketAddr>,
+}
+
+impl FromStr for ConnSelector {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ConnSelector, String> {
+        let parse = |part: &str| {
+            part.parse::<SocketAddr>().map_err(|_| {
+                format!("{part:?}: a connection is [client-address]:port (optionally -[dsa]:port)")
+            })
+        };
+        match text.split_once("]-") {
+            Some((client, local)) => Ok(ConnSelector {
+                client: parse(&format!("{client}]"))?,
+                local: Some(parse(local)?),
+            }),
+            None => Ok(ConnSelector {
+                client: parse(text)?,
+                local: None,
+            }),
+        }
+    }
+}
+
+impl ConnSelector {
+    /// Whether `conn` is the one named.
+    pub fn matches(&self, conn: &ConnId) -> bool {
+        conn.client == self.client && self.local.is_none_or(|l| l == conn.local)
+    }
+}
+
+/// Timestamps are CLOCK_MONOTONIC nanoseconds: every network namespace of one host shares
+/// that clock, so a testbed's cross-member phases are exact.
+pub type Nanos = u64;
+
+/// The monotonic clock, in nanoseconds.
+pub fn monotonic_ns() -> Nanos {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+/// Agent ↔ agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// First message of a channel: who is speaking.
+    Hello {
+        /// The sender's node name.
+        node: String,
+    },
+    /// Donor → acceptor, as the handoff starts (before the freeze): get ready for `conn`
+    /// (resolve the next hop toward the client).
+    Prepare {
+        /// The donor's handoff number.
+        id: u64,
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Donor → acceptor: the captured connection (phase 2).
+    Transfer {
+        /// The donor's handoff number.
+        id: u64,
+        /// The connection.
+        conn: ConnId,
+        /// The TCP state blob (`ConnState::to_bytes`).
+        tcp_state: Vec<u8>,
+        /// The application's own state.
+        app_state: Vec<u8>,
+    },
+    /// Acceptor → donor: restored and frozen, waiting for `Commit` (phases 3–6 done).
+    Ready {
+        /// The donor's handoff number.
+        id: u64,
+        /// When the transfer arrived.
+        received_ns: Nanos,
+        /// When the socket was re-created.
+        restored_ns: Nanos,
+    },
+    /// Acceptor → donor: the handoff cannot be taken; the donor rolls back.
+    Refused {
+        /// The donor's handoff number.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Donor → acceptor: the donor has switched the connection to "redirect to you" and given
+    /// up its socket: activate.
+    Commit {
+        /// The donor's handoff number.
+        id: u64,
+    },
+    /// Donor → acceptor: roll back (the donor gave up waiting); drop the restored socket.
+    Abort {
+        /// The donor's handoff number.
+        id: u64,
+    },
+    /// Acceptor → donor: the socket is live and with the application (phase 7 done).
+    Activated {
+        /// The donor's handoff number.
+        id: u64,
+        /// When the socket left repair mode.
+        activated_ns: Nanos,
+    },
+    /// The connection is now served by the member at `owner`: members that see its packets
+    /// redirect them there.
+    Owner {
+        /// The connection.
+        conn: ConnId,
+        /// The serving member's address.
+        owner: Ipv6Addr,
+    },
+    /// The connection is closed: members drop their redirect entries.
+    Gone {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// Application → agent (JSON, one datagram each; see [`crate::app`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AppRequest {
+    /// The application serves `dsa`:`port` (its listening socket is bound there). Answered
+    /// with `registered` or `error`.
+    Register {
+        /// The served address.
+        dsa: Ipv6Addr,
+        /// The served port.
+        port: u16,
+    },
+    /// A connection was accepted.
+    Accepted {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A connection was closed.
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Answer to a `yield` event: the connection's socket comes with this datagram
+    /// (SCM_RIGHTS), and the application has let go of it.
+    Yielded {
+        /// The connection.
+        conn: ConnId,
+        /// The application's state, base64.
+        state: String,
+    },
+    /// Answer to a `yield` event when the connection cannot move now (it stays with the
+    /// application).
+    Decline {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: String,
+    },
+    /// The application moves a connection on its own; the socket comes with this datagram.
+    Move {
+        /// The connection.
+        conn: ConnId,
+        /// The acceptor's node name.
+        to: String,
+        /// The application's state, base64.
+        state: String,
+    },
+}
+
+/// Agent → application.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AppEvent {
+    /// Answer to `register`.
+    Registered {
+        /// This member's node name.
+        node: String,
+    },
+    /// A request was refused.
+    Error {
+        /// Why.
+        message: String,
+    },
+    /// Yield `conn` at the next safe point (answer `yielded` or `decline`).
+    Yield {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Take over `conn`: its socket comes with this datagram. Sent on the acceptor after a
+    /// handoff, and on the donor when a handoff failed and the connection stays.
+    Adopt {
+        /// The connection.
+        conn: ConnId,
+        /// The application's state, base64, as it was yielded.
+        state: String,
+    },
+}
+
+/// Operator → agent (JSON lines on the control socket).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// Hand one connection to a member.
+    Move {
+        /// `[client]:port` (see [`ConnSelector`]).
+        conn: String,
+        /// The acceptor's node name.
+        to: String,
+    },
+    /// Move every connection away, then refuse new ones until `undrain`.
+    Drain {
+        /// Acceptors (round robin); empty: every peer.
+        #[serde(default)]
+        to: Vec<String>,
+        /// Give up (and report what remains) after this long.
+        #[serde(default)]
+        deadline_ms: Option<u64>,
+        /// Only say what would move where.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Take new connections again.
+    Undrain,
+    /// Members, connections, counters.
+    Status,
+    /// The connections this member serves.
+    Conns,
+    /// The most recent handoffs this member donated (newest last), with their phases.
+    History,
+}
+
+/// The phases of one handoff (DESIGN.md §4, the seed's Table 1), in microseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseReport {
+    /// The connection.
+    pub conn: Option<ConnId>,
+    /// Donor node.
+    pub from: String,
+    /// Acceptor node.
+    pub to: String,
+    /// 1a. The application yields the connection (from the request to the socket in hand;
+    /// 0 when the application started the move).
+    pub yield_us: f64,
+    /// 1b. Waiting for the send queue to empty (bounded by `send_queue_wait_ms`).
+    pub send_queue_wait_us: f64,
+    /// 1c. Freeze and TCP_REPAIR capture.
+    pub capture_us: f64,
+    /// 2. State transfer: from the capture to the acceptor's receipt.
+    pub transfer_us: f64,
+    /// 3. Socket re-creation at the acceptor.
+    pub recreation_us: f64,
+    /// 4–6. Return routability, BU construction, binding management (0: not done, path B).
+    pub binding_us: f64,
+    /// 7. Activation: from the re-created socket to the socket live with the application
+    /// (includes the Ready/Commit round trip and the donor's switch to redirect).
+    pub activation_us: f64,
+    /// Frozen: from the freeze at the donor to activation at the acceptor (the window in which
+    /// the client's packets are dropped).
+    pub frozen_us: f64,
+    /// Total: from the start of the handoff to activation.
+    pub total_us: f64,
+    /// Size of the TCP state blob.
+    pub state_bytes: usize,
+    /// Bytes of the send queue that travelled with the state.
+    pub send_queue_bytes: usize,
+}
+
+/// Progress of a drain (streamed to the CLI).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrainProgress {
+    /// Connections moved so far.
+    pub moved: usize,
+    /// Handoffs that failed (the connection stayed here).
+    pub failed: usize,
+    /// Connections still here.
+    pub remaining: usize,
+    /// Moves per second since the start.
+    pub rate: f64,
+    /// Seconds since the start.
+    pub elapsed_s: f64,
+}
+
+/// The final report of a drain (schema in docs/handoffd.md).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// The drained node.
+    pub node: String,
+    /// Whether it was a dry run.
+    pub dry_run: bool,
+    /// Connections at the start.
+    pub total: usize,
+    /// Connections moved.
+    pub moved: usize,
+    /// Handoffs that failed.
+    pub failed: usize,
+    /// Connections left on this node at the end.
+    pub remaining: usize,
+    /// Seconds the drain took.
+    pub elapsed_s: f64,
+    /// Moves per second.
+    pub rate: f64,
+    /// Where each connection went (or would go, for a dry run).
+    pub moves: Vec<DrainMove>,
+    /// Failures, with the reason.
+    pub errors: Vec<DrainError>,
+}
+
+/// One connection of a drain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrainMove {
+    /// The connection.
+    pub conn: ConnId,
+    /// The acceptor.
+    pub to: String,
+    /// Total handoff time (0 for a dry run).
+    pub total_us: f64,
+}
+
+/// One failure of a drain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrainError {
+    /// The connection.
+    pub conn: ConnId,
+    /// The acceptor.
+    pub to: String,
+    /// Why.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_named_by_the_client_endpoint() {
+        let conn = ConnId {
+            client: "[fd00::1]:40000".parse().unwrap(),
+            local: "[fd00:ff::1]:8080".parse().unwrap(),
+        };
+        let other = ConnId {
+            local: "[fd00:ff::1]:8081".parse().unwrap(),
+            ..conn
+        };
+        let short: ConnSelector = "[fd00::1]:40000".parse().unwrap();
+        assert!(short.matches(&conn) && short.matches(&other));
+        let long: ConnSelector = conn.to_string().parse().unwrap();
+        assert!(long.matches(&conn) && !long.matches(&other));
+        assert!("fd00::1:40000".parse::<ConnSelector>().is_err());
+    }
+
+    #[test]
+    fn protocol_messages_have_their_documented_json_form() {
+        let request: AppRequest =
+            serde_json::from_str(r#"{"op":"register","dsa":"fd00:d51:ff00::1","port":8080}"#)
+                .unwrap();
+        assert_eq!(
+            request,
+            AppRequest::Register {
+                dsa: "fd00:d51:ff00::1".parse().unwrap(),
+                port: 8080
+            }
+        );
+        let event = serde_json::to_string(&AppEvent::Yield {
+            conn: ConnId {
+                client: "[fd00::1]:40000".parse().unwrap(),
+                local: "[fd00:ff::1]:8080".parse().unwrap(),
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            event,
+            r#"{"event":"yield","conn":{"client":"[fd00::1]:40000","local":"[fd00:ff::1]:8080"}}"#
+        );
+        let drain: ControlRequest = serde_json::from_str(r#"{"op":"drain"}"#).unwrap();
+        assert_eq!(
+            drain,
+            ControlRequest::Drain {
+                to: vec![],
+                deadline_ms: None,
+                dry_run: false
+            }
+        );
+    }
+}

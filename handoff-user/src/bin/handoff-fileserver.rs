@@ -1,0 +1,384 @@
+//! `handoff-fileserver`: the demo application. An HTTP/1.1 file server (GET, keep-alive) that
+//! works with handoffd: it yields a connection between two chunks of a response (or between
+//! requests) with the response's byte offset as its state, and resumes a connection it adopts
+//! at that offset.
+//!
+//! `handoff-fileserver --agent /run/handoffd/node1.app --listen [fd00:d51:ff00::1]:8080
+//! --root /srv/files [--rate 8M] [--move-after 500000 --move-to node2]`
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{self, Read as _, Seek as _, SeekFrom, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::{Component, Path, PathBuf},
+    process::ExitCode,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use handoff_user::{
+    agent::proto::ConnId,
+    app::{self, Event, Service},
+};
+use serde::{Deserialize, Serialize};
+
+const CHUNK: usize = 16 << 10;
+/// How often an idle connection looks for a yield request.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+const MAX_REQUEST: usize = 16 << 10;
+
+/// An HTTP/1.1 file server whose connections can move between members.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// handoffd's application socket.
+    #[arg(long)]
+    agent: PathBuf,
+    /// The service address: `[dsa]:port`.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The directory served.
+    #[arg(long)]
+    root: PathBuf,
+    /// Pace each response at this many bytes per second (suffix K or M); default: as fast as
+    /// the connection goes.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<u64>,
+    /// Move each connection on its own once it has sent this many body bytes here…
+    #[arg(long, requires = "move_to")]
+    move_after: Option<u64>,
+    /// …to this member.
+    #[arg(long, requires = "move_after")]
+    move_to: Option<String>,
+    /// MTU of the links (the listening socket's MSS leaves room for the data path's headers).
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let (number, factor) = match text.strip_suffix(['K', 'k']) {
+        Some(n) => (n, 1 << 10),
+        None => match text.strip_suffix(['M', 'm']) {
+            Some(n) => (n, 1 << 20),
+            None => (text, 1),
+        },
+    };
+    number
+        .parse::<u64>()
+        .map(|n| n * factor)
+        .map_err(|_| format!("{text:?}: bytes per second, optionally with K or M"))
+}
+
+/// Where a connection is: the application state that travels with it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+enum ConnState {
+    /// Between requests; `pending` holds bytes of the next request already read.
+    Idle { pending: Vec<u8> },
+    /// In a response body.
+    Sending {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        keep_alive: bool,
+        /// The connection already moved on its own once (`--move-after`).
+        moved: bool,
+    },
+}
+
+struct Server {
+    service: Service,
+    root: PathBuf,
+    rate: Option<u64>,
+    move_rule: Option<(u64, String)>,
+    yield_flags: Mutex<HashMap<ConnId, Arc<AtomicBool>>>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("handoff-fileserver: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> io::Result<()> {
+    let IpAddr::V6(dsa) = args.listen.ip() else {
+        return Err(io::Error::other("the service address is an IPv6 DSA"));
+    };
+    let listener = app::listen(args.listen, args.mtu)?;
+    let (service, mut events) = Service::register(&args.agent, dsa, args.listen.port())?;
+    tracing::info!(node = service.node(), listen = %args.listen, "serving {}", args.root.display());
+    let server = Arc::new(Server {
+        service,
+        root: args.root,
+        rate: args.rate,
+        move_rule: args.move_after.zip(args.move_to),
+        yield_flags: Mutex::default(),
+    });
+    let acceptor = Arc::clone(&server);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => {
+                    let server = Arc::clone(&acceptor);
+                    thread::spawn(move || {
+                        if let Ok(conn) = server.service.accepted(&stream) {
+                            server.serve(
+                                conn,
+                                stream,
+                                ConnState::Idle {
+                                    pending: Vec::new(),
+                                },
+                            );
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("accept: {e}"),
+            }
+        }
+    });
+    while let Some(event) = events.next()? {
+        match event {
+            Event::Yield(conn) => {
+                let flag = server.yield_flags.lock().unwrap().get(&conn).cloned();
+                match flag {
+                    Some(flag) => flag.store(true, Ordering::Relaxed),
+                    None => server.service.decline(conn, "no such connection here")?,
+                }
+            }
+            Event::Adopt {
+                conn,
+                stream,
+                state,
+            } => match serde_json::from_slice::<ConnState>(&state) {
+                Ok(state) => {
+                    let server = Arc::clone(&server);
+                    thread::spawn(move || server.serve(conn, stream, state));
+                }
+                Err(e) => tracing::error!(%conn, "adopted with a state we cannot read: {e}"),
+            },
+        }
+    }
+    Err(io::Error::other("handoffd closed the application socket"))
+}
+
+enum Outcome {
+    Closed,
+    Yielded,
+}
+
+impl Server {
+    fn serve(&self, conn: ConnId, stream: TcpStream, state: ConnState) {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.yield_flags
+            .lock()
+            .unwrap()
+            .insert(conn, Arc::clone(&flag));
+        let outcome = self.run_connection(&stream, state, &flag);
+        self.yield_flags.lock().unwrap().remove(&conn);
+        match outcome {
+            Ok((Outcome::Yielded, state)) => {
+                let bytes = serde_json::to_vec(&state).expect("states always encode");
+                let moved = match (&state, &self.move_rule) {
+                    (ConnState::Sending { moved: true, .. }, Some((_, to)))
+                        if !flag.load(Ordering::Relaxed) =>
+                    {
+                        self.service.move_to(stream, to, &bytes)
+                    }
+                    _ => self.service.yield_conn(stream, &bytes),
+                };
+                if let Err(e) = moved {
+                    tracing::warn!(%conn, "cannot hand the connection over: {e}");
+                }
+            }
+            Ok((Outcome::Closed, _)) => {
+                let _ = self.service.closed(conn);
+            }
+            Err(e) => {
+                tracing::info!(%conn, "connection ended: {e}");
+                let _ = self.service.closed(conn);
+            }
+        }
+    }
+
+    /// Serves until the connection closes or must be handed over; returns the state to hand
+    /// over.
+    fn run_connection(
+        &self,
+        mut stream: &TcpStream,
+        mut state: ConnState,
+        yield_now: &AtomicBool,
+    ) -> io::Result<(Outcome, ConnState)> {
+        loop {
+            state = match state {
+                ConnState::Idle { mut pending } => {
+                    stream.set_read_timeout(Some(IDLE_POLL))?;
+                    let request = loop {
+                        if let Some(end) = find_end(&pending) {
+                            let rest = pending.split_off(end);
+                            break Some(std::mem::replace(&mut pending, rest));
+                        }
+                        if yield_now.load(Ordering::Relaxed) {
+                            break None;
+                        }
+                        if pending.len() > MAX_REQUEST {
+                            return Err(io::Error::other("request header too long"));
+                        }
+                        let mut buffer = [0u8; 4096];
+                        match stream.read(&mut buffer) {
+                            Ok(0) => return Ok((Outcome::Closed, ConnState::Idle { pending })),
+                            Ok(n) => pending.extend_from_slice(&buffer[..n]),
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(e) => return Err(e),
+                        }
+                    };
+                    stream.set_read_timeout(None)?;
+                    let Some(request) = request else {
+                        return Ok((Outcome::Yielded, ConnState::Idle { pending }));
+                    };
+                    match self.respond_head(stream, &request)? {
+                        Some(next) => next,
+                        None => ConnState::Idle { pending },
+                    }
+                }
+                ConnState::Sending {
+                    path,
+                    mut offset,
+                    len,
+                    keep_alive,
+                    mut moved,
+                } => {
+                    let mut file = File::open(&path)?;
+                    file.seek(SeekFrom::Start(offset))?;
+                    let started = Instant::now();
+                    let mut sent_here = 0u64;
+                    let mut buffer = vec![0u8; CHUNK];
+                    while offset < len {
+                        let hand_over = yield_now.load(Ordering::Relaxed)
+                            || self
+                                .move_rule
+                                .as_ref()
+                                .is_some_and(|(after, _)| !moved && offset >= *after);
+                        if hand_over {
+                            if !yield_now.load(Ordering::Relaxed) {
+                                moved = true;
+                            }
+                            return Ok((
+                                Outcome::Yielded,
+                                ConnState::Sending {
+                                    path,
+                                    offset,
+                                    len,
+                                    keep_alive,
+                                    moved,
+                                },
+                            ));
+                        }
+                        let n = (len - offset).min(CHUNK as u64) as usize;
+                        file.read_exact(&mut buffer[..n])?;
+                        stream.write_all(&buffer[..n])?;
+                        offset += n as u64;
+                        sent_here += n as u64;
+                        if let Some(rate) = self.rate {
+                            let due = Duration::from_secs_f64(sent_here as f64 / rate as f64);
+                            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                                thread::sleep(wait);
+                            }
+                        }
+                    }
+                    if !keep_alive {
+                        return Ok((
+                            Outcome::Closed,
+                            ConnState::Idle {
+                                pending: Vec::new(),
+                            },
+                        ));
+                    }
+                    ConnState::Idle {
+                        pending: Vec::new(),
+                    }
+                }
+            };
+        }
+    }
+
+    /// Answers a request's head; returns the body to send, if any.
+    fn respond_head(
+        &self,
+        mut stream: &TcpStream,
+        request: &[u8],
+    ) -> io::Result<Option<ConnState>> {
+        let text = String::from_utf8_lossy(request);
+        let mut lines = text.split("\r\n");
+        let mut words = lines.next().unwrap_or("").split(' ');
+        let (method, target, version) = (words.next(), words.next(), words.next());
+        let keep_alive = version == Some("HTTP/1.1")
+            && !lines.any(|l| l.eq_ignore_ascii_case("connection: close"));
+        let status = |code: &str| {
+            format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        };
+        let (Some("GET"), Some(target)) = (method, target) else {
+            stream.write_all(status("405 Method Not Allowed").as_bytes())?;
+            return Err(io::Error::other("not a GET"));
+        };
+        let Some(path) = self.resolve(target) else {
+            stream.write_all(status("404 Not Found").as_bytes())?;
+            return Err(io::Error::other(format!("{target}: not found")));
+        };
+        let len = std::fs::metadata(&path)?.len();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\
+             Connection: {}\r\n\r\n",
+            if keep_alive { "keep-alive" } else { "close" }
+        );
+        stream.write_all(head.as_bytes())?;
+        Ok(Some(ConnState::Sending {
+            path,
+            offset: 0,
+            len,
+            keep_alive,
+            moved: false,
+        }))
+    }
+
+    /// A file under the root; `..` and anything but plain names refused.
+    fn resolve(&self, target: &str) -> Option<PathBuf> {
+        let relative = Path::new(target.strip_prefix('/')?);
+        if !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return None;
+        }
+        let path = self.root.join(relative);
+        path.is_file().then_some(path)
+    }
+}
+
+fn find_end(buffer: &[u8]) -> Option<usize> {
+    buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+}

@@ -1,0 +1,59 @@
+//! handoffd: the node agent of Distributed Servers for Linux.
+//!
+//! `handoffd --config /etc/handoffd/node1.toml`. Exit codes: 0 stopped by SIGTERM/SIGINT,
+//! 1 runtime error, 2 bad configuration.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use handoff_user::agent::{config::Config, daemon::Agent};
+use nix::sys::signal::{SigSet, Signal};
+
+/// The node agent: hands live TCP connections to other members and takes theirs.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The configuration file (TOML; see the README's "Configuration").
+    #[arg(long)]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("handoffd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Block the stop signals before any thread starts, then wait for one here.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    if let Err(e) = signals.thread_block() {
+        eprintln!("handoffd: blocking signals: {e}");
+        return ExitCode::from(1);
+    }
+    let (agent, listeners) = match Agent::start(config) {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("handoffd: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    agent.serve(listeners);
+    match signals.wait() {
+        Ok(signal) => tracing::info!("{signal:?}: stopping"),
+        Err(e) => tracing::error!("waiting for signals: {e}"),
+    }
+    agent.remove_socket_files();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,118 @@
+//! End to end in the reference testbed: unmodified clients (curl), handoffd on every node, the
+//! demo file server, connections handed off while they stream.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::process::Output;
+
+use cluster::{Binaries, Cluster, Settings, content};
+use sha2::{Digest as _, Sha256};
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: privileged test needs root");
+    false
+}
+
+fn binaries() -> Binaries {
+    Binaries {
+        handoffd: env!("CARGO_BIN_EXE_handoffd").into(),
+        handoff: env!("CARGO_BIN_EXE_handoff").into(),
+        fileserver: env!("CARGO_BIN_EXE_handoff-fileserver").into(),
+    }
+}
+
+/// The client's TCP MIB counter `name` (its namespace's /proc/net/snmp).
+fn client_tcp_counter(cluster: &Cluster, name: &str) -> u64 {
+    let snmp = cluster
+        .testbed
+        .host("client1")
+        .unwrap()
+        .run(|| std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap());
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let index = names.split_whitespace().position(|n| n == name).unwrap();
+    values
+        .split_whitespace()
+        .nth(index)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn curl(cluster: &Cluster, file: &str) -> Output {
+    cluster
+        .command("client1", "curl")
+        .unwrap()
+        .args(["-sS", "-g", "--max-time", "20", "-o", "-"])
+        .arg(Cluster::url(file))
+        .output()
+        .unwrap()
+}
+
+fn history(cluster: &Cluster, node: &str) -> serde_json::Value {
+    let output = cluster.handoff(&["history", node, "--json"]).unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn download_with_a_move_at_500k(tag: &str, delay_ms: f64) {
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        delay_ms,
+        fileserver_args: [
+            "--rate",
+            "4M",
+            "--move-after",
+            "500000",
+            "--move-to",
+            "node2",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Settings::default()
+    };
+    let cluster = Cluster::start(tag, &binaries(), &settings).unwrap();
+    let resets_before = client_tcp_counter(&cluster, "EstabResets");
+    let output = curl(&cluster, "file");
+    let logs = || {
+        format!(
+            "{}\n{}\n{}",
+            cluster.log_tail("node1", "handoffd"),
+            cluster.log_tail("node2", "handoffd"),
+            cluster.log_tail("node1", "fileserver")
+        )
+    };
+    assert!(
+        output.status.success(),
+        "curl: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        logs()
+    );
+    assert_eq!(output.stdout.len(), 1_000_000, "{}", logs());
+    assert_eq!(
+        Sha256::digest(&output.stdout),
+        Sha256::digest(content(1_000_000)),
+        "the download differs from the file"
+    );
+    assert_eq!(client_tcp_counter(&cluster, "EstabResets"), resets_before);
+    let handoffs = history(&cluster, "node1");
+    let handoffs = handoffs.as_array().unwrap();
+    assert_eq!(handoffs.len(), 1, "{handoffs:?}\n{}", logs());
+    assert_eq!(handoffs[0]["to"], "node2");
+    eprintln!("{}", serde_json::to_string_pretty(&handoffs[0]).unwrap());
+}
+
+#[test]
+fn privileged_curl_download_moves_to_node2_at_500k_byte_exact() {
+    if is_root() {
+        download_with_a_move_at_500k("e2e0", 0.0);
+    }
+}

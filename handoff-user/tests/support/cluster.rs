@@ -1,0 +1,397 @@
+//! A Distributed Servers cluster on the reference testbed (DESIGN.md §2), shared by the
+//! end-to-end tests, the demo and the handoff benchmark:
+//!
+//! ```text
+//!  client1 ══ router ══┬══ ha1 ── node1 (contact node)
+//!                      └══ ha2 ── node2 … nodeN
+//! ```
+//!
+//! The DSA lives in ha1's home prefix (`fd00:d51:ff00::/64`, routed to ha1 by the router); ha1
+//! runs the `ha_ingress` program with the DSA bound to node1's care-of address, so new
+//! connections reach node1 through the home agent's tunnel (path A). Every node runs handoffd
+//! and the demo file server.
+
+use std::{
+    io::Write as _,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use handoff_common::NodeConfig;
+use handoff_user::datapath::{Datapath, PinDir, Program};
+use testbed::{KillOnDrop, ReferenceParams, Testbed, Topology, emulator::Impairment};
+
+/// The distributed-server address.
+pub const DSA: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xd51, 0xff00, 0, 0, 0, 0, 1);
+/// Its home prefix, served by ha1.
+pub const HOME_PREFIX: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xd51, 0xff00, 0, 0, 0, 0, 0);
+/// The demo service's port.
+pub const PORT: u16 = 8080;
+/// The cluster key every handoffd of the cluster holds.
+const CLUSTER_KEY: &str = "5e1f00d5a1d51c1a57e2000000000000000000000000000000000000000000c0";
+
+/// Where the programs are.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    /// `handoffd`.
+    pub handoffd: PathBuf,
+    /// `handoff`.
+    pub handoff: PathBuf,
+    /// `handoff-fileserver`.
+    pub fileserver: PathBuf,
+}
+
+impl Binaries {
+    /// Beside the running executable's profile directory (examples live in
+    /// `target/<profile>/examples/`, the binaries one level up).
+    pub fn beside_current_exe() -> anyhow::Result<Binaries> {
+        let exe = std::env::current_exe()?;
+        let mut dir = exe.parent().context("executable without a directory")?;
+        if dir.ends_with("examples") || dir.ends_with("deps") {
+            dir = dir.parent().context("no profile directory")?;
+        }
+        let find = |name: &str| {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                bail!(
+                    "{} not found: build the binaries first (cargo build -p handoff-user --bins)",
+                    path.display()
+                )
+            }
+        };
+        Ok(Binaries {
+            handoffd: find("handoffd")?,
+            handoff: find("handoff")?,
+            fileserver: find("handoff-fileserver")?,
+        })
+    }
+}
+
+/// The settings of one cluster.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Server nodes.
+    pub nodes: usize,
+    /// Clients.
+    pub clients: usize,
+    /// One-way delay of every emulated link (client—router, router—ha).
+    pub delay_ms: f64,
+    /// Rate of the inter-site links (router—ha), if limited.
+    pub site_rate_mbit: Option<f64>,
+    /// Files served: (name, size); the content is [`content`].
+    pub files: Vec<(String, usize)>,
+    /// Extra arguments per node's file server, e.g. `--rate 4M`.
+    pub fileserver_args: Vec<String>,
+    /// Extra lines for every handoffd configuration (`[handoff]` settings).
+    pub handoff_section: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            nodes: 2,
+            clients: 1,
+            delay_ms: 0.0,
+            site_rate_mbit: None,
+            files: vec![("file".into(), 1_000_000)],
+            fileserver_args: Vec::new(),
+            handoff_section: String::new(),
+        }
+    }
+}
+
+/// The bytes of a served file of `size` bytes (a pattern no offset error can match).
+pub fn content(size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| ((i as u64).wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+/// A member: its handoffd and file server.
+pub struct Node {
+    /// `node1`, …
+    pub name: String,
+    /// Its own address (care-of address).
+    pub address: Ipv6Addr,
+    handoffd: Option<KillOnDrop>,
+    fileserver: Option<KillOnDrop>,
+}
+
+/// A running cluster. Dropping it stops every process and removes the namespaces.
+pub struct Cluster {
+    /// The testbed (namespaces, links, emulators).
+    pub testbed: Testbed,
+    /// The members.
+    pub nodes: Vec<Node>,
+    /// The configuration and socket directory.
+    pub dir: PathBuf,
+    binaries: Binaries,
+    tag: String,
+    _ha: Datapath,
+}
+
+/// The data-path instance of node `n` (0: ha1), named like testbed namespaces
+/// (`dsl-<tag>-<pid>-<n>`) so that a run killed before its cleanup is swept by the next one.
+fn pin_instance(tag: &str, n: usize) -> String {
+    format!("dsl-{tag}-{}-{n}", std::process::id())
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Clusters use both cores (emulators, daemons): one at a time per test process.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn impairment(delay_ms: f64, rate_mbit: Option<f64>) -> Impairment {
+    Impairment {
+        delay_ms,
+        rate_mbit,
+        ..Impairment::default()
+    }
+}
+
+impl Cluster {
+    /// Builds the testbed and starts handoffd and the file server on every node.
+    pub fn start(tag: &str, binaries: &Binaries, settings: &Settings) -> anyhow::Result<Cluster> {
+        let instance = format!("{tag}{}", std::process::id() % 100_000);
+        let params = ReferenceParams {
+            nodes: settings.nodes,
+            clients: settings.clients,
+            client_link: impairment(settings.delay_ms, None),
+            site_link: impairment(settings.delay_ms, settings.site_rate_mbit),
+        };
+        let testbed = Testbed::build(&instance, &Topology::reference(&params))?;
+        let dir = std::env::temp_dir().join(format!("dsl-cluster-{instance}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("files"))?;
+        for (name, size) in &settings.files {
+            std::fs::write(dir.join("files").join(name), content(*size))?;
+        }
+        std::fs::write(dir.join("cluster.key"), CLUSTER_KEY)?;
+
+        // Clients reach the home prefix through the router, the router through ha1; ha1
+        // tunnels the DSA to node1.
+        let ha1_on_router = testbed.address_on("ha1", "router")?;
+        testbed
+            .host("router")?
+            .add_route(HOME_PREFIX, 64, ha1_on_router, "eth-ha1")?;
+        for c in 1..=settings.clients {
+            let client = format!("client{c}");
+            let router = testbed.address_on("router", &client)?;
+            testbed
+                .host(&client)?
+                .add_route(HOME_PREFIX, 64, router, "eth-router")?;
+        }
+        let node_address = |n: usize| -> anyhow::Result<Ipv6Addr> {
+            let ha = if n == 1 { "ha1" } else { "ha2" };
+            Ok(testbed.address_on(&format!("node{n}"), ha)?)
+        };
+        let addresses: Vec<Ipv6Addr> = (1..=settings.nodes)
+            .map(node_address)
+            .collect::<anyhow::Result<_>>()?;
+        let contact = addresses[0];
+        let ha1 = testbed.host("ha1")?;
+        let ha_pins = PinDir::for_instance(&pin_instance(tag, 0));
+        let ha_address = testbed.address_on("ha1", "router")?;
+        let ha = ha1.run(|| -> anyhow::Result<Datapath> {
+            let mut ha = Datapath::load(&ha_pins)?;
+            ha.maps().set_config(NodeConfig {
+                local: ha_address.octets(),
+                home_agent: ha_address.octets(),
+                flags: 0,
+            })?;
+            ha.maps()
+                .bindings()
+                .set_tunnel(DSA.octets(), Some(contact.octets()))?;
+            ha.attach(Program::HaIngress, "eth-router")?;
+            Ok(ha)
+        })?;
+
+        let mut cluster = Cluster {
+            testbed,
+            nodes: Vec::new(),
+            dir,
+            binaries: binaries.clone(),
+            tag: tag.to_owned(),
+            _ha: ha,
+        };
+        for n in 1..=settings.nodes {
+            let name = format!("node{n}");
+            let config = cluster.config(
+                &pin_instance(tag, n),
+                n,
+                &addresses,
+                &settings.handoff_section,
+            );
+            let path = cluster.dir.join(format!("{name}.toml"));
+            std::fs::write(&path, config)?;
+            let mut command = cluster
+                .testbed
+                .command(&name, &binaries.handoffd.to_string_lossy())?;
+            command.arg("--config").arg(&path);
+            command.stderr(log_file(&cluster.dir, &format!("{name}.handoffd.log"))?);
+            let handoffd = KillOnDrop::spawn(command, &format!("handoffd on {name}"))?;
+            cluster.nodes.push(Node {
+                name,
+                address: addresses[n - 1],
+                handoffd: Some(handoffd),
+                fileserver: None,
+            });
+        }
+        for n in 0..cluster.nodes.len() {
+            let name = cluster.nodes[n].name.clone();
+            wait_for(
+                &cluster.dir.join(format!("{name}.app")),
+                Duration::from_secs(10),
+            )
+            .with_context(|| cluster.log_tail(&name, "handoffd"))?;
+            let mut command = cluster
+                .testbed
+                .command(&name, &binaries.fileserver.to_string_lossy())?;
+            command
+                .arg("--agent")
+                .arg(cluster.dir.join(format!("{name}.app")))
+                .arg("--listen")
+                .arg(SocketAddr::new(IpAddr::V6(DSA), PORT).to_string())
+                .arg("--root")
+                .arg(cluster.dir.join("files"))
+                .args(&settings.fileserver_args);
+            command.stderr(log_file(&cluster.dir, &format!("{name}.fileserver.log"))?);
+            cluster.nodes[n].fileserver = Some(KillOnDrop::spawn(
+                command,
+                &format!("file server on {name}"),
+            )?);
+        }
+        // Every file server registered, every channel up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut ready = true;
+            for node in &cluster.nodes {
+                let status = cluster.handoff(&["status", &node.name, "--json"])?;
+                let status: serde_json::Value =
+                    serde_json::from_slice(&status.stdout).unwrap_or(serde_json::Value::Null);
+                let peers_up = status["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().all(|p| p["channel"] == "up"));
+                ready &= status["applications"] == 1 && peers_up;
+            }
+            if ready {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the cluster did not come up in 10 s; logs in {}",
+                cluster.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(cluster)
+    }
+
+    fn config(&self, pins: &str, n: usize, addresses: &[Ipv6Addr], extra: &str) -> String {
+        let name = format!("node{n}");
+        let ha = if n == 1 { "ha1" } else { "ha2" };
+        let mut text = format!(
+            "node = \"{name}\"\ncare_of_address = \"{}\"\ninterface = \"eth-{ha}\"\n\
+             dsas = [\"{DSA}\"]\ncluster_key_file = \"{}\"\napp_socket = \"{}\"\n\
+             control_socket = \"{}\"\ndatapath_instance = \"{pins}\"\n{extra}\n",
+            addresses[n - 1],
+            self.dir.join("cluster.key").display(),
+            self.dir.join(format!("{name}.app")).display(),
+            self.dir.join(format!("{name}.ctl")).display(),
+        );
+        for (i, address) in addresses.iter().enumerate() {
+            if i + 1 != n {
+                text += &format!(
+                    "[[peer]]\nnode = \"node{}\"\naddress = \"{address}\"\n",
+                    i + 1
+                );
+            }
+        }
+        text
+    }
+
+    /// Runs the `handoff` CLI with this cluster's sockets.
+    pub fn handoff(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(Command::new(&self.binaries.handoff)
+            .arg("--socket-dir")
+            .arg(&self.dir)
+            .args(args)
+            .output()?)
+    }
+
+    /// The URL of a served file.
+    pub fn url(file: &str) -> String {
+        format!("http://[{DSA}]:{PORT}/{file}")
+    }
+
+    /// A command to run on `host`.
+    pub fn command(&self, host: &str, program: &str) -> anyhow::Result<Command> {
+        Ok(self.testbed.command(host, program)?)
+    }
+
+    /// The last lines of a node's log.
+    pub fn log_tail(&self, node: &str, what: &str) -> String {
+        let path = self.dir.join(format!("{node}.{what}.log"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "{}:\n{}",
+            path.display(),
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+
+    /// Kills a node's handoffd (SIGKILL).
+    pub fn kill_handoffd(&mut self, node: usize) {
+        self.nodes[node].handoffd = None;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.fileserver = None;
+            node.handoffd = None;
+        }
+        // handoffd leaves its maps pinned (so that a restart keeps the redirect entries).
+        for n in 1..=self.nodes.len() {
+            let pins = PinDir::for_instance(&pin_instance(&self.tag, n));
+            if let Ok(entries) = std::fs::read_dir(pins.path()) {
+                for entry in entries.flatten() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            let _ = std::fs::remove_dir(pins.path());
+        }
+        if std::env::var_os("DSL_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> anyhow::Result<Stdio> {
+    let mut file = std::fs::File::create(dir.join(name))?;
+    file.flush()?;
+    Ok(Stdio::from(file))
+}
+
+fn wait_for(path: &Path, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
+        ensure!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
