@@ -8,6 +8,10 @@
 //! - `{"op":"unbind","dsa":A,"client":C}` — mobile role: deregister; answered on the BA.
 //! - `{"op":"home_token","dsa":A,"client":C}` — mobile role: the home token held, to share.
 //! - `{"op":"inject_home_token","dsa":A,"client":C,"nonce_index":I,"token":HEX,"age_ms":MS}`.
+//! - `{"op":"register","dsa":A,"sequence":N?}` — mobile role with `[mobile.home_registration]`:
+//!   register DSA → our CoA with the home agent (this member becomes the contact node); answered
+//!   when the BA arrives: sequence, lifetime, elapsed µs.
+//! - `{"op":"deregister","dsa":A}` — mobile role: delete that registration; answered on the BA.
 //! - `{"op":"list"}`, `{"op":"stats"}` — every role.
 //!
 //! Answers: `{"ok":true,...}` or `{"ok":false,"error":"what failed and what to do"}`.
@@ -21,8 +25,14 @@ use serde_json::{Value, json};
 
 use crate::correspondent::{CnEvent, Correspondent};
 use crate::home_agent::{HaEvent, HomeAgent};
-use crate::mobile::{BindingUpdateList, Failure, MnEvent, MobileConfig, Token, UpdateListKey};
+use crate::home_registration::{HomeRegistrationConfig, HomeRegistrationList, HrEvent, HrFailure};
+use crate::io_shell::TunnelEndpoint;
+use crate::mobile::{
+    BindingUpdateList, Failure, Ignored, MnEvent, MobileConfig, Token, UpdateListKey,
+};
 use crate::time::Timestamp;
+use crate::transmit::Transmit;
+use crate::wire::{BaStatus, ParsedDatagram};
 
 /// Identifies a control connection (answers for pending requests go back to it).
 pub type ClientId = u64;
@@ -74,6 +84,20 @@ pub enum Request {
         token: String,
         /// How long ago it was received.
         age_ms: u64,
+    },
+    /// Register DSA → care-of address with the home agent (become the contact node).
+    Register {
+        /// Distributed-server (home) address.
+        dsa: Ipv6Addr,
+        /// Last sequence number the home agent accepted for this DSA (from the previous
+        /// contact node); without it a 135 from the home agent sets it.
+        #[serde(default)]
+        sequence: Option<u16>,
+    },
+    /// Delete the home registration of a DSA.
+    Deregister {
+        /// Distributed-server (home) address.
+        dsa: Ipv6Addr,
     },
     /// List bindings.
     List,
@@ -178,7 +202,8 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The mobile role: a binding update list and the control requests waiting for a BA.
+/// The mobile role: a binding update list, the home registrations when this member can be the
+/// contact node, and the control requests waiting for a BA.
 #[derive(Debug)]
 pub struct MobileDaemon {
     /// The engines.
@@ -186,7 +211,18 @@ pub struct MobileDaemon {
     care_of_address: Ipv6Addr,
     lifetime_units: u16,
     pending: HashMap<UpdateListKey, Vec<(ClientId, Timestamp)>>,
+    home: Option<HomeSide>,
     stats: MobileStats,
+}
+
+/// Home registration: the engines, the HoTI tunnel choice, the requests waiting for a BA and
+/// the wall clock RFC 4285 timestamps come from (injected, so tests choose it).
+#[derive(Debug)]
+struct HomeSide {
+    registrations: HomeRegistrationList,
+    reverse_tunnel_hoti: bool,
+    pending: HashMap<Ipv6Addr, Vec<(ClientId, Timestamp)>>,
+    ntp_clock: fn() -> u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -194,6 +230,9 @@ struct MobileStats {
     binds: u64,
     bound: u64,
     failed: u64,
+    registers: u64,
+    registered: u64,
+    registration_failures: u64,
 }
 
 impl MobileDaemon {
@@ -204,15 +243,208 @@ impl MobileDaemon {
             care_of_address,
             lifetime_units,
             pending: HashMap::new(),
+            home: None,
             stats: MobileStats::default(),
         }
+    }
+
+    /// Enables home registration with `template`'s home agent, SPI and key (its home address is
+    /// replaced per DSA, its care-of address must be this member's). With
+    /// `reverse_tunnel_hoti`, HoTIs go through that home agent. `ntp_clock` gives the wall
+    /// clock in NTP format (`io_shell::ntp_now`); `seed` keys the initial sequence numbers.
+    pub fn with_home_registration(
+        mut self,
+        template: HomeRegistrationConfig,
+        reverse_tunnel_hoti: bool,
+        ntp_clock: fn() -> u64,
+        seed: [u8; 32],
+    ) -> Self {
+        self.home = Some(HomeSide {
+            registrations: HomeRegistrationList::new(template, seed),
+            reverse_tunnel_hoti,
+            pending: HashMap::new(),
+            ntp_clock,
+        });
+        self
     }
 
     fn config(&self, dsa: Ipv6Addr, client: Ipv6Addr) -> MobileConfig {
         let mut c = MobileConfig::new(dsa, self.care_of_address, client);
         c.lifetime_units = self.lifetime_units;
+        c.home_agent = self
+            .home
+            .as_ref()
+            .filter(|h| h.reverse_tunnel_hoti)
+            .map(|h| h.registrations.home_agent());
         c
     }
+
+    /// Registers `dsa` → our care-of address with the home agent (`sequence`: the last number
+    /// the home agent accepted, from the previous contact node). The outcome is reported by
+    /// [`ControlTarget::completions`] (and logged).
+    pub fn register(
+        &mut self,
+        dsa: Ipv6Addr,
+        sequence: Option<u16>,
+        now: Timestamp,
+    ) -> Result<(), String> {
+        let home = self.home.as_mut().ok_or_else(|| {
+            format!(
+                "cannot register DSA {dsa}: no [mobile.home_registration] section in the configuration, so this member has no home agent"
+            )
+        })?;
+        let entry = home.registrations.entry(dsa);
+        if let Some(s) = sequence {
+            entry.set_last_sequence(s);
+        }
+        entry.register(now, (home.ntp_clock)());
+        self.stats.registers += 1;
+        Ok(())
+    }
+
+    /// Deletes the home registration of `dsa` (BU with lifetime 0).
+    pub fn deregister(&mut self, dsa: Ipv6Addr, now: Timestamp) -> Result<(), String> {
+        let entry = self.home.as_mut().and_then(|h| {
+            let ntp = (h.ntp_clock)();
+            h.registrations.get_mut(dsa).map(|e| (e, ntp))
+        });
+        match entry {
+            Some((e, ntp)) => {
+                e.deregister(now, ntp);
+                Ok(())
+            }
+            None => Err(format!(
+                "no home registration for DSA {dsa} on this member — nothing to deregister"
+            )),
+        }
+    }
+
+    /// Handles a received packet (already unwrapped from the home agent's tunnel): BAs from the
+    /// home agent go to the home registrations, everything else to the binding update list.
+    pub fn handle_datagram(&mut self, packet: &[u8], now: Timestamp) -> Result<(), Ignored> {
+        if let Some(home) = &mut self.home {
+            let d = ParsedDatagram::parse(packet).map_err(Ignored::Malformed)?;
+            if d.src == home.registrations.home_agent() {
+                return home
+                    .registrations
+                    .handle_datagram(packet, now, (home.ntp_clock)());
+            }
+        }
+        self.list.handle_datagram(packet, now)
+    }
+
+    /// Runs the due timers (retransmissions, refreshes, expiries).
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.list.handle_timeout(now);
+        if let Some(home) = &mut self.home {
+            home.registrations.handle_timeout(now, (home.ntp_clock)());
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.list.poll_transmit().or_else(|| {
+            self.home
+                .as_mut()
+                .and_then(|h| h.registrations.poll_transmit())
+        })
+    }
+
+    /// The next timer.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let home = self
+            .home
+            .as_ref()
+            .and_then(|h| h.registrations.poll_timeout());
+        [self.list.poll_timeout(), home].into_iter().flatten().min()
+    }
+
+    /// The home agent's tunnel to this member, whose packets (HoTs for a DSA) are unwrapped.
+    pub fn tunnel_endpoint(&self) -> Option<TunnelEndpoint> {
+        self.home.as_ref().map(|h| TunnelEndpoint {
+            local: self.care_of_address,
+            home_agent: h.registrations.home_agent(),
+        })
+    }
+
+    fn home_registrations_json(&self, now: Timestamp) -> Vec<Value> {
+        let Some(home) = &self.home else {
+            return Vec::new();
+        };
+        home.registrations
+            .iter()
+            .map(|(dsa, r)| {
+                let reg = r.registration();
+                json!({
+                    "dsa": dsa.to_string(),
+                    "home_agent": home.registrations.home_agent().to_string(),
+                    "registered": reg.is_some(),
+                    "in_progress": r.update_in_flight(),
+                    "sequence": r.last_sequence(),
+                    "lifetime_units": reg.map(|g| g.lifetime_units),
+                    "expires_in_ms": reg.map(|g| u64::try_from(g.expires.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)),
+                })
+            })
+            .collect()
+    }
+
+    /// Answers and logs the home registrations' events.
+    fn registration_completions(&mut self, now: Timestamp, out: &mut Vec<(ClientId, Value)>) {
+        let Some(home) = &mut self.home else { return };
+        let home_agent = home.registrations.home_agent();
+        while let Some((dsa, event)) = home.registrations.poll_event() {
+            let answer = match event {
+                HrEvent::Registered {
+                    sequence,
+                    lifetime_units,
+                    ..
+                } => {
+                    self.stats.registered += 1;
+                    tracing::info!(%dsa, %home_agent, sequence, lifetime_units, "mipv6d: home registration acknowledged");
+                    json!({"ok": true, "dsa": dsa.to_string(), "sequence": sequence, "lifetime_units": lifetime_units})
+                }
+                HrEvent::Deregistered => {
+                    tracing::info!(%dsa, %home_agent, "mipv6d: home registration deleted");
+                    json!({"ok": true, "dsa": dsa.to_string()})
+                }
+                HrEvent::Expired => {
+                    let message = format!(
+                        "the home registration of DSA {dsa} at {home_agent} expired without an acknowledged refresh"
+                    );
+                    tracing::warn!("mipv6d: {message}");
+                    error(message)
+                }
+                HrEvent::Failed(why) => {
+                    self.stats.registration_failures += 1;
+                    let message = describe_registration_failure(dsa, home_agent, why);
+                    tracing::warn!("mipv6d: {message}");
+                    error(message)
+                }
+            };
+            for (id, started) in home.pending.remove(&dsa).unwrap_or_default() {
+                let mut a = answer.clone();
+                a["elapsed_us"] = json!(micros(now.saturating_duration_since(started)));
+                out.push((id, a));
+            }
+        }
+    }
+}
+
+fn describe_registration_failure(dsa: Ipv6Addr, home_agent: Ipv6Addr, why: HrFailure) -> String {
+    let what = match why {
+        HrFailure::NoAcknowledgement => format!(
+            "no Binding Acknowledgement within the retransmission schedule — is mipv6d running as home agent on {home_agent} and reachable from our care-of address?"
+        ),
+        HrFailure::Rejected(BaStatus::AUTH_FAILED) => "status 146 (MN-HA authentication failed) — spi and key_file must match the home agent's [[home_agent.nodes]] entry".to_string(),
+        HrFailure::Rejected(BaStatus::PROHIBITED) => "status 129 (administratively prohibited) — the home agent's entry for this SPI names another home address".to_string(),
+        HrFailure::Rejected(BaStatus::NOT_HOME_SUBNET) => "status 132 (not home subnet) — the DSA is outside the home agent's home_prefix".to_string(),
+        HrFailure::Rejected(s) => format!("the home agent refused with status {}", s.0),
+        HrFailure::TooManyRecoveries(s) => format!(
+            "the home agent kept answering status {} — for 144, check both clocks (RFC 4285 timestamps); for 135, the sequence number",
+            s.0
+        ),
+    };
+    format!("home registration of DSA {dsa} with {home_agent} failed: {what}")
 }
 
 impl ControlTarget for MobileDaemon {
@@ -289,6 +521,24 @@ impl ControlTarget for MobileDaemon {
                 );
                 Some(json!({"ok": true}))
             }
+            Request::Register { dsa, sequence } => match self.register(dsa, sequence, now) {
+                Ok(()) => {
+                    if let Some(home) = &mut self.home {
+                        home.pending.entry(dsa).or_default().push((id, now));
+                    }
+                    None
+                }
+                Err(e) => Some(error(e)),
+            },
+            Request::Deregister { dsa } => match self.deregister(dsa, now) {
+                Ok(()) => {
+                    if let Some(home) = &mut self.home {
+                        home.pending.entry(dsa).or_default().push((id, now));
+                    }
+                    None
+                }
+                Err(e) => Some(error(e)),
+            },
             Request::List => {
                 let bindings: Vec<Value> = self
                     .list
@@ -304,7 +554,11 @@ impl ControlTarget for MobileDaemon {
                         })
                     })
                     .collect();
-                Some(json!({"ok": true, "bindings": bindings}))
+                Some(json!({
+                    "ok": true,
+                    "bindings": bindings,
+                    "home_registrations": self.home_registrations_json(now),
+                }))
             }
             Request::Stats => Some(json!({
                 "ok": true,
@@ -312,6 +566,10 @@ impl ControlTarget for MobileDaemon {
                 "binds": self.stats.binds,
                 "bound": self.stats.bound,
                 "failed": self.stats.failed,
+                "home_registrations": self.home.as_ref().map_or(0, |h| h.registrations.len()),
+                "registers": self.stats.registers,
+                "registered": self.stats.registered,
+                "registration_failures": self.stats.registration_failures,
             })),
         }
     }
@@ -364,6 +622,7 @@ impl ControlTarget for MobileDaemon {
                 }
             }
         }
+        self.registration_completions(now, &mut out);
         out
     }
 }
