@@ -867,4 +867,253 @@ mod tests {
         .unwrap();
         assert!(e["error"].as_str().unwrap().contains("correspondent role"));
     }
+
+    const HOME_AGENT: &str = "2001:db8:1::1";
+    const NTP: u64 = 0xeea8_3340_0000_0000;
+
+    fn fixed_ntp() -> u64 {
+        NTP
+    }
+
+    fn home_agent() -> HomeAgent {
+        use crate::home_agent::{HomeAgentConfig, MobileNodeKey};
+        let mut cfg = HomeAgentConfig::new(a(HOME_AGENT), a("2001:db8:1::"), 64);
+        cfg.keys = vec![MobileNodeKey {
+            spi: 7,
+            key: b"contact node key".to_vec(),
+            home_address: a("2001:db8:1::100"),
+        }];
+        HomeAgent::new(cfg)
+    }
+
+    fn contact_node(key: &[u8]) -> MobileDaemon {
+        let template = HomeRegistrationConfig::new(
+            Ipv6Addr::UNSPECIFIED,
+            a("2001:db8:2::1"),
+            a(HOME_AGENT),
+            7,
+            key.to_vec(),
+        );
+        MobileDaemon::new(a("2001:db8:2::1"), 105, [1; 32])
+            .with_home_registration(template, true, fixed_ntp, [2; 32])
+    }
+
+    /// What the home agent's eBPF program does: decapsulate what is tunnelled to it, tunnel what
+    /// is addressed to a registered home address to its care-of address.
+    fn ha_ingress(ha: &HomeAgent, packet: &[u8]) -> Vec<u8> {
+        use crate::wire::{DatagramBuilder, IPPROTO_IPV6};
+        let d = ParsedDatagram::parse(packet).unwrap();
+        if d.upper_protocol == IPPROTO_IPV6 && d.dst == a(HOME_AGENT) {
+            return d.upper.to_vec();
+        }
+        match ha.binding(&d.dst) {
+            Some(b) => DatagramBuilder {
+                src: a(HOME_AGENT),
+                dst: b.care_of_address,
+                routing_type2: None,
+                home_address_option: None,
+                hop_limit: 64,
+            }
+            .build(IPPROTO_IPV6, packet)
+            .unwrap(),
+            None => packet.to_vec(),
+        }
+    }
+
+    /// Moves packets between the member, the home agent (with its data path) and a client
+    /// until all are quiet.
+    fn pump(d: &mut MobileDaemon, ha: &mut HomeAgent, cn: &mut Correspondent, now: Timestamp) {
+        use crate::io_shell::{Engine, deliver};
+        loop {
+            let mut moved = false;
+            while let Some(t) = Engine::poll_transmit(d) {
+                moved = true;
+                if t.destination == a(HOME_AGENT) {
+                    let inner = ha_ingress(ha, &t.packet);
+                    if ParsedDatagram::parse(&inner).unwrap().dst == a(HOME_AGENT) {
+                        ha.handle_datagram(&inner, now, NTP);
+                    } else {
+                        cn.handle_datagram(&inner, now);
+                    }
+                } else {
+                    cn.handle_datagram(&t.packet, now);
+                }
+            }
+            while let Some(t) = ha.poll_transmit() {
+                moved = true;
+                assert!(deliver(d, &t.packet, now));
+            }
+            while let Some(t) = cn.poll_transmit() {
+                moved = true;
+                // The client's packets for the DSA pass the home agent.
+                let packet = ha_ingress(ha, &t.packet);
+                assert!(deliver(d, &packet, now));
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn register_is_answered_on_the_ba_and_the_hot_comes_through_the_tunnel() {
+        let mut d = contact_node(b"contact node key");
+        let mut ha = home_agent();
+        let mut cn = Correspondent::new(
+            CorrespondentConfig {
+                addresses: vec![a("2001:db8:3::7")],
+                ..CorrespondentConfig::default()
+            },
+            [2; 20],
+            [3; 32],
+        );
+        let t0 = Timestamp::from_secs(1);
+        let line = r#"{"op":"register","dsa":"2001:db8:1::100","sequence":9}"#;
+        assert_eq!(handle_line(&mut d, 4, line, t0), None);
+        let t1 = t0 + Duration::from_micros(250);
+        pump(&mut d, &mut ha, &mut cn, t1);
+        let done = d.completions(t1, &mut Vec::new());
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(done[0].0, 4);
+        assert_eq!(done[0].1["ok"], true, "{}", done[0].1);
+        assert_eq!(done[0].1["dsa"], "2001:db8:1::100");
+        assert_eq!(done[0].1["sequence"], 10);
+        assert_eq!(done[0].1["lifetime_units"], 900);
+        assert_eq!(done[0].1["elapsed_us"], 250);
+        assert_eq!(
+            ha.binding(&a("2001:db8:1::100")).unwrap().care_of_address,
+            a("2001:db8:2::1")
+        );
+        let list = handle_line(&mut d, 4, r#"{"op":"list"}"#, t1).unwrap();
+        let reg = &list["home_registrations"][0];
+        assert_eq!(reg["registered"], true, "{list}");
+        assert_eq!(reg["home_agent"], HOME_AGENT);
+        assert_eq!(reg["in_progress"], false);
+        assert_eq!(reg["expires_in_ms"], 3_600_000);
+        let stats = handle_line(&mut d, 4, r#"{"op":"stats"}"#, t1).unwrap();
+        assert_eq!(
+            (
+                stats["home_registrations"].as_u64(),
+                stats["registered"].as_u64()
+            ),
+            (Some(1), Some(1))
+        );
+
+        // The contact node's home token: HoTI reverse-tunnelled, HoT tunnelled back.
+        let prepare = r#"{"op":"prepare","dsa":"2001:db8:1::100","client":"2001:db8:3::7"}"#;
+        assert_eq!(handle_line(&mut d, 4, prepare, t1).unwrap()["ok"], true);
+        pump(&mut d, &mut ha, &mut cn, t1);
+        let token = handle_line(
+            &mut d,
+            4,
+            r#"{"op":"home_token","dsa":"2001:db8:1::100","client":"2001:db8:3::7"}"#,
+            t1,
+        )
+        .unwrap();
+        assert_eq!(token["ok"], true, "{token}");
+        assert_eq!(cn.stats().home_tests, 1);
+
+        // The refresh runs on the core's timer, a minute before expiry.
+        let refresh = d.poll_timeout().unwrap();
+        assert_eq!(refresh, t1 + Duration::from_secs(3540));
+        d.handle_timeout(refresh);
+        pump(&mut d, &mut ha, &mut cn, refresh);
+        assert!(d.completions(refresh, &mut Vec::new()).is_empty());
+        let stats = handle_line(&mut d, 4, r#"{"op":"stats"}"#, refresh).unwrap();
+        assert_eq!(stats["registered"], 2);
+
+        let line = r#"{"op":"deregister","dsa":"2001:db8:1::100"}"#;
+        assert_eq!(handle_line(&mut d, 5, line, refresh), None);
+        pump(&mut d, &mut ha, &mut cn, refresh);
+        let done = d.completions(refresh, &mut Vec::new());
+        assert_eq!(done[0].0, 5);
+        assert_eq!(done[0].1["ok"], true, "{}", done[0].1);
+        assert!(ha.binding(&a("2001:db8:1::100")).is_none());
+    }
+
+    #[test]
+    fn registration_errors_say_what_to_do() {
+        let mut d = contact_node(b"wrong key");
+        let mut ha = home_agent();
+        let mut cn = Correspondent::new(CorrespondentConfig::default(), [0; 20], [0; 32]);
+        let now = Timestamp::from_secs(1);
+        let line = r#"{"op":"register","dsa":"2001:db8:1::100"}"#;
+        assert_eq!(handle_line(&mut d, 1, line, now), None);
+        pump(&mut d, &mut ha, &mut cn, now);
+        let done = d.completions(now, &mut Vec::new());
+        let e = done[0].1["error"].as_str().unwrap();
+        assert!(e.contains("status 146") && e.contains("key_file"), "{e}");
+        assert!(ha.binding(&a("2001:db8:1::100")).is_none());
+        let stats = handle_line(&mut d, 1, r#"{"op":"stats"}"#, now).unwrap();
+        assert_eq!(stats["registration_failures"], 1);
+        let e = handle_line(
+            &mut d,
+            1,
+            r#"{"op":"deregister","dsa":"2001:db8:1::200"}"#,
+            now,
+        )
+        .unwrap();
+        assert!(
+            e["error"]
+                .as_str()
+                .unwrap()
+                .contains("no home registration")
+        );
+
+        let mut plain = MobileDaemon::new(a("2001:db8:2::1"), 105, [1; 32]);
+        let e = handle_line(&mut plain, 1, line, now).unwrap();
+        assert!(
+            e["error"]
+                .as_str()
+                .unwrap()
+                .contains("no [mobile.home_registration] section")
+        );
+        assert_eq!(plain.tunnel_endpoint(), None);
+        let e = handle_line(&mut cn, 1, line, now).unwrap();
+        assert!(e["error"].as_str().unwrap().contains("correspondent role"));
+    }
+
+    #[test]
+    fn only_the_home_agents_tunnel_reaches_the_member() {
+        use crate::io_shell::deliver;
+        use crate::wire::{DatagramBuilder, IPPROTO_IPV6};
+        let mut d = contact_node(b"contact node key");
+        let mut cn = Correspondent::new(
+            CorrespondentConfig {
+                addresses: vec![a("2001:db8:3::7")],
+                ..CorrespondentConfig::default()
+            },
+            [2; 20],
+            [3; 32],
+        );
+        let now = Timestamp::from_secs(1);
+        let prepare = r#"{"op":"prepare","dsa":"2001:db8:1::100","client":"2001:db8:3::7"}"#;
+        handle_line(&mut d, 1, prepare, now);
+        let hoti = crate::io_shell::Engine::poll_transmit(&mut d).unwrap();
+        let inner = ParsedDatagram::parse(&hoti.packet).unwrap().upper.to_vec();
+        cn.handle_datagram(&inner, now);
+        let hot = cn.poll_transmit().unwrap();
+        // The same HoT tunnelled by someone else is dropped before the core.
+        let tunnel = |src: &str| {
+            DatagramBuilder {
+                src: a(src),
+                dst: a("2001:db8:2::1"),
+                routing_type2: None,
+                home_address_option: None,
+                hop_limit: 64,
+            }
+            .build(IPPROTO_IPV6, &hot.packet)
+            .unwrap()
+        };
+        let token = |d: &mut MobileDaemon| {
+            d.list
+                .get_mut(a("2001:db8:1::100"), a("2001:db8:3::7"))
+                .unwrap()
+                .home_token()
+        };
+        assert!(!deliver(&mut d, &tunnel("2001:db8:9::9"), now));
+        assert!(token(&mut d).is_none());
+        assert!(deliver(&mut d, &tunnel(HOME_AGENT), now));
+        assert!(token(&mut d).is_some());
+    }
 }
