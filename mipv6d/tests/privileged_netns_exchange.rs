@@ -490,17 +490,37 @@ impl HomeSite {
         (ha, client)
     }
 
-    /// The member's daemon, registering the DSA at start with `key`.
-    fn start_member(&self, key: &[u8]) -> (testbed::KillOnDrop, std::path::PathBuf) {
+    /// The member's daemon, registering the DSA at start with `key`; `extra` is appended to
+    /// `[mobile.home_registration]`.
+    fn start_member(&self, key: &[u8], extra: &str) -> (testbed::KillOnDrop, std::path::PathBuf) {
         let key = self.key_file("member.key", key);
         self.daemon(
             &self.member,
             "member",
             &format!(
-                "role = \"mobile\"\ninterface = \"m0\"\n[mobile]\ncare_of_address = \"{HS_MEMBER}\"\n[mobile.home_registration]\nhome_agent = \"{HS_HA}\"\nspi = {HS_SPI}\nkey_file = \"{}\"\nhome_addresses = [\"{HS_DSA}\"]\n",
+                "role = \"mobile\"\ninterface = \"m0\"\n[mobile]\ncare_of_address = \"{HS_MEMBER}\"\n[mobile.home_registration]\nhome_agent = \"{HS_HA}\"\nspi = {HS_SPI}\nkey_file = \"{}\"\nhome_addresses = [\"{HS_DSA}\"]\n{extra}",
                 key.display()
             ),
         )
+    }
+
+    /// Pings the member from the client until it answers: the first packets on a fresh veth
+    /// wait for neighbour discovery and the link's activation (seen: ≈ 2 s), which is not what
+    /// the tests measure.
+    fn warm_up(&self) -> testbed::measure::RttStats {
+        (0..10)
+            .find_map(|_| {
+                testbed::measure::ping(&self.client, HS_MEMBER, 3, Duration::from_millis(10)).ok()
+            })
+            .expect("client and member reach each other through the home agent")
+    }
+
+    fn ha_counters(&mut self) -> handoff_user::datapath::CounterValues {
+        self.ha_datapath
+            .maps()
+            .freeze()
+            .all_counters()
+            .expect("home agent counters")
     }
 
     fn log(&self, name: &str) -> String {
@@ -559,7 +579,7 @@ fn privileged_contact_node_registers_and_gets_its_home_token_through_the_tunnel(
     }
     let mut site = home_site("mha");
     let ((ha, ha_sock), (client, client_sock)) = site.start_home_agent_and_client();
-    let (member, member_sock) = site.start_member(HS_KEY);
+    let (member, member_sock) = site.start_member(HS_KEY, "");
 
     // The registration from the configuration: the home agent's data path tunnels the DSA to
     // the member.
@@ -587,21 +607,8 @@ fn privileged_contact_node_registers_and_gets_its_home_token_through_the_tunnel(
 
     // The home token: HoTI reverse-tunnelled to the home agent, which decapsulates it; the HoT
     // for the DSA tunnelled back by `ha_ingress` and unwrapped by the member's daemon.
-    let counters = |site: &mut HomeSite| {
-        site.ha_datapath
-            .maps()
-            .freeze()
-            .all_counters()
-            .expect("home agent counters")
-    };
-    // Warm the links first: the first packets on a fresh veth wait for neighbour discovery
-    // and the link's activation (seen: ≈ 2 s), which is not what is measured here.
-    let rtt = (0..10)
-        .find_map(|_| {
-            testbed::measure::ping(&site.client, HS_MEMBER, 3, Duration::from_millis(10)).ok()
-        })
-        .expect("client and member reach each other through the home agent");
-    let before = counters(&mut site);
+    let rtt = site.warm_up();
+    let before = site.ha_counters();
     let started = std::time::Instant::now();
     let prepare = control(
         &member_sock,
@@ -615,7 +622,7 @@ fn privileged_contact_node_registers_and_gets_its_home_token_through_the_tunnel(
     );
     let token_time = started.elapsed();
     assert_eq!(token["token"].as_str().unwrap().len(), 16);
-    let after = counters(&mut site);
+    let after = site.ha_counters();
     assert!(
         after.get(Counter::Decapsulated) > before.get(Counter::Decapsulated),
         "the home agent decapsulated the HoTI: {after}"
@@ -676,7 +683,7 @@ fn privileged_wrong_key_gets_status_146_and_no_tunnel() {
     }
     let mut site = home_site("mhk");
     let ((ha, ha_sock), (client, _)) = site.start_home_agent_and_client();
-    let (member, member_sock) = site.start_member(b"not the home agent's key");
+    let (member, member_sock) = site.start_member(b"not the home agent's key", "");
 
     // The registration at start fails at once (146 is not retransmitted) and says why.
     poll_control(&member_sock, r#"{"op":"stats"}"#, |a| {
@@ -704,4 +711,43 @@ fn privileged_wrong_key_gets_status_146_and_no_tunnel() {
         log.contains("home registration of DSA fd00:d51:ff00::1") && log.contains("status 146"),
         "the member's log says why: {log}"
     );
+}
+
+#[test]
+fn privileged_hoti_without_reverse_tunnel_goes_directly() {
+    use handoff_common::Counter;
+
+    if !is_root() {
+        eprintln!("SKIPPED (not root): privileged_hoti_without_reverse_tunnel_goes_directly");
+        return;
+    }
+    let mut site = home_site("mhd");
+    let ((ha, _), (client, _)) = site.start_home_agent_and_client();
+    let (member, member_sock) = site.start_member(HS_KEY, "reverse_tunnel_hoti = false\n");
+    poll_control(&member_sock, r#"{"op":"list"}"#, |a| {
+        a["home_registrations"][0]["registered"] == true
+    });
+    site.warm_up();
+    let before = site.ha_counters();
+    control(
+        &member_sock,
+        &format!(r#"{{"op":"prepare","dsa":"{HS_DSA}","client":"{HS_CLIENT}"}}"#),
+    );
+    // The HoTI leaves from the DSA and the home agent merely routes it (no ingress filtering
+    // here); the HoT still comes back through the tunnel.
+    poll_control(
+        &member_sock,
+        &format!(r#"{{"op":"home_token","dsa":"{HS_DSA}","client":"{HS_CLIENT}"}}"#),
+        |a| a["ok"] == true,
+    );
+    let after = site.ha_counters();
+    assert_eq!(
+        after.get(Counter::Decapsulated),
+        before.get(Counter::Decapsulated),
+        "nothing reverse-tunnelled: {after}"
+    );
+    assert!(after.get(Counter::HaTunneled) > before.get(Counter::HaTunneled));
+    stop(member, "member");
+    stop(ha, "home agent");
+    stop(client, "client");
 }
