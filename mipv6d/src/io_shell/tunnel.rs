@@ -1,7 +1,7 @@
 //! IPv6-in-IPv6 (next header 41) from the home agent: packets for the home address (a HoT, for
 //! instance) reach the contact node through the home agent's tunnel, and the cores want the inner
 //! packet. Only the tunnel from the configured home agent to this node's care-of address is
-//! unwrapped (RFC 6275 §11.3.2 has the mobile node check that a tunnelled packet comes from its
+//! unwrapped (RFC 6275 §11.3 has the mobile node check that a tunnelled packet comes from its
 //! home agent); other encapsulated packets are not for the signaling and are discarded.
 
 use std::net::Ipv6Addr;
