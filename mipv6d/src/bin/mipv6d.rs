@@ -3,8 +3,9 @@
 //! Exit codes: 0 stopped by SIGTERM/SIGINT; 1 runtime error (sockets, control socket); 2 bad
 //! command line or configuration.
 
+use std::net::Ipv6Addr;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -15,13 +16,15 @@ use mipv6d::daemon::config::{Config, Role, parse_prefix};
 use mipv6d::daemon::control::{DatapathSink, LogOnly, MobileDaemon};
 use mipv6d::daemon::{Daemon, PinnedMaps, StopSignal};
 use mipv6d::home_agent::{HomeAgent, HomeAgentConfig, MobileNodeKey};
-use mipv6d::io_shell::{PacketReceiver, RawSender};
+use mipv6d::home_registration::HomeRegistrationConfig;
+use mipv6d::io_shell::{PacketReceiver, RawSender, monotonic_now, ntp_now};
 
 /// Mobile IPv6 signaling for Distributed Servers for Linux.
 ///
 /// Runs one role from a TOML file: `correspondent` (client side route optimization),
 /// `mobile` (server member: return routability and Binding Updates towards clients, driven
-/// over the control socket) or `home-agent` (RFC 4285 home registration). Needs CAP_NET_RAW
+/// over the control socket; with `[mobile.home_registration]` also the contact node's home
+/// registration) or `home-agent` (RFC 4285 home registration). Needs CAP_NET_RAW
 /// (raw and packet sockets). Logs go to stderr; set RUST_LOG=debug for more.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -64,6 +67,19 @@ fn random<const N: usize>() -> anyhow::Result<[u8; N]> {
         bail!("getrandom failed: {}", std::io::Error::last_os_error());
     }
     Ok(out)
+}
+
+/// An MN-HA key file: its raw bytes (the same file on the member and the home agent).
+fn read_key(spi: u32, path: &Path) -> anyhow::Result<Vec<u8>> {
+    let key = std::fs::read(path)
+        .with_context(|| format!("reading the MN-HA key of SPI {spi} from {}", path.display()))?;
+    if key.is_empty() {
+        bail!(
+            "the MN-HA key file {} of SPI {spi} is empty",
+            path.display()
+        );
+    }
+    Ok(key)
 }
 
 fn run(config: &Config) -> anyhow::Result<()> {
@@ -116,7 +132,24 @@ fn run(config: &Config) -> anyhow::Result<()> {
         }
         Role::Mobile => {
             let m = config.mobile.as_ref().context("[mobile] section")?;
-            let d = MobileDaemon::new(m.care_of_address, m.lifetime_units, random()?);
+            let mut d = MobileDaemon::new(m.care_of_address, m.lifetime_units, random()?);
+            if let Some(h) = &m.home_registration {
+                let key = read_key(h.spi, &h.key_file)?;
+                let mut template = HomeRegistrationConfig::new(
+                    Ipv6Addr::UNSPECIFIED,
+                    m.care_of_address,
+                    h.home_agent,
+                    h.spi,
+                    key,
+                );
+                template.lifetime_units = h.lifetime_units;
+                d = d.with_home_registration(template, h.reverse_tunnel_hoti, ntp_now, random()?);
+                for dsa in &h.home_addresses {
+                    d.register(*dsa, None, monotonic_now())
+                        .map_err(anyhow::Error::msg)?;
+                    tracing::info!(%dsa, home_agent = %h.home_agent, "mipv6d: registering with the home agent");
+                }
+            }
             Daemon::new(d, sockets, control)
                 .with_datapath(datapath)
                 .run(&stop)
@@ -127,13 +160,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
             let mut cfg = HomeAgentConfig::new(h.address, prefix, len);
             cfg.max_lifetime_units = h.max_lifetime_units;
             for node in &h.nodes {
-                let key = std::fs::read(&node.key_file).with_context(|| {
-                    format!(
-                        "reading the MN-HA key of SPI {} from {}",
-                        node.spi,
-                        node.key_file.display()
-                    )
-                })?;
+                let key = read_key(node.spi, &node.key_file)?;
                 cfg.keys.push(MobileNodeKey {
                     spi: node.spi,
                     key,

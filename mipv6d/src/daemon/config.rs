@@ -85,6 +85,33 @@ pub struct MobileSection {
     /// Requested binding lifetime in 4-second units.
     #[serde(default = "default_lifetime_units")]
     pub lifetime_units: u16,
+    /// Home registration with the DSA's home agent (the contact node's side).
+    pub home_registration: Option<HomeRegistrationSection>,
+}
+
+/// `[mobile.home_registration]`: this member registers DSAs with their home agent (RFC 6275
+/// §11.7.1 with RFC 4285 authentication) when it is the contact node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeRegistrationSection {
+    /// The home agent's address (its `[home_agent] address`, also the outer source of its
+    /// tunnel).
+    pub home_agent: Ipv6Addr,
+    /// Mobility SPI of the MN-HA security association.
+    pub spi: u32,
+    /// File holding the MN-HA key (raw bytes), the same file as the home agent's
+    /// `[[home_agent.nodes]] key_file`.
+    pub key_file: PathBuf,
+    /// Registered at start (this member is the contact node); more with the `register` op.
+    #[serde(default)]
+    pub home_addresses: Vec<Ipv6Addr>,
+    /// Requested registration lifetime in 4-second units (the home agent may grant less).
+    #[serde(default = "default_home_lifetime_units")]
+    pub lifetime_units: u16,
+    /// Send the HoTI through the home agent (IPv6-in-IPv6 to it, RFC 6275 §11.6.1) instead of
+    /// from the home address directly.
+    #[serde(default = "default_true")]
+    pub reverse_tunnel_hoti: bool,
 }
 
 /// `[home_agent]`.
@@ -136,6 +163,12 @@ fn default_lifetime_units() -> u16 {
 }
 fn default_ha_lifetime_units() -> u16 {
     900
+}
+fn default_home_lifetime_units() -> u16 {
+    900
+}
+fn default_true() -> bool {
+    true
 }
 
 impl Config {
@@ -189,6 +222,28 @@ impl Config {
                     return Err(ConfigError::Invalid(
                         "[mobile] lifetime_units must be at least 1".into(),
                     ));
+                }
+                if let Some(h) = &m.home_registration {
+                    if h.lifetime_units == 0 {
+                        return Err(ConfigError::Invalid(
+                            "[mobile.home_registration] lifetime_units must be at least 1 (deregister with the deregister op)".into(),
+                        ));
+                    }
+                    if !crate::wire::is_unicast(&h.home_agent) {
+                        return Err(ConfigError::Invalid(format!(
+                            "[mobile.home_registration] home_agent {} is not a unicast address",
+                            h.home_agent
+                        )));
+                    }
+                    if let Some(bad) = h
+                        .home_addresses
+                        .iter()
+                        .find(|a| !crate::wire::is_unicast(a))
+                    {
+                        return Err(ConfigError::Invalid(format!(
+                            "[mobile.home_registration] home address {bad} is not a unicast address"
+                        )));
+                    }
                 }
             }
             Role::HomeAgent => {
@@ -245,7 +300,32 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(mn.mobile.unwrap().lifetime_units, 105);
+        let m = mn.mobile.unwrap();
+        assert_eq!(m.lifetime_units, 105);
+        assert_eq!(m.home_registration, None);
+        let contact = Config::parse(
+            r#"
+            role = "mobile"
+            interface = "eth0"
+            [mobile]
+            care_of_address = "2001:db8:2::1"
+            [mobile.home_registration]
+            home_agent = "2001:db8:1::1"
+            spi = 4097
+            key_file = "/etc/mipv6d/node1.key"
+            home_addresses = ["2001:db8:1::100"]
+            "#,
+        )
+        .unwrap();
+        let h = contact.mobile.unwrap().home_registration.unwrap();
+        assert_eq!(
+            (h.spi, h.lifetime_units, h.reverse_tunnel_hoti),
+            (4097, 900, true)
+        );
+        assert_eq!(
+            h.home_addresses,
+            ["2001:db8:1::100".parse::<Ipv6Addr>().unwrap()]
+        );
         let ha = Config::parse(
             r#"
             role = "home-agent"
@@ -274,6 +354,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("typo"), "{e}");
+        let contact = |extra: &str| {
+            Config::parse(&format!(
+                "role = \"mobile\"\ninterface = \"eth0\"\n[mobile]\ncare_of_address = \"2001:db8:2::1\"\n[mobile.home_registration]\nspi = 1\nkey_file = \"k\"\n{extra}"
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(contact("").contains("home_agent"), "{}", contact(""));
+        let e = contact("home_agent = \"ff02::1\"\n");
+        assert!(e.contains("home_agent ff02::1 is not a unicast"), "{e}");
+        let e = contact("home_agent = \"2001:db8:1::1\"\nlifetime_units = 0\n");
+        assert!(
+            e.contains("[mobile.home_registration] lifetime_units"),
+            "{e}"
+        );
+        let e = contact("home_agent = \"2001:db8:1::1\"\nhome_addresses = [\"::\"]\n");
+        assert!(e.contains("home address :: is not a unicast"), "{e}");
+        let e = contact("home_agent = \"2001:db8:1::1\"\nkey = \"secret\"\n");
+        assert!(e.contains("unknown field `key`"), "{e}");
         assert!(parse_prefix("2001:db8::/129").is_err());
         assert_eq!(
             parse_prefix("2001:db8::/48").unwrap(),

@@ -8,6 +8,10 @@
 //! - `{"op":"unbind","dsa":A,"client":C}` — mobile role: deregister; answered on the BA.
 //! - `{"op":"home_token","dsa":A,"client":C}` — mobile role: the home token held, to share.
 //! - `{"op":"inject_home_token","dsa":A,"client":C,"nonce_index":I,"token":HEX,"age_ms":MS}`.
+//! - `{"op":"register","dsa":A,"sequence":N?}` — mobile role with `[mobile.home_registration]`:
+//!   register DSA → our CoA with the home agent (this member becomes the contact node); answered
+//!   when the BA arrives: sequence, lifetime, elapsed µs.
+//! - `{"op":"deregister","dsa":A}` — mobile role: delete that registration; answered on the BA.
 //! - `{"op":"list"}`, `{"op":"stats"}` — every role.
 //!
 //! Answers: `{"ok":true,...}` or `{"ok":false,"error":"what failed and what to do"}`.
@@ -21,8 +25,14 @@ use serde_json::{Value, json};
 
 use crate::correspondent::{CnEvent, Correspondent};
 use crate::home_agent::{HaEvent, HomeAgent};
-use crate::mobile::{BindingUpdateList, Failure, MnEvent, MobileConfig, Token, UpdateListKey};
+use crate::home_registration::{HomeRegistrationConfig, HomeRegistrationList, HrEvent, HrFailure};
+use crate::io_shell::TunnelEndpoint;
+use crate::mobile::{
+    BindingUpdateList, Failure, Ignored, MnEvent, MobileConfig, Token, UpdateListKey,
+};
 use crate::time::Timestamp;
+use crate::transmit::Transmit;
+use crate::wire::{BaStatus, ParsedDatagram};
 
 /// Identifies a control connection (answers for pending requests go back to it).
 pub type ClientId = u64;
@@ -74,6 +84,20 @@ pub enum Request {
         token: String,
         /// How long ago it was received.
         age_ms: u64,
+    },
+    /// Register DSA → care-of address with the home agent (become the contact node).
+    Register {
+        /// Distributed-server (home) address.
+        dsa: Ipv6Addr,
+        /// Last sequence number the home agent accepted for this DSA (from the previous
+        /// contact node); without it a 135 from the home agent sets it.
+        #[serde(default)]
+        sequence: Option<u16>,
+    },
+    /// Delete the home registration of a DSA.
+    Deregister {
+        /// Distributed-server (home) address.
+        dsa: Ipv6Addr,
     },
     /// List bindings.
     List,
@@ -178,7 +202,8 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The mobile role: a binding update list and the control requests waiting for a BA.
+/// The mobile role: a binding update list, the home registrations when this member can be the
+/// contact node, and the control requests waiting for a BA.
 #[derive(Debug)]
 pub struct MobileDaemon {
     /// The engines.
@@ -186,7 +211,18 @@ pub struct MobileDaemon {
     care_of_address: Ipv6Addr,
     lifetime_units: u16,
     pending: HashMap<UpdateListKey, Vec<(ClientId, Timestamp)>>,
+    home: Option<HomeSide>,
     stats: MobileStats,
+}
+
+/// Home registration: the engines, the HoTI tunnel choice, the requests waiting for a BA and
+/// the wall clock RFC 4285 timestamps come from (injected, so tests choose it).
+#[derive(Debug)]
+struct HomeSide {
+    registrations: HomeRegistrationList,
+    reverse_tunnel_hoti: bool,
+    pending: HashMap<Ipv6Addr, Vec<(ClientId, Timestamp)>>,
+    ntp_clock: fn() -> u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -194,6 +230,9 @@ struct MobileStats {
     binds: u64,
     bound: u64,
     failed: u64,
+    registers: u64,
+    registered: u64,
+    registration_failures: u64,
 }
 
 impl MobileDaemon {
@@ -204,15 +243,208 @@ impl MobileDaemon {
             care_of_address,
             lifetime_units,
             pending: HashMap::new(),
+            home: None,
             stats: MobileStats::default(),
         }
+    }
+
+    /// Enables home registration with `template`'s home agent, SPI and key (its home address is
+    /// replaced per DSA, its care-of address must be this member's). With
+    /// `reverse_tunnel_hoti`, HoTIs go through that home agent. `ntp_clock` gives the wall
+    /// clock in NTP format (`io_shell::ntp_now`); `seed` keys the initial sequence numbers.
+    pub fn with_home_registration(
+        mut self,
+        template: HomeRegistrationConfig,
+        reverse_tunnel_hoti: bool,
+        ntp_clock: fn() -> u64,
+        seed: [u8; 32],
+    ) -> Self {
+        self.home = Some(HomeSide {
+            registrations: HomeRegistrationList::new(template, seed),
+            reverse_tunnel_hoti,
+            pending: HashMap::new(),
+            ntp_clock,
+        });
+        self
     }
 
     fn config(&self, dsa: Ipv6Addr, client: Ipv6Addr) -> MobileConfig {
         let mut c = MobileConfig::new(dsa, self.care_of_address, client);
         c.lifetime_units = self.lifetime_units;
+        c.home_agent = self
+            .home
+            .as_ref()
+            .filter(|h| h.reverse_tunnel_hoti)
+            .map(|h| h.registrations.home_agent());
         c
     }
+
+    /// Registers `dsa` → our care-of address with the home agent (`sequence`: the last number
+    /// the home agent accepted, from the previous contact node). The outcome is reported by
+    /// [`ControlTarget::completions`] (and logged).
+    pub fn register(
+        &mut self,
+        dsa: Ipv6Addr,
+        sequence: Option<u16>,
+        now: Timestamp,
+    ) -> Result<(), String> {
+        let home = self.home.as_mut().ok_or_else(|| {
+            format!(
+                "cannot register DSA {dsa}: no [mobile.home_registration] section in the configuration, so this member has no home agent"
+            )
+        })?;
+        let entry = home.registrations.entry(dsa);
+        if let Some(s) = sequence {
+            entry.set_last_sequence(s);
+        }
+        entry.register(now, (home.ntp_clock)());
+        self.stats.registers += 1;
+        Ok(())
+    }
+
+    /// Deletes the home registration of `dsa` (BU with lifetime 0).
+    pub fn deregister(&mut self, dsa: Ipv6Addr, now: Timestamp) -> Result<(), String> {
+        let entry = self.home.as_mut().and_then(|h| {
+            let ntp = (h.ntp_clock)();
+            h.registrations.get_mut(dsa).map(|e| (e, ntp))
+        });
+        match entry {
+            Some((e, ntp)) => {
+                e.deregister(now, ntp);
+                Ok(())
+            }
+            None => Err(format!(
+                "no home registration for DSA {dsa} on this member — nothing to deregister"
+            )),
+        }
+    }
+
+    /// Handles a received packet (already unwrapped from the home agent's tunnel): BAs from the
+    /// home agent go to the home registrations, everything else to the binding update list.
+    pub fn handle_datagram(&mut self, packet: &[u8], now: Timestamp) -> Result<(), Ignored> {
+        if let Some(home) = &mut self.home {
+            let d = ParsedDatagram::parse(packet).map_err(Ignored::Malformed)?;
+            if d.src == home.registrations.home_agent() {
+                return home
+                    .registrations
+                    .handle_datagram(packet, now, (home.ntp_clock)());
+            }
+        }
+        self.list.handle_datagram(packet, now)
+    }
+
+    /// Runs the due timers (retransmissions, refreshes, expiries).
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.list.handle_timeout(now);
+        if let Some(home) = &mut self.home {
+            home.registrations.handle_timeout(now, (home.ntp_clock)());
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.list.poll_transmit().or_else(|| {
+            self.home
+                .as_mut()
+                .and_then(|h| h.registrations.poll_transmit())
+        })
+    }
+
+    /// The next timer.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let home = self
+            .home
+            .as_ref()
+            .and_then(|h| h.registrations.poll_timeout());
+        [self.list.poll_timeout(), home].into_iter().flatten().min()
+    }
+
+    /// The home agent's tunnel to this member, whose packets (HoTs for a DSA) are unwrapped.
+    pub fn tunnel_endpoint(&self) -> Option<TunnelEndpoint> {
+        self.home.as_ref().map(|h| TunnelEndpoint {
+            local: self.care_of_address,
+            home_agent: h.registrations.home_agent(),
+        })
+    }
+
+    fn home_registrations_json(&self, now: Timestamp) -> Vec<Value> {
+        let Some(home) = &self.home else {
+            return Vec::new();
+        };
+        home.registrations
+            .iter()
+            .map(|(dsa, r)| {
+                let reg = r.registration();
+                json!({
+                    "dsa": dsa.to_string(),
+                    "home_agent": home.registrations.home_agent().to_string(),
+                    "registered": reg.is_some(),
+                    "in_progress": r.update_in_flight(),
+                    "sequence": r.last_sequence(),
+                    "lifetime_units": reg.map(|g| g.lifetime_units),
+                    "expires_in_ms": reg.map(|g| u64::try_from(g.expires.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)),
+                })
+            })
+            .collect()
+    }
+
+    /// Answers and logs the home registrations' events.
+    fn registration_completions(&mut self, now: Timestamp, out: &mut Vec<(ClientId, Value)>) {
+        let Some(home) = &mut self.home else { return };
+        let home_agent = home.registrations.home_agent();
+        while let Some((dsa, event)) = home.registrations.poll_event() {
+            let answer = match event {
+                HrEvent::Registered {
+                    sequence,
+                    lifetime_units,
+                    ..
+                } => {
+                    self.stats.registered += 1;
+                    tracing::info!(%dsa, %home_agent, sequence, lifetime_units, "mipv6d: home registration acknowledged");
+                    json!({"ok": true, "dsa": dsa.to_string(), "sequence": sequence, "lifetime_units": lifetime_units})
+                }
+                HrEvent::Deregistered => {
+                    tracing::info!(%dsa, %home_agent, "mipv6d: home registration deleted");
+                    json!({"ok": true, "dsa": dsa.to_string()})
+                }
+                HrEvent::Expired => {
+                    let message = format!(
+                        "the home registration of DSA {dsa} at {home_agent} expired without an acknowledged refresh"
+                    );
+                    tracing::warn!("mipv6d: {message}");
+                    error(message)
+                }
+                HrEvent::Failed(why) => {
+                    self.stats.registration_failures += 1;
+                    let message = describe_registration_failure(dsa, home_agent, why);
+                    tracing::warn!("mipv6d: {message}");
+                    error(message)
+                }
+            };
+            for (id, started) in home.pending.remove(&dsa).unwrap_or_default() {
+                let mut a = answer.clone();
+                a["elapsed_us"] = json!(micros(now.saturating_duration_since(started)));
+                out.push((id, a));
+            }
+        }
+    }
+}
+
+fn describe_registration_failure(dsa: Ipv6Addr, home_agent: Ipv6Addr, why: HrFailure) -> String {
+    let what = match why {
+        HrFailure::NoAcknowledgement => format!(
+            "no Binding Acknowledgement within the retransmission schedule — is mipv6d running as home agent on {home_agent} and reachable from our care-of address?"
+        ),
+        HrFailure::Rejected(BaStatus::AUTH_FAILED) => "status 146 (MN-HA authentication failed) — spi and key_file must match the home agent's [[home_agent.nodes]] entry".to_string(),
+        HrFailure::Rejected(BaStatus::PROHIBITED) => "status 129 (administratively prohibited) — the home agent's entry for this SPI names another home address".to_string(),
+        HrFailure::Rejected(BaStatus::NOT_HOME_SUBNET) => "status 132 (not home subnet) — the DSA is outside the home agent's home_prefix".to_string(),
+        HrFailure::Rejected(s) => format!("the home agent refused with status {}", s.0),
+        HrFailure::TooManyRecoveries(s) => format!(
+            "the home agent kept answering status {} — for 144, check both clocks (RFC 4285 timestamps); for 135, the sequence number",
+            s.0
+        ),
+    };
+    format!("home registration of DSA {dsa} with {home_agent} failed: {what}")
 }
 
 impl ControlTarget for MobileDaemon {
@@ -289,6 +521,24 @@ impl ControlTarget for MobileDaemon {
                 );
                 Some(json!({"ok": true}))
             }
+            Request::Register { dsa, sequence } => match self.register(dsa, sequence, now) {
+                Ok(()) => {
+                    if let Some(home) = &mut self.home {
+                        home.pending.entry(dsa).or_default().push((id, now));
+                    }
+                    None
+                }
+                Err(e) => Some(error(e)),
+            },
+            Request::Deregister { dsa } => match self.deregister(dsa, now) {
+                Ok(()) => {
+                    if let Some(home) = &mut self.home {
+                        home.pending.entry(dsa).or_default().push((id, now));
+                    }
+                    None
+                }
+                Err(e) => Some(error(e)),
+            },
             Request::List => {
                 let bindings: Vec<Value> = self
                     .list
@@ -304,7 +554,11 @@ impl ControlTarget for MobileDaemon {
                         })
                     })
                     .collect();
-                Some(json!({"ok": true, "bindings": bindings}))
+                Some(json!({
+                    "ok": true,
+                    "bindings": bindings,
+                    "home_registrations": self.home_registrations_json(now),
+                }))
             }
             Request::Stats => Some(json!({
                 "ok": true,
@@ -312,6 +566,10 @@ impl ControlTarget for MobileDaemon {
                 "binds": self.stats.binds,
                 "bound": self.stats.bound,
                 "failed": self.stats.failed,
+                "home_registrations": self.home.as_ref().map_or(0, |h| h.registrations.len()),
+                "registers": self.stats.registers,
+                "registered": self.stats.registered,
+                "registration_failures": self.stats.registration_failures,
             })),
         }
     }
@@ -364,6 +622,7 @@ impl ControlTarget for MobileDaemon {
                 }
             }
         }
+        self.registration_completions(now, &mut out);
         out
     }
 }
@@ -607,5 +866,254 @@ mod tests {
         )
         .unwrap();
         assert!(e["error"].as_str().unwrap().contains("correspondent role"));
+    }
+
+    const HOME_AGENT: &str = "2001:db8:1::1";
+    const NTP: u64 = 0xeea8_3340_0000_0000;
+
+    fn fixed_ntp() -> u64 {
+        NTP
+    }
+
+    fn home_agent() -> HomeAgent {
+        use crate::home_agent::{HomeAgentConfig, MobileNodeKey};
+        let mut cfg = HomeAgentConfig::new(a(HOME_AGENT), a("2001:db8:1::"), 64);
+        cfg.keys = vec![MobileNodeKey {
+            spi: 7,
+            key: b"contact node key".to_vec(),
+            home_address: a("2001:db8:1::100"),
+        }];
+        HomeAgent::new(cfg)
+    }
+
+    fn contact_node(key: &[u8]) -> MobileDaemon {
+        let template = HomeRegistrationConfig::new(
+            Ipv6Addr::UNSPECIFIED,
+            a("2001:db8:2::1"),
+            a(HOME_AGENT),
+            7,
+            key.to_vec(),
+        );
+        MobileDaemon::new(a("2001:db8:2::1"), 105, [1; 32])
+            .with_home_registration(template, true, fixed_ntp, [2; 32])
+    }
+
+    /// What the home agent's eBPF program does: decapsulate what is tunnelled to it, tunnel what
+    /// is addressed to a registered home address to its care-of address.
+    fn ha_ingress(ha: &HomeAgent, packet: &[u8]) -> Vec<u8> {
+        use crate::wire::{DatagramBuilder, IPPROTO_IPV6};
+        let d = ParsedDatagram::parse(packet).unwrap();
+        if d.upper_protocol == IPPROTO_IPV6 && d.dst == a(HOME_AGENT) {
+            return d.upper.to_vec();
+        }
+        match ha.binding(&d.dst) {
+            Some(b) => DatagramBuilder {
+                src: a(HOME_AGENT),
+                dst: b.care_of_address,
+                routing_type2: None,
+                home_address_option: None,
+                hop_limit: 64,
+            }
+            .build(IPPROTO_IPV6, packet)
+            .unwrap(),
+            None => packet.to_vec(),
+        }
+    }
+
+    /// Moves packets between the member, the home agent (with its data path) and a client
+    /// until all are quiet.
+    fn pump(d: &mut MobileDaemon, ha: &mut HomeAgent, cn: &mut Correspondent, now: Timestamp) {
+        use crate::io_shell::{Engine, deliver};
+        loop {
+            let mut moved = false;
+            while let Some(t) = Engine::poll_transmit(d) {
+                moved = true;
+                if t.destination == a(HOME_AGENT) {
+                    let inner = ha_ingress(ha, &t.packet);
+                    if ParsedDatagram::parse(&inner).unwrap().dst == a(HOME_AGENT) {
+                        ha.handle_datagram(&inner, now, NTP);
+                    } else {
+                        cn.handle_datagram(&inner, now);
+                    }
+                } else {
+                    cn.handle_datagram(&t.packet, now);
+                }
+            }
+            while let Some(t) = ha.poll_transmit() {
+                moved = true;
+                assert!(deliver(d, &t.packet, now));
+            }
+            while let Some(t) = cn.poll_transmit() {
+                moved = true;
+                // The client's packets for the DSA pass the home agent.
+                let packet = ha_ingress(ha, &t.packet);
+                assert!(deliver(d, &packet, now));
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn register_is_answered_on_the_ba_and_the_hot_comes_through_the_tunnel() {
+        let mut d = contact_node(b"contact node key");
+        let mut ha = home_agent();
+        let mut cn = Correspondent::new(
+            CorrespondentConfig {
+                addresses: vec![a("2001:db8:3::7")],
+                ..CorrespondentConfig::default()
+            },
+            [2; 20],
+            [3; 32],
+        );
+        let t0 = Timestamp::from_secs(1);
+        let line = r#"{"op":"register","dsa":"2001:db8:1::100","sequence":9}"#;
+        assert_eq!(handle_line(&mut d, 4, line, t0), None);
+        let t1 = t0 + Duration::from_micros(250);
+        pump(&mut d, &mut ha, &mut cn, t1);
+        let done = d.completions(t1, &mut Vec::new());
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(done[0].0, 4);
+        assert_eq!(done[0].1["ok"], true, "{}", done[0].1);
+        assert_eq!(done[0].1["dsa"], "2001:db8:1::100");
+        assert_eq!(done[0].1["sequence"], 10);
+        assert_eq!(done[0].1["lifetime_units"], 900);
+        assert_eq!(done[0].1["elapsed_us"], 250);
+        assert_eq!(
+            ha.binding(&a("2001:db8:1::100")).unwrap().care_of_address,
+            a("2001:db8:2::1")
+        );
+        let list = handle_line(&mut d, 4, r#"{"op":"list"}"#, t1).unwrap();
+        let reg = &list["home_registrations"][0];
+        assert_eq!(reg["registered"], true, "{list}");
+        assert_eq!(reg["home_agent"], HOME_AGENT);
+        assert_eq!(reg["in_progress"], false);
+        assert_eq!(reg["expires_in_ms"], 3_600_000);
+        let stats = handle_line(&mut d, 4, r#"{"op":"stats"}"#, t1).unwrap();
+        assert_eq!(
+            (
+                stats["home_registrations"].as_u64(),
+                stats["registered"].as_u64()
+            ),
+            (Some(1), Some(1))
+        );
+
+        // The contact node's home token: HoTI reverse-tunnelled, HoT tunnelled back.
+        let prepare = r#"{"op":"prepare","dsa":"2001:db8:1::100","client":"2001:db8:3::7"}"#;
+        assert_eq!(handle_line(&mut d, 4, prepare, t1).unwrap()["ok"], true);
+        pump(&mut d, &mut ha, &mut cn, t1);
+        let token = handle_line(
+            &mut d,
+            4,
+            r#"{"op":"home_token","dsa":"2001:db8:1::100","client":"2001:db8:3::7"}"#,
+            t1,
+        )
+        .unwrap();
+        assert_eq!(token["ok"], true, "{token}");
+        assert_eq!(cn.stats().home_tests, 1);
+
+        // The refresh runs on the core's timer, a minute before expiry.
+        let refresh = d.poll_timeout().unwrap();
+        assert_eq!(refresh, t1 + Duration::from_secs(3540));
+        d.handle_timeout(refresh);
+        pump(&mut d, &mut ha, &mut cn, refresh);
+        assert!(d.completions(refresh, &mut Vec::new()).is_empty());
+        let stats = handle_line(&mut d, 4, r#"{"op":"stats"}"#, refresh).unwrap();
+        assert_eq!(stats["registered"], 2);
+
+        let line = r#"{"op":"deregister","dsa":"2001:db8:1::100"}"#;
+        assert_eq!(handle_line(&mut d, 5, line, refresh), None);
+        pump(&mut d, &mut ha, &mut cn, refresh);
+        let done = d.completions(refresh, &mut Vec::new());
+        assert_eq!(done[0].0, 5);
+        assert_eq!(done[0].1["ok"], true, "{}", done[0].1);
+        assert!(ha.binding(&a("2001:db8:1::100")).is_none());
+    }
+
+    #[test]
+    fn registration_errors_say_what_to_do() {
+        let mut d = contact_node(b"wrong key");
+        let mut ha = home_agent();
+        let mut cn = Correspondent::new(CorrespondentConfig::default(), [0; 20], [0; 32]);
+        let now = Timestamp::from_secs(1);
+        let line = r#"{"op":"register","dsa":"2001:db8:1::100"}"#;
+        assert_eq!(handle_line(&mut d, 1, line, now), None);
+        pump(&mut d, &mut ha, &mut cn, now);
+        let done = d.completions(now, &mut Vec::new());
+        let e = done[0].1["error"].as_str().unwrap();
+        assert!(e.contains("status 146") && e.contains("key_file"), "{e}");
+        assert!(ha.binding(&a("2001:db8:1::100")).is_none());
+        let stats = handle_line(&mut d, 1, r#"{"op":"stats"}"#, now).unwrap();
+        assert_eq!(stats["registration_failures"], 1);
+        let e = handle_line(
+            &mut d,
+            1,
+            r#"{"op":"deregister","dsa":"2001:db8:1::200"}"#,
+            now,
+        )
+        .unwrap();
+        assert!(
+            e["error"]
+                .as_str()
+                .unwrap()
+                .contains("no home registration")
+        );
+
+        let mut plain = MobileDaemon::new(a("2001:db8:2::1"), 105, [1; 32]);
+        let e = handle_line(&mut plain, 1, line, now).unwrap();
+        assert!(
+            e["error"]
+                .as_str()
+                .unwrap()
+                .contains("no [mobile.home_registration] section")
+        );
+        assert_eq!(plain.tunnel_endpoint(), None);
+        let e = handle_line(&mut cn, 1, line, now).unwrap();
+        assert!(e["error"].as_str().unwrap().contains("correspondent role"));
+    }
+
+    #[test]
+    fn only_the_home_agents_tunnel_reaches_the_member() {
+        use crate::io_shell::deliver;
+        use crate::wire::{DatagramBuilder, IPPROTO_IPV6};
+        let mut d = contact_node(b"contact node key");
+        let mut cn = Correspondent::new(
+            CorrespondentConfig {
+                addresses: vec![a("2001:db8:3::7")],
+                ..CorrespondentConfig::default()
+            },
+            [2; 20],
+            [3; 32],
+        );
+        let now = Timestamp::from_secs(1);
+        let prepare = r#"{"op":"prepare","dsa":"2001:db8:1::100","client":"2001:db8:3::7"}"#;
+        handle_line(&mut d, 1, prepare, now);
+        let hoti = crate::io_shell::Engine::poll_transmit(&mut d).unwrap();
+        let inner = ParsedDatagram::parse(&hoti.packet).unwrap().upper.to_vec();
+        cn.handle_datagram(&inner, now);
+        let hot = cn.poll_transmit().unwrap();
+        // The same HoT tunnelled by someone else is dropped before the core.
+        let tunnel = |src: &str| {
+            DatagramBuilder {
+                src: a(src),
+                dst: a("2001:db8:2::1"),
+                routing_type2: None,
+                home_address_option: None,
+                hop_limit: 64,
+            }
+            .build(IPPROTO_IPV6, &hot.packet)
+            .unwrap()
+        };
+        let token = |d: &mut MobileDaemon| {
+            d.list
+                .get_mut(a("2001:db8:1::100"), a("2001:db8:3::7"))
+                .unwrap()
+                .home_token()
+        };
+        assert!(!deliver(&mut d, &tunnel("2001:db8:9::9"), now));
+        assert!(token(&mut d).is_none());
+        assert!(deliver(&mut d, &tunnel(HOME_AGENT), now));
+        assert!(token(&mut d).is_some());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::io_shell::{Engine, PacketReceiver, RawSender, decapsulate, monotonic_now};
+use crate::io_shell::{Engine, PacketReceiver, RawSender, TunnelEndpoint, deliver, monotonic_now};
 use crate::time::Timestamp;
 use crate::transmit::Transmit;
 
@@ -80,16 +80,25 @@ impl StopSignal {
 
 impl Engine for MobileDaemon {
     fn handle_datagram(&mut self, packet: &[u8], now: Timestamp) {
-        Engine::handle_datagram(&mut self.list, packet, now);
+        if let Err(ignored) = MobileDaemon::handle_datagram(self, packet, now) {
+            tracing::trace!(
+                ?ignored,
+                len = packet.len(),
+                "mobile daemon ignored a packet"
+            );
+        }
     }
     fn handle_timeout(&mut self, now: Timestamp) {
-        Engine::handle_timeout(&mut self.list, now);
+        MobileDaemon::handle_timeout(self, now);
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        Engine::poll_transmit(&mut self.list)
+        MobileDaemon::poll_transmit(self)
     }
     fn poll_timeout(&self) -> Option<Timestamp> {
-        Engine::poll_timeout(&self.list)
+        MobileDaemon::poll_timeout(self)
+    }
+    fn tunnel_endpoint(&self) -> Option<TunnelEndpoint> {
+        MobileDaemon::tunnel_endpoint(self)
     }
 }
 
@@ -189,8 +198,7 @@ impl<T: Engine + ControlTarget> Daemon<T> {
             if readable(&fds[0]) {
                 while let Some((n, outgoing)) = self.receiver.recv(&mut self.buf)? {
                     if !outgoing {
-                        let packet = decapsulate(&self.buf[..n]);
-                        self.target.handle_datagram(packet, monotonic_now());
+                        deliver(&mut self.target, &self.buf[..n], monotonic_now());
                         self.flush();
                     }
                 }

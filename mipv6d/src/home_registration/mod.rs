@@ -4,8 +4,11 @@
 //! timestamps; retransmission with back-off, recovery from 135 and from 144 (clock skew: the
 //! home agent's time in the BA corrects ours), refresh before the lifetime ends, deregistration.
 
+mod list;
 #[cfg(test)]
 mod tests;
+
+pub use list::HomeRegistrationList;
 
 use std::collections::VecDeque;
 use std::net::Ipv6Addr;
@@ -209,6 +212,11 @@ impl HomeRegistration {
     /// The acknowledged registration.
     pub fn registration(&self) -> Option<Registration> {
         self.registration
+    }
+
+    /// Whether a BU is waiting for its BA.
+    pub fn update_in_flight(&self) -> bool {
+        self.in_flight.is_some()
     }
 
     /// The next datagram to send (the BU leaves from the care-of address with a HAO).

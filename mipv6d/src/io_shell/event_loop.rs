@@ -14,6 +14,7 @@ use crate::transmit::Transmit;
 use super::clock::{monotonic_now, ntp_now};
 use super::packet_receiver::PacketReceiver;
 use super::raw_sender::RawSender;
+use super::tunnel::{TunnelEndpoint, Unwrapped, unwrap_tunnel};
 
 /// What the event loop needs from a protocol core.
 pub trait Engine {
@@ -25,6 +26,27 @@ pub trait Engine {
     fn poll_transmit(&mut self) -> Option<Transmit>;
     /// The next timer.
     fn poll_timeout(&self) -> Option<Timestamp>;
+    /// The home agent's tunnel whose packets this engine wants unwrapped (none by default:
+    /// encapsulated packets are then discarded, see [`deliver`]).
+    fn tunnel_endpoint(&self) -> Option<TunnelEndpoint> {
+        None
+    }
+}
+
+/// Hands a received packet to `engine`: plain packets as they are, the home agent's tunnel
+/// unwrapped; other IPv6-in-IPv6 is not signaling for this node and is dropped. Returns whether
+/// the engine got the packet.
+pub fn deliver<E: Engine + ?Sized>(engine: &mut E, packet: &[u8], now: Timestamp) -> bool {
+    match unwrap_tunnel(packet, engine.tunnel_endpoint()) {
+        Unwrapped::Plain(p) | Unwrapped::Inner(p) => {
+            engine.handle_datagram(p, now);
+            true
+        }
+        Unwrapped::Foreign { src, dst } => {
+            tracing::debug!(%src, %dst, "mipv6d: IPv6-in-IPv6 not from our home agent to us, dropped");
+            false
+        }
+    }
 }
 
 impl Engine for Correspondent {
@@ -193,9 +215,9 @@ impl<E: Engine> EventLoop<E> {
                     if outgoing {
                         continue;
                     }
-                    self.stats.received += 1;
-                    let packet = super::tunnel::decapsulate(&self.buf[..n]);
-                    self.engine.handle_datagram(packet, monotonic_now());
+                    if deliver(&mut self.engine, &self.buf[..n], monotonic_now()) {
+                        self.stats.received += 1;
+                    }
                     self.flush();
                 }
             }

@@ -6,10 +6,11 @@
 //!   (an RH2 cannot be sent through `IPV6_RTHDR` on these kernels).
 //! - Receiving: an `AF_PACKET` socket on an interface sees IPv6 packets with their original
 //!   extension headers, before the IP layer drops packets with a HAO or an RH2. Packets tunnelled
-//!   by the home agent (IPv6-in-IPv6) are unwrapped before a core sees them.
+//!   by the home agent (IPv6-in-IPv6 to the care-of address) are unwrapped before a core sees
+//!   them ([`deliver`]); the mobile node builds its reverse-tunnelled HoTI itself.
 //!
-//! The daemon (configuration, control socket) builds on this in [`crate::daemon`]; eBPF map
-//! updates are not here yet.
+//! The daemon (configuration, control socket, eBPF map updates) builds on this in
+//! [`crate::daemon`].
 
 mod clock;
 mod event_loop;
@@ -18,7 +19,7 @@ mod raw_sender;
 mod tunnel;
 
 pub use clock::{monotonic_now, ntp_now};
-pub use event_loop::{Engine, EventLoop, LoopStats};
+pub use event_loop::{Engine, EventLoop, LoopStats, deliver};
 pub use packet_receiver::PacketReceiver;
 pub use raw_sender::RawSender;
-pub use tunnel::decapsulate;
+pub use tunnel::{TunnelEndpoint, Unwrapped, unwrap_tunnel};

@@ -29,8 +29,8 @@ use crate::time::Timestamp;
 use crate::transmit::{Transmit, TransmitKind};
 use crate::wire::mobility_option::AUTHENTICATOR_LEN;
 use crate::wire::{
-    BaStatus, BeStatus, BuFlags, DatagramBuilder, IPPROTO_MH, MhMessage, MhPacket, MhRepr, MhType,
-    MobilityOptions, NonceIndices, ParsedDatagram, WireError,
+    BaStatus, BeStatus, BuFlags, DatagramBuilder, IPPROTO_IPV6, IPPROTO_MH, MhMessage, MhPacket,
+    MhRepr, MhType, MobilityOptions, NonceIndices, ParsedDatagram, WireError,
 };
 
 /// Mobile-node configuration for one correspondent.
@@ -61,6 +61,10 @@ pub struct MobileConfig {
     pub max_recoveries: u32,
     /// Hop limit of sent packets.
     pub hop_limit: u8,
+    /// Reverse-tunnel the HoTI through this home agent (RFC 6275 §5.2.5, §11.6.1: IPv6-in-IPv6
+    /// from the care-of address to the home agent, which decapsulates and forwards it); `None`
+    /// sends it from the home address directly.
+    pub home_agent: Option<Ipv6Addr>,
 }
 
 impl MobileConfig {
@@ -79,6 +83,7 @@ impl MobileConfig {
             token_lifetime: MAX_TOKEN_LIFETIME,
             max_recoveries: 3,
             hop_limit: 64,
+            home_agent: None,
         }
     }
 }
@@ -804,8 +809,8 @@ impl MobileNode {
             message,
             options: MobilityOptions::default(),
         };
-        // HoTI leaves from the home address (the shell reverse-tunnels it through the home
-        // agent); CoTI leaves directly from the care-of address.
+        // HoTI leaves from the home address, inside a tunnel to the home agent when one is
+        // configured; CoTI leaves directly from the care-of address.
         let builder = DatagramBuilder {
             src,
             dst: self.config.correspondent,
@@ -817,9 +822,25 @@ impl MobileNode {
         let Ok(packet) = builder.build_mobility(&mut mh) else {
             return;
         };
+        let (source, destination, packet) = match self.config.home_agent {
+            Some(home_agent) if home => {
+                let outer = DatagramBuilder {
+                    src: self.config.care_of_address,
+                    dst: home_agent,
+                    routing_type2: None,
+                    home_address_option: None,
+                    hop_limit: self.config.hop_limit,
+                };
+                let Ok(tunnelled) = outer.build(IPPROTO_IPV6, &packet) else {
+                    return;
+                };
+                (self.config.care_of_address, home_agent, tunnelled)
+            }
+            _ => (src, self.config.correspondent, packet),
+        };
         self.transmits.push_back(Transmit {
-            source: src,
-            destination: self.config.correspondent,
+            source,
+            destination,
             kind: TransmitKind::Mobility(kind),
             packet,
         });

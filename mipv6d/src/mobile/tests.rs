@@ -577,3 +577,36 @@ fn binding_error_2_means_not_supported() {
     );
     assert_eq!(mn.poll_timeout(), None);
 }
+
+#[test]
+fn hoti_is_reverse_tunnelled_through_the_home_agent() {
+    let home_agent = a("2001:db8:1::1");
+    let mut cfg = MobileConfig::new(hoa(), coa(), cn_addr());
+    cfg.home_agent = Some(home_agent);
+    let mut mn = MobileNode::new(cfg, [3; 32]);
+    let mut cn = new_cn(30);
+    mn.prepare(t(0));
+    let sent = drain(&mut mn);
+    assert_eq!(kinds(&sent), [MhType::HomeTestInit, MhType::CareOfTestInit]);
+    // HoTI: IPv6-in-IPv6 from the care-of address to the home agent; inside, the HoTI from the
+    // home address to the correspondent (what the home agent forwards after decapsulating).
+    let (hoti, coti) = (&sent[0], &sent[1]);
+    assert_eq!((hoti.source, hoti.destination), (coa(), home_agent));
+    let outer = ParsedDatagram::parse(&hoti.packet).unwrap();
+    assert_eq!((outer.src, outer.dst), (coa(), home_agent));
+    assert_eq!(outer.upper_protocol, IPPROTO_IPV6);
+    let inner = ParsedDatagram::parse(outer.upper).unwrap();
+    assert_eq!((inner.src, inner.dst), (hoa(), cn_addr()));
+    // CoTI: direct, as before.
+    assert_eq!((coti.source, coti.destination), (coa(), cn_addr()));
+    // The correspondent answers the inner HoTI; the HoT (to the home address) is accepted.
+    cn.handle_datagram(outer.upper, t(1));
+    cn.handle_datagram(&coti.packet, t(1));
+    while let Some(answer) = cn.poll_transmit() {
+        mn.handle_datagram(&answer.packet, t(2)).unwrap();
+    }
+    assert!(mn.home_token().is_some() && mn.care_of_token().is_some());
+    // The encapsulated HoTI itself means nothing to a correspondent.
+    cn.handle_datagram(&hoti.packet, t(3));
+    assert!(cn.poll_transmit().is_none());
+}

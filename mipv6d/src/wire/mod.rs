@@ -43,6 +43,8 @@ pub const IPPROTO_FRAGMENT: u8 = 44;
 pub const IPPROTO_ICMPV6: u8 = 58;
 /// IPv6 next-header value "no next header".
 pub const IPPROTO_NONE: u8 = 59;
+/// IPv6 next-header value of an encapsulated IPv6 packet (the home agent's tunnel).
+pub const IPPROTO_IPV6: u8 = 41;
 
 /// Why a buffer could not be parsed or emitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
