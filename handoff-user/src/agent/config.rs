@@ -43,6 +43,13 @@ pub struct Config {
     /// See `home_agent`.
     #[serde(default)]
     pub reverse_tunnel: bool,
+    /// This member's mipv6d control socket (mobile role): with it, an acceptor sends the client a
+    /// Binding Update after each handoff (route optimization, DESIGN.md §3 path C).
+    pub mipv6d_socket: Option<PathBuf>,
+    /// The contact node: the member registered with the home agent for the DSAs, which keeps the
+    /// clients' home tokens (this member's own name when it is the contact node). Needed with
+    /// `mipv6d_socket`.
+    pub contact_node: Option<String>,
     /// Handoff tuning.
     #[serde(default)]
     pub handoff: HandoffSection,
@@ -157,6 +164,11 @@ impl Config {
         }
         if self.reverse_tunnel && self.home_agent.is_none() {
             return Err("reverse_tunnel = true needs home_agent".into());
+        }
+        if self.mipv6d_socket.is_some() && self.contact_node.is_none() {
+            return Err(
+                "mipv6d_socket needs contact_node (the member that holds home tokens)".into(),
+            );
         }
         if self.handoff.drain_parallel == 0 {
             return Err("handoff.drain_parallel must be at least 1".into());

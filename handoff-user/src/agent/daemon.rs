@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use super::{
     channel::{self, ChannelReceiver, ChannelSender, ClusterKey},
     config::Config,
+    mipv6::{HomeToken, Mipv6d},
     netcfg,
     proto::{
         AppEvent, AppRequest, ConnId, ConnSelector, ControlRequest, DrainError, DrainMove,
@@ -44,6 +45,9 @@ use crate::{
 const COMMIT_TIMEOUT_FACTOR: u32 = 2;
 /// How often the send-queue wait looks at the queue.
 const SEND_QUEUE_POLL: Duration = Duration::from_micros(100);
+/// A client that did not answer the home test is not asked again for this long (it has no
+/// Mobile IPv6 support; its connections are served through the redirect).
+const NO_MIPV6_HOLD: Duration = Duration::from_secs(60);
 /// Handoff reports kept for `handoff history`.
 const HISTORY: usize = 1000;
 /// Drain progress lines are this far apart.
@@ -75,6 +79,8 @@ struct Accepting {
     conn: ConnId,
     app: AppId,
     app_state: Vec<u8>,
+    home_token: Option<HomeToken>,
+    bu_sequence: Option<u16>,
     reply: ChannelSender,
     deadline: Instant,
 }
@@ -91,6 +97,11 @@ pub struct Agent {
     waiting: Mutex<HashMap<u64, mpsc::Sender<PeerMessage>>>,
     accepting: Mutex<HashMap<(String, u64), Accepting>>,
     history: Mutex<VecDeque<PhaseReport>>,
+    mipv6d: Option<Mipv6d>,
+    /// Last Binding Update sequence number each client accepted (for the next acceptor).
+    sequences: Mutex<HashMap<Ipv6Addr, u16>>,
+    /// Clients whose home test failed, and when.
+    no_mipv6: Mutex<HashMap<Ipv6Addr, Instant>>,
     draining: AtomicBool,
     drain_targets: Mutex<Vec<String>>,
     next_id: AtomicU64,
@@ -163,6 +174,9 @@ impl Agent {
             waiting: Mutex::default(),
             accepting: Mutex::default(),
             history: Mutex::default(),
+            mipv6d: config.mipv6d_socket.as_deref().map(Mipv6d::new),
+            sequences: Mutex::default(),
+            no_mipv6: Mutex::default(),
             draining: AtomicBool::new(false),
             drain_targets: Mutex::default(),
             next_id: AtomicU64::new(1),
@@ -340,9 +354,20 @@ impl Agent {
                 conn,
                 tcp_state,
                 app_state,
+                home_token,
+                bu_sequence,
             } => {
                 let received_ns = monotonic_ns();
-                let reply = match self.restore(from, sender, id, conn, &tcp_state, app_state) {
+                let route_optimization = (home_token, bu_sequence);
+                let reply = match self.restore(
+                    from,
+                    sender,
+                    id,
+                    conn,
+                    &tcp_state,
+                    app_state,
+                    route_optimization,
+                ) {
                     Ok(restored_ns) => PeerMessage::Ready {
                         id,
                         received_ns,
@@ -364,9 +389,19 @@ impl Agent {
                     self.drop_restored(accepting);
                 }
             }
+            PeerMessage::TokenRequest { id, dsa, client } => {
+                let agent = Arc::clone(self);
+                let sender = sender.clone();
+                thread::spawn(move || {
+                    let token = agent.local_home_token(dsa, client);
+                    let _ = Self::send_to(&sender, &PeerMessage::TokenReply { id, token });
+                });
+            }
             reply @ (PeerMessage::Ready { id, .. }
             | PeerMessage::Refused { id, .. }
-            | PeerMessage::Activated { id, .. }) => {
+            | PeerMessage::Activated { id, .. }
+            | PeerMessage::TokenReply { id, .. }
+            | PeerMessage::Binding { id, .. }) => {
                 if let Some(waiter) = lock(&self.waiting).get(&id) {
                     let _ = waiter.send(reply);
                 }
@@ -429,6 +464,7 @@ impl Agent {
         conn: ConnId,
         tcp_state: &[u8],
         app_state: Vec<u8>,
+        (home_token, bu_sequence): (Option<HomeToken>, Option<u16>),
     ) -> Result<u64, String> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(format!("{} is draining", self.config.node));
@@ -463,6 +499,8 @@ impl Agent {
                 conn,
                 app,
                 app_state,
+                home_token,
+                bu_sequence,
                 reply: reply.clone(),
                 deadline: Instant::now()
                     + self.config.handoff.peer_timeout() * COMMIT_TIMEOUT_FACTOR,
@@ -482,6 +520,8 @@ impl Agent {
             conn,
             app,
             app_state,
+            home_token,
+            bu_sequence,
             reply,
             ..
         } = accepting;
@@ -512,6 +552,70 @@ impl Agent {
         }
         if let Err(e) = Self::send_to(&reply, &PeerMessage::Activated { id, activated_ns }) {
             tracing::warn!(%conn, "cannot confirm activation: {e}");
+        }
+        // Phases 5–6 after activation: until the client has the binding, its packets come
+        // through the redirect, so the binding's round trips are not part of the pause.
+        if let (Some(mipv6d), IpAddr::V6(dsa), IpAddr::V6(client)) =
+            (&self.mipv6d, conn.local.ip(), conn.client.ip())
+        {
+            let sequence = bu_sequence.or_else(|| lock(&self.sequences).get(&client).copied());
+            let result = mipv6d
+                .bind(
+                    dsa,
+                    client,
+                    home_token.as_ref(),
+                    sequence,
+                    self.config.handoff.peer_timeout(),
+                )
+                .map(|bound| {
+                    lock(&self.sequences).insert(client, bound.sequence);
+                    (bound.sequence, bound.elapsed_us)
+                });
+            if let Err(e) = &result {
+                tracing::info!(%conn, "client not bound, served through the redirect: {e}");
+            }
+            let _ = Self::send_to(&reply, &PeerMessage::Binding { id, result });
+        }
+    }
+
+    /// The contact node's home token for (dsa, client), from its own mipv6d.
+    fn local_home_token(&self, dsa: Ipv6Addr, client: Ipv6Addr) -> Result<HomeToken, String> {
+        let mipv6d = self
+            .mipv6d
+            .as_ref()
+            .ok_or_else(|| format!("{} runs no mipv6d", self.config.node))?;
+        if let Some(since) = lock(&self.no_mipv6).get(&client)
+            && since.elapsed() < NO_MIPV6_HOLD
+        {
+            return Err(format!("{client} did not answer the home test recently"));
+        }
+        let token = mipv6d.home_token(dsa, client, self.config.handoff.peer_timeout() / 4);
+        if token.is_err() {
+            lock(&self.no_mipv6).insert(client, Instant::now());
+        }
+        token
+    }
+
+    /// Phase 4 for the donor: the client's home token, from the contact node.
+    fn home_token(
+        self: &Arc<Self>,
+        conn: &ConnId,
+        replies: &mpsc::Receiver<PeerMessage>,
+        id: u64,
+    ) -> Result<HomeToken, String> {
+        let (IpAddr::V6(dsa), IpAddr::V6(client)) = (conn.local.ip(), conn.client.ip()) else {
+            return Err("route optimization is IPv6 only".into());
+        };
+        let contact = self.config.contact_node.as_deref().unwrap_or_default();
+        if contact == self.config.node {
+            return self.local_home_token(dsa, client);
+        }
+        let sender = self.peer(contact)?;
+        Self::send_to(&sender, &PeerMessage::TokenRequest { id, dsa, client })?;
+        match replies.recv_timeout(self.config.handoff.peer_timeout()) {
+            Ok(PeerMessage::TokenReply { token, .. }) => token,
+            Ok(other) => Err(format!("{contact} answered {other:?}")),
+            Err(_) => Err(format!("no home token from {contact}")),
         }
     }
 
@@ -577,25 +681,21 @@ impl Agent {
         let start_ns = monotonic_ns();
         let app = {
             let mut conns = lock(&self.conns);
-            let entry = conns
-                .get_mut(&conn)
-                .ok_or_else(|| format!("{conn} is not served by {}", self.config.node))?;
-            if entry.moving {
-                return Err(format!("{conn} is already moving"));
-            }
-            entry.moving = true;
-            entry.app
+            let found: Result<AppId, String> = match conns.get_mut(&conn) {
+                None => Err(format!("{conn} is not served by {}", self.config.node)),
+                Some(entry) if entry.moving => Err(format!("{conn} is already moving")),
+                Some(entry) => {
+                    entry.moving = true;
+                    Ok(entry.app)
+                }
+            };
+            found?
         };
         let result = self.hand_off_inner(conn, app, to, yielded, start_ns);
         let mut conns = lock(&self.conns);
         match &result {
-            Ok(report) => {
+            Ok(_) => {
                 conns.remove(&conn);
-                let mut history = lock(&self.history);
-                if history.len() == HISTORY {
-                    history.pop_front();
-                }
-                history.push_back(report.clone());
             }
             Err(_) => {
                 if let Some(entry) = conns.get_mut(&conn) {
@@ -641,6 +741,21 @@ impl Agent {
         lock(&self.waiting).insert(id, reply_tx);
         let _waiting = Unregister(self, id);
         let _ = Self::send_to(&sender, &PeerMessage::Prepare { id, conn });
+        let (home_token, binding_error) = match &self.mipv6d {
+            None => (
+                None,
+                Some("route optimization is off (no mipv6d_socket)".to_owned()),
+            ),
+            Some(_) => match self.home_token(&conn, &replies, id) {
+                Ok(token) => (Some(token), None),
+                Err(e) => (None, Some(e)),
+            },
+        };
+        let token_ns = monotonic_ns();
+        let bu_sequence = match conn.client.ip() {
+            IpAddr::V6(client) => lock(&self.sequences).get(&client).copied(),
+            IpAddr::V4(_) => None,
+        };
 
         // Phase 1: the application yields, the send queue drains (bounded), freeze + capture.
         let (socket, app_state) = match yielded {
@@ -689,6 +804,8 @@ impl Agent {
             conn,
             tcp_state: state_bytes.clone(),
             app_state: app_state.clone(),
+            home_token: home_token.clone(),
+            bu_sequence,
         };
         if let Err(e) = Self::send_to(&sender, &transfer) {
             return roll_back(capture, format!("transfer to {to} failed: {e}"));
@@ -746,23 +863,78 @@ impl Agent {
             },
             Some(to),
         );
-        tracing::debug!(%conn, %to, unsent, "handed off");
-        Ok(PhaseReport {
+        let report = PhaseReport {
             conn: Some(conn),
             from: self.config.node.clone(),
             to: to.to_owned(),
-            yield_us: micros(start_ns, yielded_ns),
+            home_token_us: micros(start_ns, token_ns),
+            yield_us: micros(token_ns, yielded_ns),
             send_queue_wait_us: micros(yielded_ns, waited_ns),
             capture_us: micros(waited_ns, captured_ns),
             transfer_us: micros(captured_ns, received_ns),
             recreation_us: micros(received_ns, restored_ns),
             binding_us: 0.0,
+            binding_error,
             activation_us: micros(restored_ns, activated_ns),
             frozen_us: micros(waited_ns, activated_ns),
             total_us: micros(start_ns, activated_ns),
             state_bytes: state_bytes.len(),
             send_queue_bytes,
-        })
+        };
+        {
+            let mut history = lock(&self.history);
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(report.clone());
+        }
+        tracing::debug!(%conn, %to, unsent, "handed off");
+        if self.mipv6d.is_some() && report.binding_error.is_none() {
+            // The acceptor reports the client's binding after activation; the report in the
+            // history is completed when it arrives.
+            let agent = Arc::clone(self);
+            _waiting.keep();
+            thread::spawn(move || {
+                let outcome = replies.recv_timeout(timeout);
+                lock(&agent.waiting).remove(&id);
+                agent.record_binding(conn, outcome);
+            });
+        }
+        Ok(report)
+    }
+
+    /// Completes the history's report of `conn`'s last handoff with the acceptor's binding
+    /// report (phases 5–6).
+    fn record_binding(&self, conn: ConnId, outcome: Result<PeerMessage, mpsc::RecvTimeoutError>) {
+        let (binding_us, binding_error) = match outcome {
+            Ok(PeerMessage::Binding {
+                result: Ok((sequence, elapsed_us)),
+                ..
+            }) => {
+                if let (IpAddr::V6(client), IpAddr::V6(dsa)) = (conn.client.ip(), conn.local.ip()) {
+                    lock(&self.sequences).insert(client, sequence);
+                    // The client's binding names the acceptor now: this member's own entry
+                    // would put a Home Address option the client no longer accepts on the
+                    // packets of any other connection of that client still served here.
+                    let _ = lock(&self.datapath).maps().bindings().set_route_optimized(
+                        client.octets(),
+                        dsa.octets(),
+                        None,
+                    );
+                }
+                (elapsed_us, None)
+            }
+            Ok(PeerMessage::Binding { result: Err(e), .. }) => (0.0, Some(e)),
+            _ => (0.0, Some("no binding report from the acceptor".to_owned())),
+        };
+        if let Some(report) = lock(&self.history)
+            .iter_mut()
+            .rev()
+            .find(|r| r.conn == Some(conn))
+        {
+            report.binding_us = binding_us;
+            report.binding_error = binding_error;
+        }
     }
 
     fn ask_to_yield(&self, app: AppId, conn: ConnId) -> Result<(OwnedFd, Vec<u8>), String> {
@@ -927,6 +1099,15 @@ impl Agent {
             AppRequest::Move { conn, to, state } => {
                 let fd = fd.ok_or("move without the socket")?;
                 let state = decode(&state)?;
+                let movable = lock(&self.conns).get(&conn).is_some_and(|c| !c.moving);
+                if !movable {
+                    // Not reported as accepted, or already moving: the socket goes back
+                    // rather than being closed.
+                    self.adopt(app, conn, fd.as_fd(), &state)?;
+                    return Err(format!(
+                        "{conn} cannot move now (unknown or already moving)"
+                    ));
+                }
                 let agent = Arc::clone(self);
                 thread::spawn(move || match agent.hand_off(conn, &to, Some((fd, state))) {
                     Ok(report) => log_report(&report),
@@ -1215,6 +1396,13 @@ pub struct Listeners {
 
 /// Removes a donor's reply slot when the handoff ends, however it ends.
 struct Unregister<'a>(&'a Agent, u64);
+
+impl Unregister<'_> {
+    /// Leaves the slot in place: whoever still waits on it removes it.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
 
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {

@@ -5,7 +5,8 @@
 //! - [`channel`]: the authenticated, encrypted agent-to-agent channel (Noise NNpsk0);
 //! - [`proto`]: the messages of the agent, application and operator protocols;
 //! - [`seqpacket`]: the application socket's transport (JSON datagrams + SCM_RIGHTS);
-//! - [`daemon`]: the agent itself — donor and acceptor sides of a handoff, drain, status.
+//! - [`daemon`]: the agent itself — donor and acceptor sides of a handoff, drain, status;
+//! - [`mipv6`]: its client of mipv6d (home tokens, Binding Updates).
 //!
 //! Applications use [`crate::app`]; operators the `handoff` CLI. docs/handoffd.md has the
 //! protocols and the handoff sequence.
@@ -13,6 +14,7 @@
 pub mod channel;
 pub mod config;
 pub mod daemon;
+pub mod mipv6;
 mod netcfg;
 pub mod proto;
 pub mod seqpacket;

@@ -10,6 +10,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::mipv6::HomeToken;
+
 /// A connection as its server sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ConnId {
@@ -101,6 +103,35 @@ pub enum PeerMessage {
         tcp_state: Vec<u8>,
         /// The application's own state.
         app_state: Vec<u8>,
+        /// The client's home token for the DSA (from the contact node), for the acceptor's
+        /// Binding Update.
+        home_token: Option<HomeToken>,
+        /// The last Binding Update sequence number the client accepted for the DSA.
+        bu_sequence: Option<u16>,
+    },
+    /// Any member → contact node: a fresh home token for (dsa, client).
+    TokenRequest {
+        /// The requester's number for the answer.
+        id: u64,
+        /// The DSA.
+        dsa: Ipv6Addr,
+        /// The client.
+        client: Ipv6Addr,
+    },
+    /// Contact node → requester.
+    TokenReply {
+        /// The request's number.
+        id: u64,
+        /// The token, or why there is none.
+        token: Result<HomeToken, String>,
+    },
+    /// Acceptor → donor, after activation: the client's binding now points to the acceptor
+    /// (phases 4–6), or why not (the connection keeps working through the redirect).
+    Binding {
+        /// The donor's handoff number.
+        id: u64,
+        /// The sequence number accepted and mipv6d's BU → BA time in µs, or the failure.
+        result: Result<(u16, f64), String>,
     },
     /// Acceptor → donor: restored and frozen, waiting for `Commit` (phases 3–6 done).
     Ready {
@@ -282,8 +313,15 @@ pub struct PhaseReport {
     pub transfer_us: f64,
     /// 3. Socket re-creation at the acceptor.
     pub recreation_us: f64,
-    /// 4–6. Return routability, BU construction, binding management (0: not done, path B).
+    /// 4. The home token, from the contact node (before the freeze; 0 without route
+    /// optimization).
+    pub home_token_us: f64,
+    /// 5–6. Care-of test, Binding Update and Acknowledgement at the acceptor (after activation:
+    /// the redirect carries the packets meanwhile; 0 without route optimization).
     pub binding_us: f64,
+    /// Why the client was not bound (route optimization off, no Mobile IPv6 at the client, …);
+    /// the connection is then served through the redirect (path B).
+    pub binding_error: Option<String>,
     /// 7. Activation: from the re-created socket to the socket live with the application
     /// (includes the Ready/Commit round trip and the donor's switch to redirect).
     pub activation_us: f64,

@@ -50,7 +50,7 @@ struct Args {
     /// the connection goes.
     #[arg(long, value_parser = parse_rate)]
     rate: Option<u64>,
-    /// Move each connection on its own once it has sent this many body bytes here…
+    /// Move each connection on its own once its response body reaches this offset…
     #[arg(long, requires = "move_to")]
     move_after: Option<u64>,
     /// …to this member.
@@ -138,17 +138,7 @@ fn run(args: Args) -> io::Result<()> {
             match stream {
                 Ok(stream) => {
                     let server = Arc::clone(&acceptor);
-                    thread::spawn(move || {
-                        if let Ok(conn) = server.service.accepted(&stream) {
-                            server.serve(
-                                conn,
-                                stream,
-                                ConnState::Idle {
-                                    pending: Vec::new(),
-                                },
-                            );
-                        }
-                    });
+                    thread::spawn(move || server.accept(stream));
                 }
                 Err(e) => tracing::warn!("accept: {e}"),
             }
@@ -185,12 +175,40 @@ enum Outcome {
 }
 
 impl Server {
-    fn serve(&self, conn: ConnId, stream: TcpStream, state: ConnState) {
+    /// A new connection: ready to be asked to yield before handoffd hears of it (a draining
+    /// member asks at once).
+    fn accept(&self, stream: TcpStream) {
+        let Ok(conn) = app::conn_id(&stream) else {
+            return;
+        };
+        let flag = self.watch(conn);
+        if self.service.accepted(&stream).is_ok() {
+            self.run(
+                conn,
+                stream,
+                ConnState::Idle {
+                    pending: Vec::new(),
+                },
+                flag,
+            );
+        }
+    }
+
+    fn watch(&self, conn: ConnId) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
         self.yield_flags
             .lock()
             .unwrap()
             .insert(conn, Arc::clone(&flag));
+        flag
+    }
+
+    fn serve(&self, conn: ConnId, stream: TcpStream, state: ConnState) {
+        let flag = self.watch(conn);
+        self.run(conn, stream, state, flag);
+    }
+
+    fn run(&self, conn: ConnId, stream: TcpStream, state: ConnState, flag: Arc<AtomicBool>) {
         let outcome = self.run_connection(&stream, state, &flag);
         self.yield_flags.lock().unwrap().remove(&conn);
         match outcome {

@@ -251,16 +251,18 @@ fn finish(args: &Args, answer: &Value) -> Result<(), Failure> {
 /// The seed's Table 1, with our phases.
 fn phase_table(r: &PhaseReport) -> String {
     let rows = [
+        ("4  home token (contact)", r.home_token_us),
         ("1a application yields", r.yield_us),
         ("1b send queue drains", r.send_queue_wait_us),
         ("1c freeze + capture", r.capture_us),
         ("2  state transfer", r.transfer_us),
         ("3  socket re-creation", r.recreation_us),
-        ("4-6 binding (RR, BU, BA)", r.binding_us),
         ("7  activation", r.activation_us),
+        ("5-6 care-of test, BU/BA", r.binding_us),
     ];
+    let conn = r.conn.map(|c| c.to_string()).unwrap_or_default();
     let mut out = format!(
-        "{} → {}: {} state bytes ({} of send queue)\n",
+        "{conn}: {} → {}, {} state bytes ({} of send queue)\n",
         r.from, r.to, r.state_bytes, r.send_queue_bytes
     );
     for (name, us) in rows {
@@ -270,7 +272,10 @@ fn phase_table(r: &PhaseReport) -> String {
         "  {:<26} {:>9.1} µs\n",
         "frozen (packets dropped)", r.frozen_us
     );
-    out += &format!("  {:<26} {:>9.1} µs\n", "total", r.total_us);
+    out += &format!("  {:<26} {:>9.1} µs\n", "total (to activation)", r.total_us);
+    if let Some(why) = &r.binding_error {
+        out += &format!("  client not bound (path B, through the redirect): {why}\n");
+    }
     out
 }
 

@@ -43,6 +43,8 @@ pub struct Binaries {
     pub handoff: PathBuf,
     /// `handoff-fileserver`.
     pub fileserver: PathBuf,
+    /// `mipv6d` (another package: built by `cargo build -p mipv6d`, or by a workspace test run).
+    pub mipv6d: PathBuf,
 }
 
 impl Binaries {
@@ -69,6 +71,7 @@ impl Binaries {
             handoffd: find("handoffd")?,
             handoff: find("handoff")?,
             fileserver: find("handoff-fileserver")?,
+            mipv6d: find("mipv6d")?,
         })
     }
 }
@@ -90,6 +93,11 @@ pub struct Settings {
     pub fileserver_args: Vec<String>,
     /// Extra lines for every handoffd configuration (`[handoff]` settings).
     pub handoff_section: String,
+    /// Mobile IPv6: mipv6d on the home agent (home registration of the DSA by node1 fills its
+    /// tunnel), on every node (handoffd binds the client to the acceptor after each handoff),
+    /// and the correspondent role with the client-side programs on every client. Without it,
+    /// ha1's tunnel entry is written directly and clients are plain (path B only).
+    pub mobile_ipv6: bool,
 }
 
 impl Default for Settings {
@@ -102,6 +110,7 @@ impl Default for Settings {
             files: vec![("file".into(), 1_000_000)],
             fileserver_args: Vec::new(),
             handoff_section: String::new(),
+            mobile_ipv6: false,
         }
     }
 }
@@ -113,15 +122,20 @@ pub fn content(size: usize) -> Vec<u8> {
         .collect()
 }
 
-/// A member: its handoffd and file server.
+/// A member: its handoffd, mipv6d and file server.
 pub struct Node {
     /// `node1`, …
     pub name: String,
     /// Its own address (care-of address).
     pub address: Ipv6Addr,
     handoffd: Option<KillOnDrop>,
+    mipv6d: Option<KillOnDrop>,
     fileserver: Option<KillOnDrop>,
 }
+
+/// The RFC 4285 key node1 and ha1 share (home registration).
+const HOME_KEY: &[u8] = b"dsl-testbed-home-registration-key";
+const HOME_SPI: u32 = 4097;
 
 /// A running cluster. Dropping it stops every process and removes the namespaces.
 pub struct Cluster {
@@ -133,7 +147,9 @@ pub struct Cluster {
     pub dir: PathBuf,
     binaries: Binaries,
     tag: String,
-    _ha: Datapath,
+    /// mipv6d on ha1 and the clients (with their programs).
+    daemons: Vec<KillOnDrop>,
+    _datapaths: Vec<Datapath>,
 }
 
 /// The data-path instance of node `n` (0: ha1), named like testbed namespaces
@@ -207,12 +223,16 @@ impl Cluster {
                 home_agent: ha_address.octets(),
                 flags: 0,
             })?;
-            ha.maps()
-                .bindings()
-                .set_tunnel(DSA.octets(), Some(contact.octets()))?;
+            if !settings.mobile_ipv6 {
+                ha.maps()
+                    .bindings()
+                    .set_tunnel(DSA.octets(), Some(contact.octets()))?;
+            }
             ha.attach(Program::HaIngress, "eth-router")?;
+            ha.attach(Program::HaIngress, "eth-node1")?;
             Ok(ha)
         })?;
+        std::fs::write(dir.join("home.key"), HOME_KEY)?;
 
         let mut cluster = Cluster {
             testbed,
@@ -220,8 +240,23 @@ impl Cluster {
             dir,
             binaries: binaries.clone(),
             tag: tag.to_owned(),
-            _ha: ha,
+            daemons: Vec::new(),
+            _datapaths: vec![ha],
         };
+        if settings.mobile_ipv6 {
+            let config = format!(
+                "role = \"home-agent\"\ninterface = \"eth-node1\"\ndatapath_instance = \"{}\"\n\
+                 [home_agent]\naddress = \"{ha_address}\"\nhome_prefix = \"{HOME_PREFIX}/64\"\n\
+                 [[home_agent.nodes]]\nspi = {HOME_SPI}\nhome_address = \"{DSA}\"\nkey_file = \"{}\"\n",
+                pin_instance(tag, 0),
+                cluster.dir.join("home.key").display()
+            );
+            let daemon = cluster.mipv6d("ha1", "ha1", &config)?;
+            cluster.daemons.push(daemon);
+            for c in 1..=settings.clients {
+                cluster.start_correspondent(c)?;
+            }
+        }
         for n in 1..=settings.nodes {
             let name = format!("node{n}");
             let config = cluster.config(
@@ -229,6 +264,7 @@ impl Cluster {
                 n,
                 &addresses,
                 &settings.handoff_section,
+                settings.mobile_ipv6,
             );
             let path = cluster.dir.join(format!("{name}.toml"));
             std::fs::write(&path, config)?;
@@ -242,6 +278,7 @@ impl Cluster {
                 name,
                 address: addresses[n - 1],
                 handoffd: Some(handoffd),
+                mipv6d: None,
                 fileserver: None,
             });
         }
@@ -252,6 +289,10 @@ impl Cluster {
                 Duration::from_secs(10),
             )
             .with_context(|| cluster.log_tail(&name, "handoffd"))?;
+            if settings.mobile_ipv6 {
+                let config = cluster.mobile_config(tag, n + 1, addresses[n], ha_address);
+                cluster.nodes[n].mipv6d = Some(cluster.mipv6d(&name, &name, &config)?);
+            }
             let mut command = cluster
                 .testbed
                 .command(&name, &binaries.fileserver.to_string_lossy())?;
@@ -268,6 +309,19 @@ impl Cluster {
                 command,
                 &format!("file server on {name}"),
             )?);
+        }
+        if settings.mobile_ipv6 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let ha_pins = PinDir::for_instance(&pin_instance(tag, 0));
+            let maps = handoff_user::datapath::BindingMaps::open(&ha_pins)?;
+            while maps.tunnel(DSA.octets())? != Some(contact.octets()) {
+                ensure!(
+                    Instant::now() < deadline,
+                    "node1 did not register {DSA} with ha1: {}",
+                    cluster.log_tail("node1", "mipv6d")
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         // Every file server registered, every channel up.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -295,18 +349,33 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn config(&self, pins: &str, n: usize, addresses: &[Ipv6Addr], extra: &str) -> String {
+    fn config(
+        &self,
+        pins: &str,
+        n: usize,
+        addresses: &[Ipv6Addr],
+        extra: &str,
+        mobile_ipv6: bool,
+    ) -> String {
         let name = format!("node{n}");
         let ha = if n == 1 { "ha1" } else { "ha2" };
         let mut text = format!(
             "node = \"{name}\"\ncare_of_address = \"{}\"\ninterface = \"eth-{ha}\"\n\
              dsas = [\"{DSA}\"]\ncluster_key_file = \"{}\"\napp_socket = \"{}\"\n\
-             control_socket = \"{}\"\ndatapath_instance = \"{pins}\"\n{extra}\n",
+             control_socket = \"{}\"\ndatapath_instance = \"{pins}\"\n",
             addresses[n - 1],
             self.dir.join("cluster.key").display(),
             self.dir.join(format!("{name}.app")).display(),
             self.dir.join(format!("{name}.ctl")).display(),
         );
+        if mobile_ipv6 {
+            text += &format!(
+                "mipv6d_socket = \"{}\"\ncontact_node = \"node1\"\n",
+                self.dir.join(format!("{name}.mip")).display()
+            );
+        }
+        text += extra;
+        text += "\n";
         for (i, address) in addresses.iter().enumerate() {
             if i + 1 != n {
                 text += &format!(
@@ -316,6 +385,64 @@ impl Cluster {
             }
         }
         text
+    }
+
+    /// Starts mipv6d on `host` with `config` (logs in `<log>.mipv6d.log`).
+    fn mipv6d(&self, host: &str, log: &str, config: &str) -> anyhow::Result<KillOnDrop> {
+        let path = self.dir.join(format!("{log}.mipv6d.toml"));
+        std::fs::write(&path, config)?;
+        let mut command = self
+            .testbed
+            .command(host, &self.binaries.mipv6d.to_string_lossy())?;
+        command.arg("--config").arg(&path);
+        command.stderr(log_file(&self.dir, &format!("{log}.mipv6d.log"))?);
+        Ok(KillOnDrop::spawn(command, &format!("mipv6d on {host}"))?)
+    }
+
+    /// The mobile-role configuration of node `n`: node1 registers the DSA with ha1.
+    fn mobile_config(&self, tag: &str, n: usize, address: Ipv6Addr, ha: Ipv6Addr) -> String {
+        let name = format!("node{n}");
+        let interface = if n == 1 { "eth-ha1" } else { "eth-ha2" };
+        let homes = if n == 1 {
+            format!("\"{DSA}\"")
+        } else {
+            String::new()
+        };
+        format!(
+            "role = \"mobile\"\ninterface = \"{interface}\"\ncontrol_socket = \"{}\"\n\
+             datapath_instance = \"{}\"\n[mobile]\ncare_of_address = \"{address}\"\n\
+             [mobile.home_registration]\nhome_agent = \"{ha}\"\nspi = {HOME_SPI}\n\
+             key_file = \"{}\"\nhome_addresses = [{homes}]\n",
+            self.dir.join(format!("{name}.mip")).display(),
+            pin_instance(tag, n),
+            self.dir.join("home.key").display(),
+        )
+    }
+
+    /// Client `c`'s Mobile IPv6 support: the correspondent programs and mipv6d.
+    fn start_correspondent(&mut self, c: usize) -> anyhow::Result<()> {
+        let client = format!("client{c}");
+        let address = self.testbed.address_on(&client, "router")?;
+        let pins = PinDir::for_instance(&pin_instance(&self.tag, 100 + c));
+        let datapath = self
+            .testbed
+            .host(&client)?
+            .run(|| -> anyhow::Result<Datapath> {
+                let mut datapath = Datapath::load(&pins)?;
+                datapath.attach(Program::CnEgress, "eth-router")?;
+                datapath.attach(Program::CnIngress, "eth-router")?;
+                Ok(datapath)
+            })?;
+        self._datapaths.push(datapath);
+        let config = format!(
+            "role = \"correspondent\"\ninterface = \"eth-router\"\ncontrol_socket = \"{}\"\n\
+             datapath_instance = \"{}\"\n[correspondent]\naddresses = [\"{address}\"]\n",
+            self.dir.join(format!("{client}.mip")).display(),
+            pin_instance(&self.tag, 100 + c),
+        );
+        let daemon = self.mipv6d(&client, &client, &config)?;
+        self.daemons.push(daemon);
+        Ok(())
     }
 
     /// Runs the `handoff` CLI with this cluster's sockets.
@@ -359,8 +486,10 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
             node.fileserver = None;
+            node.mipv6d = None;
             node.handoffd = None;
         }
+        self.daemons.clear();
         // handoffd leaves its maps pinned (so that a restart keeps the redirect entries).
         for n in 1..=self.nodes.len() {
             let pins = PinDir::for_instance(&pin_instance(&self.tag, n));
