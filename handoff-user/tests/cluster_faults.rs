@@ -1,0 +1,732 @@
+//! End to end in the reference testbed, the hard cases of a live handoff: a long-lived
+//! bidirectional stream moved 20 times around three members, one client's connections on
+//! different members (path D), an acceptor that dies or stops answering mid-handoff (the donor
+//! rolls back and keeps serving), an agent without the cluster key, the curl download at 20 ms
+//! of emulated latency, and a client without Mobile IPv6 served through the redirect (path B).
+
+#[path = "support/cluster.rs"]
+#[allow(dead_code, clippy::needless_range_loop)]
+mod cluster;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    process::Output,
+    sync::atomic::{AtomicUsize, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use cluster::{Binaries, Cluster, DSA, PORT, Settings, content};
+use handoff_user::agent::{
+    channel::{self, ClusterKey},
+    proto::PeerMessage,
+};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: privileged test needs root");
+    false
+}
+
+fn binaries() -> Binaries {
+    Binaries {
+        handoffd: env!("CARGO_BIN_EXE_handoffd").into(),
+        handoff: env!("CARGO_BIN_EXE_handoff").into(),
+        fileserver: env!("CARGO_BIN_EXE_handoff-fileserver").into(),
+        mipv6d: Binaries::beside_current_exe().expect("binaries").mipv6d,
+    }
+}
+
+/// A TCP MIB counter `name` of `host`'s namespace (its /proc/net/snmp).
+fn tcp_counter(cluster: &Cluster, host: &str, name: &str) -> u64 {
+    let snmp = cluster
+        .testbed
+        .host(host)
+        .unwrap()
+        .run(|| std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap());
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let index = names.split_whitespace().position(|n| n == name).unwrap();
+    values
+        .split_whitespace()
+        .nth(index)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// Every node's handoffd and file server log, for failure messages.
+fn logs(cluster: &Cluster) -> String {
+    let mut text = String::new();
+    for node in &cluster.nodes {
+        text += &cluster.log_tail(&node.name, "handoffd");
+        text += "\n";
+        text += &cluster.log_tail(&node.name, "fileserver");
+        text += "\n";
+    }
+    text
+}
+
+/// Runs the CLI; returns the output.
+fn handoff(cluster: &Cluster, args: &[&str]) -> Output {
+    cluster.handoff(args).unwrap()
+}
+
+/// Runs the CLI, which must succeed, and parses its `--json` output.
+fn handoff_json(cluster: &Cluster, args: &[&str]) -> Value {
+    let output = handoff(cluster, args);
+    assert!(
+        output.status.success(),
+        "handoff {args:?}: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        logs(cluster)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The client endpoints (`[addr]:port`) a member serves.
+fn conns(cluster: &Cluster, node: &str) -> Vec<String> {
+    handoff_json(cluster, &["conns", node, "--json"])["conns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn counter(cluster: &Cluster, node: &str, name: &str) -> u64 {
+    handoff_json(cluster, &["status", node, "--json"])["datapath_counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in the status of {node}"))
+}
+
+/// Moves a connection; returns the CLI's output (not checked).
+fn try_move(cluster: &Cluster, conn: &str, from: &str, to: &str) -> Output {
+    handoff(
+        cluster,
+        &["move", conn, "--from", from, "--to", to, "--json"],
+    )
+}
+
+/// Moves a connection, which must succeed; returns its phase report.
+fn move_conn(cluster: &Cluster, conn: &str, from: &str, to: &str) -> Value {
+    handoff_json(
+        cluster,
+        &["move", conn, "--from", from, "--to", to, "--json"],
+    )
+}
+
+/// A connection to the service from `client`'s namespace (the socket lives there; it is then
+/// used from any thread).
+fn connect(cluster: &Cluster, client: &str) -> TcpStream {
+    let stream = cluster
+        .testbed
+        .host(client)
+        .unwrap()
+        .run(|| TcpStream::connect(SocketAddr::new(DSA.into(), PORT)))
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+}
+
+/// How the handoff CLI names the connection: the client's endpoint.
+fn endpoint(stream: &TcpStream) -> String {
+    stream.local_addr().unwrap().to_string()
+}
+
+fn find_end(buffer: &[u8]) -> Option<usize> {
+    buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+}
+
+/// One keep-alive GET of `/file` (`size` bytes): the request carries `pad` bytes of a pattern
+/// header (upload traffic); the body must be byte-exact (SHA-256 against [`content`]).
+/// `progress` counts the body bytes received.
+fn get(
+    mut stream: &TcpStream,
+    file: &str,
+    size: usize,
+    pad: usize,
+    progress: &AtomicUsize,
+) -> Result<(), String> {
+    progress.store(0, Ordering::SeqCst);
+    let pad: String = content(pad)
+        .iter()
+        .map(|b| char::from(b'a' + b % 26))
+        .collect();
+    let request = format!("GET /{file} HTTP/1.1\r\nHost: [{DSA}]:{PORT}\r\nX-Pad: {pad}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("sending the request: {e}"))?;
+    let mut head = Vec::new();
+    let mut buffer = vec![0u8; 64 << 10];
+    let end = loop {
+        if let Some(end) = find_end(&head) {
+            break end;
+        }
+        let n = stream
+            .read(&mut buffer)
+            .map_err(|e| format!("reading the head of /{file}: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed before the head of /{file}"));
+        }
+        head.extend_from_slice(&buffer[..n]);
+    };
+    let body = head.split_off(end);
+    let text = String::from_utf8_lossy(&head).into_owned();
+    if !text.starts_with("HTTP/1.1 200 ") {
+        return Err(format!("answer to /{file}: {text:?}"));
+    }
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no Content-Length in {text:?}"))?;
+    if len != size {
+        return Err(format!("/{file}: {len} bytes announced, {size} expected"));
+    }
+    if body.len() > len {
+        return Err(format!("/{file}: more bytes than the body"));
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(&body);
+    let mut received = body.len();
+    progress.store(received, Ordering::SeqCst);
+    while received < len {
+        let want = (len - received).min(buffer.len());
+        let n = stream
+            .read(&mut buffer[..want])
+            .map_err(|e| format!("/{file}: reading after {received} of {len} body bytes: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "/{file}: closed after {received} of {len} body bytes"
+            ));
+        }
+        hasher.update(&buffer[..n]);
+        received += n;
+        progress.store(received, Ordering::SeqCst);
+    }
+    if hasher.finalize() != Sha256::digest(content(size)) {
+        return Err(format!("/{file}: the body differs from the file"));
+    }
+    Ok(())
+}
+
+/// Waits until `progress` reaches `at_least` (or the limit passes).
+fn wait_progress(progress: &AtomicUsize, at_least: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while progress.load(Ordering::SeqCst) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} body bytes after 10 s",
+            progress.load(Ordering::SeqCst)
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn assert_failed_with(output: &Output, needles: &[&str], cluster: &Cluster) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "the move should fail with exit code 1: {stderr}\n{}",
+        logs(cluster)
+    );
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "{needle:?} not in the CLI's message {stderr:?}"
+        );
+    }
+    eprintln!("the failed move says: {}", stderr.trim());
+}
+
+// ---- a. a long-lived bidirectional stream, 20 handoffs -------------------------------------
+
+#[test]
+fn privileged_bidirectional_stream_survives_20_handoffs_among_3_nodes() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        nodes: 3,
+        files: vec![
+            ("big".into(), 1_000_000),
+            ("mid".into(), 300_001),
+            ("small".into(), 65_537),
+        ],
+        fileserver_args: strings(&["--rate", "2M"]),
+        ..Settings::default()
+    };
+    let cluster = Cluster::start("fa20", &binaries(), &settings).unwrap();
+    let resets = tcp_counter(&cluster, "client1", "EstabResets");
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    // A first exchange on node1.
+    get(&stream, "small", 65_537, 1000, &progress).unwrap_or_else(|e| panic!("{e}"));
+    let mut totals = Vec::new();
+    let mut mid_body = 0;
+    for i in 0..20 {
+        let from = format!("node{}", i % 3 + 1);
+        let to = format!("node{}", (i + 1) % 3 + 1);
+        let report = if i % 2 == 0 {
+            // During a body: the server is sending, the client reading.
+            thread::scope(|scope| {
+                let reader = scope.spawn(|| get(&stream, "big", 1_000_000, 3000, &progress));
+                wait_progress(&progress, 100_000, "big body");
+                let report = move_conn(&cluster, &conn, &from, &to);
+                if progress.load(Ordering::SeqCst) < 1_000_000 {
+                    mid_body += 1;
+                }
+                let result = reader.join().unwrap();
+                result.unwrap_or_else(|e| panic!("handoff {i} {from} → {to}: {e}"));
+                report
+            })
+        } else {
+            // Between requests; the next request (upload) and its answer go to the acceptor.
+            let report = move_conn(&cluster, &conn, &from, &to);
+            let (file, size) = if i % 4 == 1 {
+                ("mid", 300_001)
+            } else {
+                ("small", 65_537)
+            };
+            get(&stream, file, size, 8000, &progress)
+                .unwrap_or_else(|e| panic!("after handoff {i} {from} → {to}: {e}"));
+            report
+        };
+        assert_eq!(report["from"], from.as_str());
+        assert_eq!(report["to"], to.as_str());
+        let total = report["total_us"].as_f64().unwrap();
+        let frozen = report["frozen_us"].as_f64().unwrap();
+        eprintln!(
+            "handoff {i:>2} {from} → {to} ({}): total {total:>9.1} µs, frozen {frozen:>9.1} µs, \
+             {} state bytes",
+            if i % 2 == 0 { "mid-body" } else { "idle" },
+            report["state_bytes"]
+        );
+        totals.push(total);
+        // The connection is where it was sent, and only there.
+        for n in 1..=3 {
+            let node = format!("node{n}");
+            assert_eq!(
+                conns(&cluster, &node).contains(&conn),
+                node == to,
+                "after handoff {i}, {conn} on {node}?"
+            );
+        }
+    }
+    // 20 handoffs end on node3 (20 % 3 = 2): a last exchange there.
+    get(&stream, "big", 1_000_000, 100, &progress).unwrap_or_else(|e| panic!("at the end: {e}"));
+    assert!(
+        mid_body >= 8,
+        "only {mid_body} of 10 body handoffs happened mid-body"
+    );
+    assert_eq!(tcp_counter(&cluster, "client1", "EstabResets"), resets);
+    let donated: usize = (1..=3)
+        .map(|n| {
+            handoff_json(&cluster, &["history", &format!("node{n}"), "--json"])
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(donated, 20);
+    totals.sort_by(f64::total_cmp);
+    eprintln!(
+        "20 handoffs: total min {:.1} µs, median {:.1} µs, max {:.1} µs",
+        totals[0], totals[10], totals[19]
+    );
+}
+
+// ---- b. path D --------------------------------------------------------------------------------
+
+#[test]
+fn privileged_path_d_one_clients_connections_on_different_members() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        nodes: 3,
+        fileserver_args: strings(&["--rate", "1M"]),
+        ..Settings::default()
+    };
+    let cluster = Cluster::start("fpd", &binaries(), &settings).unwrap();
+    let resets = tcp_counter(&cluster, "client1", "EstabResets");
+    let (one, two) = (connect(&cluster, "client1"), connect(&cluster, "client1"));
+    let (conn_one, conn_two) = (endpoint(&one), endpoint(&two));
+    let (progress_one, progress_two) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    thread::scope(|scope| {
+        let reader_one = scope.spawn(|| get(&one, "file", 1_000_000, 100, &progress_one));
+        let reader_two = scope.spawn(|| get(&two, "file", 1_000_000, 100, &progress_two));
+        wait_progress(&progress_one, 100_000, "first download");
+        wait_progress(&progress_two, 100_000, "second download");
+        move_conn(&cluster, &conn_one, "node1", "node2");
+        // One client, two members.
+        assert!(conns(&cluster, "node2").contains(&conn_one));
+        assert!(conns(&cluster, "node1").contains(&conn_two));
+        assert!(!conns(&cluster, "node1").contains(&conn_one));
+        let at = progress_two.load(Ordering::SeqCst);
+        wait_progress(&progress_two, at + 100_000, "second download");
+        move_conn(&cluster, &conn_two, "node1", "node3");
+        assert!(conns(&cluster, "node3").contains(&conn_two));
+        assert!(conns(&cluster, "node2").contains(&conn_one));
+        assert!(
+            progress_one.load(Ordering::SeqCst) < 1_000_000
+                || progress_two.load(Ordering::SeqCst) < 1_000_000,
+            "both downloads ended before the moves"
+        );
+        let (a, b) = (reader_one.join().unwrap(), reader_two.join().unwrap());
+        a.unwrap_or_else(|e| panic!("first download: {e}\n{}", logs(&cluster)));
+        b.unwrap_or_else(|e| panic!("second download: {e}\n{}", logs(&cluster)));
+    });
+    // Both still usable, each on its member.
+    get(&one, "file", 1_000_000, 100, &progress_one).unwrap_or_else(|e| panic!("{e}"));
+    get(&two, "file", 1_000_000, 100, &progress_two).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tcp_counter(&cluster, "client1", "EstabResets"), resets);
+}
+
+// ---- c. the acceptor fails mid-handoff --------------------------------------------------------
+
+#[test]
+fn privileged_acceptor_killed_the_connection_stays_on_the_donor() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        fileserver_args: strings(&["--rate", "500K"]),
+        ..Settings::default()
+    };
+    let mut cluster = Cluster::start("fkil", &binaries(), &settings).unwrap();
+    let resets = tcp_counter(&cluster, "client1", "EstabResets");
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
+        wait_progress(&progress, 100_000, "download");
+        cluster.kill_handoffd(1);
+        let output = try_move(&cluster, &conn, "node1", "node2");
+        assert_failed_with(&output, &["node2"], &cluster);
+        assert!(
+            progress.load(Ordering::SeqCst) < 1_000_000,
+            "the download ended before the move was tried"
+        );
+        assert!(conns(&cluster, "node1").contains(&conn));
+        reader
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("download: {e}\n{}", logs(&cluster)));
+    });
+    assert!(
+        handoff_json(&cluster, &["history", "node1", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(tcp_counter(&cluster, "client1", "EstabResets"), resets);
+}
+
+/// The pid of the handoffd started with `<cluster dir>/<node>.toml`.
+fn handoffd_pid(cluster: &Cluster, node: &str) -> nix::unistd::Pid {
+    let config = cluster.dir.join(format!("{node}.toml"));
+    let config = config.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("handoffd")) && args.contains(&config) {
+            return nix::unistd::Pid::from_raw(pid);
+        }
+    }
+    panic!("no handoffd process with {config}");
+}
+
+/// Continues a stopped process when dropped (so that a failed assertion does not leave it).
+struct Continue(nix::unistd::Pid);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn privileged_acceptor_stops_answering_after_the_capture_the_donor_rolls_back() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        fileserver_args: strings(&["--rate", "300K"]),
+        handoff_section: "[handoff]\npeer_timeout_ms = 300".into(),
+        ..Settings::default()
+    };
+    let cluster = Cluster::start("fstp", &binaries(), &settings).unwrap();
+    let resets = tcp_counter(&cluster, "client1", "EstabResets");
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    let acceptor = handoffd_pid(&cluster, "node2");
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
+        wait_progress(&progress, 100_000, "download");
+        // The channel stays up, the transfer is sent, Ready never comes.
+        nix::sys::signal::kill(acceptor, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let stopped = Continue(acceptor);
+        let started = Instant::now();
+        let output = try_move(&cluster, &conn, "node1", "node2");
+        let took = started.elapsed();
+        assert_failed_with(
+            &output,
+            &["node2 did not answer within 300 ms", "rolled back"],
+            &cluster,
+        );
+        eprintln!("the donor rolled back after {took:?}");
+        assert!(conns(&cluster, "node1").contains(&conn));
+        let at = progress.load(Ordering::SeqCst);
+        assert!(at < 1_000_000, "the download ended before the rollback");
+        // Still served by the donor after the rollback.
+        wait_progress(&progress, at + 30_000, "download after the rollback");
+        // The acceptor wakes up to a transfer and an abort: it must drop the restored socket
+        // and be able to take the same connection afterwards.
+        drop(stopped);
+        thread::sleep(Duration::from_millis(800));
+        let report = move_conn(&cluster, &conn, "node1", "node2");
+        eprintln!(
+            "the move after the acceptor came back: total {} µs",
+            report["total_us"]
+        );
+        assert!(progress.load(Ordering::SeqCst) < 1_000_000);
+        reader
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("download: {e}\n{}", logs(&cluster)));
+    });
+    assert!(conns(&cluster, "node2").contains(&conn));
+    assert_eq!(tcp_counter(&cluster, "client1", "EstabResets"), resets);
+}
+
+// ---- d. an agent without the cluster key ------------------------------------------------------
+
+#[test]
+fn privileged_agent_with_a_wrong_cluster_key_is_refused_and_logged() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        fileserver_args: strings(&["--rate", "1M"]),
+        ..Settings::default()
+    };
+    let cluster = Cluster::start("fkey", &binaries(), &settings).unwrap();
+    let node1 = SocketAddr::new(cluster.nodes[0].address.into(), 7740);
+    let hello = |node: &str| {
+        postcard::to_allocvec(&PeerMessage::Hello {
+            node: node.to_owned(),
+        })
+        .unwrap()
+    };
+    let wrong = ClusterKey::from_hex(&"ab".repeat(32)).unwrap();
+    let attempt = cluster.testbed.host("node2").unwrap().run(|| {
+        channel::connect(node1, &wrong, &hello("node2"), Duration::from_secs(2))
+            .map(|(_, _, peer_hello)| peer_hello)
+    });
+    let error = attempt.expect_err("a channel with a wrong key was accepted");
+    eprintln!("the fake agent's connect failed: {error}");
+    let log_has = |needles: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let log = std::fs::read_to_string(cluster.dir.join("node1.handoffd.log")).unwrap();
+            if log
+                .lines()
+                .any(|l| needles.iter().all(|needle| l.contains(needle)))
+            {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(
+        log_has(&["refused agent channel", "authentication failed"]),
+        "{}",
+        cluster.log_tail("node1", "handoffd")
+    );
+    // The right key but a name that is not a member: refused too.
+    let key = std::fs::read_to_string(cluster.dir.join("cluster.key")).unwrap();
+    let key = ClusterKey::from_hex(&key).unwrap();
+    let _ = cluster.testbed.host("node2").unwrap().run(|| {
+        channel::connect(node1, &key, &hello("mallory"), Duration::from_secs(2))
+            .map(|(_, _, peer_hello)| peer_hello)
+    });
+    assert!(
+        log_has(&["refused agent channel", "unknown member \"mallory\""]),
+        "{}",
+        cluster.log_tail("node1", "handoffd")
+    );
+    // node1 still works: its channel to node2 is up and a move succeeds.
+    let status = handoff_json(&cluster, &["status", "node1", "--json"]);
+    assert_eq!(status["peers"][0]["channel"], "up", "{status}");
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
+        wait_progress(&progress, 100_000, "download");
+        move_conn(&cluster, &conn, "node1", "node2");
+        reader
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("download: {e}\n{}", logs(&cluster)));
+    });
+}
+
+// ---- e, f. curl, a move at 500 kB --------------------------------------------------------------
+
+fn curl(cluster: &Cluster, file: &str) -> Output {
+    cluster
+        .command("client1", "curl")
+        .unwrap()
+        .args(["-sS", "-g", "--max-time", "30", "-o", "-"])
+        .arg(Cluster::url(file))
+        .output()
+        .unwrap()
+}
+
+/// curl downloads 1 MB while the file server moves it node1 → node2 at 500 kB; returns the
+/// cluster (for more checks) and the handoff's report.
+fn curl_with_a_move_at_500k(
+    tag: &str,
+    delay_ms: f64,
+    mobile_ipv6: bool,
+    check: impl FnOnce(&Cluster, &Value),
+) -> Value {
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        delay_ms,
+        mobile_ipv6,
+        fileserver_args: strings(&[
+            "--rate",
+            "4M",
+            "--move-after",
+            "500000",
+            "--move-to",
+            "node2",
+        ]),
+        ..Settings::default()
+    };
+    let cluster = Cluster::start(tag, &binaries(), &settings).unwrap();
+    let resets = tcp_counter(&cluster, "client1", "EstabResets");
+    let before = (
+        counter(&cluster, "node1", "redirected"),
+        counter(&cluster, "node2", "decapsulated"),
+    );
+    let started = Instant::now();
+    let output = curl(&cluster, "file");
+    let took = started.elapsed();
+    assert!(
+        output.status.success(),
+        "curl: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        logs(&cluster)
+    );
+    assert_eq!(output.stdout.len(), 1_000_000, "{}", logs(&cluster));
+    assert_eq!(
+        Sha256::digest(&output.stdout),
+        Sha256::digest(content(1_000_000)),
+        "the download differs from the file"
+    );
+    assert_eq!(tcp_counter(&cluster, "client1", "EstabResets"), resets);
+    let history = handoff_json(&cluster, &["history", "node1", "--json"]);
+    let history = history.as_array().unwrap();
+    assert_eq!(history.len(), 1, "{history:?}\n{}", logs(&cluster));
+    assert_eq!(history[0]["to"], "node2");
+    eprintln!(
+        "at {delay_ms} ms: download {took:?}, handoff total {} µs, frozen {} µs\n{}",
+        history[0]["total_us"],
+        history[0]["frozen_us"],
+        serde_json::to_string_pretty(&history[0]).unwrap()
+    );
+    let after = (
+        counter(&cluster, "node1", "redirected"),
+        counter(&cluster, "node2", "decapsulated"),
+    );
+    eprintln!(
+        "node1 redirected {} → {}, node2 decapsulated {} → {}",
+        before.0, after.0, before.1, after.1
+    );
+    let mut report = history[0].clone();
+    report["redirected_before"] = before.0.into();
+    report["redirected_after"] = after.0.into();
+    report["decapsulated_before"] = before.1.into();
+    report["decapsulated_after"] = after.1.into();
+    check(&cluster, &report);
+    report
+}
+
+#[test]
+fn privileged_curl_download_moves_at_500k_with_20ms_latency() {
+    if is_root() {
+        curl_with_a_move_at_500k("fd20", 20.0, false, |_, _| {});
+    }
+}
+
+/// No client of the testbed runs Mobile IPv6: after the move, the client's packets still go to
+/// the DSA, reach node1 through ha1, and node1's data path redirects them to node2 (path B).
+#[test]
+fn privileged_client_without_mobile_ipv6_is_served_through_the_redirect_path_b() {
+    if is_root() {
+        curl_with_a_move_at_500k("fpb", 0.0, false, |_, report| {
+            assert_eq!(
+                report["binding_us"].as_f64(),
+                Some(0.0),
+                "no binding for a client without Mobile IPv6: {report}"
+            );
+            let (before, after) = (
+                report["redirected_before"].as_u64().unwrap(),
+                report["redirected_after"].as_u64().unwrap(),
+            );
+            // The client's ACKs of the last 500 kB went through node1's redirect (tens of
+            // them: the segments are large, GRO on the veths).
+            assert!(
+                after >= before + 10,
+                "node1 redirected {before} → {after} packets"
+            );
+            let (before, after) = (
+                report["decapsulated_before"].as_u64().unwrap(),
+                report["decapsulated_after"].as_u64().unwrap(),
+            );
+            assert!(
+                after >= before + 10,
+                "node2 decapsulated {before} → {after} packets"
+            );
+        });
+    }
+}
