@@ -94,10 +94,19 @@ fn workspace_root() -> PathBuf {
 }
 
 fn demo(root: &Path) -> anyhow::Result<()> {
+    // The demo starts handoffd, the file server and mipv6d as processes: build them too.
     let status = Command::new(cargo())
         .current_dir(root)
-        .args(["run", "--quiet", "--release", "--package", "handoff-user"])
-        .args(["--example", "move_demo"])
+        .args(["build", "--quiet", "--release"])
+        .args(["--package", "handoff-user", "--package", "mipv6d"])
+        .args(["--bins", "--example", "demo"])
+        .status()
+        .context("building the demo")?;
+    if !status.success() {
+        bail!("building the demo failed ({status})");
+    }
+    let status = Command::new(root.join("target/release/examples/demo"))
+        .current_dir(root)
         .status()
         .context("running the demo")?;
     if !status.success() {

@@ -251,7 +251,7 @@ fn finish(args: &Args, answer: &Value) -> Result<(), Failure> {
 /// The seed's Table 1, with our phases.
 fn phase_table(r: &PhaseReport) -> String {
     let rows = [
-        ("4  home token (contact)", r.home_token_us),
+        ("4  prepare + home token", r.home_token_us),
         ("1a application yields", r.yield_us),
         ("1b send queue drains", r.send_queue_wait_us),
         ("1c freeze + capture", r.capture_us),
