@@ -14,7 +14,7 @@
 //! use handoff_user::app::{Event, Service};
 //! let (service, mut events) =
 //!     Service::register("/run/handoffd/app.sock".as_ref(), "fd00:d51:ff00::1".parse().unwrap(), 8080)?;
-//! while let Some(event) = events.next()? {
+//! while let Some(event) = events.next_event()? {
 //!     match event {
 //!         Event::Yield(conn) => { /* tell the connection's worker to call service.yield_conn */ }
 //!         Event::Adopt { conn, stream, state } => { /* resume serving from `state` */ }
@@ -177,7 +177,7 @@ impl Service {
 
 impl Events {
     /// The next event; `None` when handoffd closed the socket.
-    pub fn next(&mut self) -> io::Result<Option<Event>> {
+    pub fn next_event(&mut self) -> io::Result<Option<Event>> {
         loop {
             let Some((message, fd)) = self.socket.recv()? else {
                 return Ok(None);

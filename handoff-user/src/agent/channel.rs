@@ -80,19 +80,29 @@ struct Shared {
     transport: StatelessTransportState,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared(..)")
+    }
+}
+
 /// The sending half (cheap to clone; one message at a time under its lock).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ChannelSender {
     shared: Arc<Shared>,
     stream: Arc<Mutex<(TcpStream, u64)>>,
 }
 
 /// The receiving half.
+#[derive(Debug)]
 pub struct ChannelReceiver {
     shared: Arc<Shared>,
     stream: TcpStream,
     nonce: u64,
 }
+
+/// A finished handshake: both halves and the peer's hello.
+pub type Handshake = Result<(ChannelSender, ChannelReceiver, Vec<u8>), ChannelError>;
 
 fn builder(key: &ClusterKey) -> Result<Builder<'_>, snow::Error> {
     Builder::new(PATTERN.parse()?)
@@ -117,12 +127,7 @@ fn read_frame(stream: &mut impl Read, buffer: &mut [u8; MAX_NOISE]) -> io::Resul
 
 /// Connects to a peer as the initiator; `hello` is sent encrypted in the first message and the
 /// peer's hello is returned.
-pub fn connect(
-    addr: SocketAddr,
-    key: &ClusterKey,
-    hello: &[u8],
-    timeout: Duration,
-) -> Result<(ChannelSender, ChannelReceiver, Vec<u8>), ChannelError> {
+pub fn connect(addr: SocketAddr, key: &ClusterKey, hello: &[u8], timeout: Duration) -> Handshake {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
@@ -145,11 +150,7 @@ pub fn connect(
 
 /// Answers a connection accepted by a listener as the responder; `hello` answers the peer's,
 /// which is returned.
-pub fn accept(
-    mut stream: TcpStream,
-    key: &ClusterKey,
-    hello: &[u8],
-) -> Result<(ChannelSender, ChannelReceiver, Vec<u8>), ChannelError> {
+pub fn accept(mut stream: TcpStream, key: &ClusterKey, hello: &[u8]) -> Handshake {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let mut noise = builder(key)
@@ -169,11 +170,7 @@ pub fn accept(
     split(noise, stream, peer_hello)
 }
 
-fn split(
-    noise: snow::HandshakeState,
-    stream: TcpStream,
-    peer_hello: Vec<u8>,
-) -> Result<(ChannelSender, ChannelReceiver, Vec<u8>), ChannelError> {
+fn split(noise: snow::HandshakeState, stream: TcpStream, peer_hello: Vec<u8>) -> Handshake {
     stream.set_read_timeout(None)?;
     let shared = Arc::new(Shared {
         transport: noise
@@ -285,13 +282,7 @@ mod tests {
 
     const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
-    fn pair(
-        server_key: &str,
-        client_key: &str,
-    ) -> (
-        Result<(ChannelSender, ChannelReceiver, Vec<u8>), ChannelError>,
-        Result<(ChannelSender, ChannelReceiver, Vec<u8>), ChannelError>,
-    ) {
+    fn pair(server_key: &str, client_key: &str) -> (Handshake, Handshake) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server_key = ClusterKey::from_hex(server_key).unwrap();

@@ -69,6 +69,16 @@ struct Conn {
     arrived: bool,
 }
 
+/// A `PeerMessage::Transfer`'s contents, for the acceptor.
+struct Transfer {
+    id: u64,
+    conn: ConnId,
+    tcp_state: Vec<u8>,
+    app_state: Vec<u8>,
+    home_token: Option<HomeToken>,
+    bu_sequence: Option<u16>,
+}
+
 enum YieldAnswer {
     Yielded(OwnedFd, Vec<u8>),
     Declined(String),
@@ -146,6 +156,7 @@ impl Agent {
             netcfg::add_to_loopback(*dsa)?;
         }
         netcfg::enable_forwarding(&config.interface)?;
+        netcfg::keep_cwnd_after_idle()?;
         for program in [Program::NodeIngress, Program::NodeEgress] {
             datapath
                 .attach(program, &config.interface)
@@ -357,32 +368,41 @@ impl Agent {
                 home_token,
                 bu_sequence,
             } => {
+                // Restores and activations run beside the channel's reader, so that one slow
+                // handoff never holds up the messages of the others (a drain has many in flight).
                 let received_ns = monotonic_ns();
-                let route_optimization = (home_token, bu_sequence);
-                let reply = match self.restore(
-                    from,
-                    sender,
+                let agent = Arc::clone(self);
+                let (from, sender) = (from.to_owned(), sender.clone());
+                let transfer = Transfer {
                     id,
                     conn,
-                    &tcp_state,
+                    tcp_state,
                     app_state,
-                    route_optimization,
-                ) {
-                    Ok(restored_ns) => PeerMessage::Ready {
-                        id,
-                        received_ns,
-                        restored_ns,
-                    },
-                    Err(reason) => {
-                        tracing::warn!(%conn, donor = %from, "handoff refused: {reason}");
-                        PeerMessage::Refused { id, reason }
-                    }
+                    home_token,
+                    bu_sequence,
                 };
-                if let Err(e) = Self::send_to(sender, &reply) {
-                    tracing::warn!(peer = %from, "cannot answer handoff {id}: {e}");
-                }
+                thread::spawn(move || {
+                    let reply = match agent.restore(&from, &sender, transfer) {
+                        Ok(restored_ns) => PeerMessage::Ready {
+                            id,
+                            received_ns,
+                            restored_ns,
+                        },
+                        Err(reason) => {
+                            tracing::warn!(%conn, donor = %from, "handoff refused: {reason}");
+                            PeerMessage::Refused { id, reason }
+                        }
+                    };
+                    if let Err(e) = Self::send_to(&sender, &reply) {
+                        tracing::warn!(peer = %from, "cannot answer handoff {id}: {e}");
+                    }
+                });
             }
-            PeerMessage::Commit { id } => self.activate(from, id),
+            PeerMessage::Commit { id } => {
+                let agent = Arc::clone(self);
+                let from = from.to_owned();
+                thread::spawn(move || agent.activate(&from, id));
+            }
             PeerMessage::Abort { id } => {
                 if let Some(accepting) = lock(&self.accepting).remove(&(from.to_owned(), id)) {
                     tracing::info!(conn = %accepting.conn, "handoff aborted by the donor");
@@ -407,14 +427,14 @@ impl Agent {
                 }
             }
             PeerMessage::Owner { conn, owner } => {
-                if owner != self.config.care_of_address && !lock(&self.conns).contains_key(&conn) {
-                    if let Err(e) = lock(&self.datapath)
+                if owner != self.config.care_of_address
+                    && !lock(&self.conns).contains_key(&conn)
+                    && let Err(e) = lock(&self.datapath)
                         .maps()
                         .freeze()
                         .redirect(flow(&conn), owner.octets())
-                    {
-                        tracing::warn!(%conn, "cannot redirect: {e}");
-                    }
+                {
+                    tracing::warn!(%conn, "cannot redirect: {e}");
                 }
             }
             PeerMessage::Gone { conn } => {
@@ -460,12 +480,16 @@ impl Agent {
         &self,
         donor: &str,
         reply: &ChannelSender,
-        id: u64,
-        conn: ConnId,
-        tcp_state: &[u8],
-        app_state: Vec<u8>,
-        (home_token, bu_sequence): (Option<HomeToken>, Option<u16>),
+        transfer: Transfer,
     ) -> Result<u64, String> {
+        let Transfer {
+            id,
+            conn,
+            tcp_state,
+            app_state,
+            home_token,
+            bu_sequence,
+        } = transfer;
         if self.draining.load(Ordering::Relaxed) {
             return Err(format!("{} is draining", self.config.node));
         }
@@ -475,7 +499,7 @@ impl Agent {
                 self.config.node, conn.local
             )
         })?;
-        let state = ConnState::from_bytes(tcp_state).map_err(|e| format!("state refused: {e}"))?;
+        let state = ConnState::from_bytes(&tcp_state).map_err(|e| format!("state refused: {e}"))?;
         if state.local != conn.local || state.peer != conn.client {
             return Err(format!(
                 "state is for {}-{}, not {conn}",

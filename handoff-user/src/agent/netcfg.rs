@@ -38,3 +38,11 @@ pub fn enable_forwarding(interface: &str) -> io::Result<()> {
     let path = format!("/proc/sys/net/ipv6/conf/{interface}/forwarding");
     std::fs::write(&path, "1").map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
 }
+
+/// Keeps TCP's congestion window across idle periods (`tcp_slow_start_after_idle = 0`, for the
+/// namespace): the agent channels sit idle between handoffs, and a state blob carrying a send
+/// queue would otherwise restart from slow start on every transfer.
+pub fn keep_cwnd_after_idle() -> io::Result<()> {
+    let path = "/proc/sys/net/ipv4/tcp_slow_start_after_idle";
+    std::fs::write(path, "0").map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
+}

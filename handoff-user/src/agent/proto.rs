@@ -46,9 +46,9 @@ impl FromStr for ConnSelector {
                 format!("{part:?}: a connection is [client-address]:port (optionally -[dsa]:port)")
             })
         };
-        match text.split_once("]-") {
+        match text.split_once('-') {
             Some((client, local)) => Ok(ConnSelector {
-                client: parse(&format!("{client}]"))?,
+                client: parse(client)?,
                 local: Some(parse(local)?),
             }),
             None => Ok(ConnSelector {
@@ -302,27 +302,27 @@ pub struct PhaseReport {
     pub from: String,
     /// Acceptor node.
     pub to: String,
-    /// 1a. The application yields the connection (from the request to the socket in hand;
+    /// Phase 1a: The application yields the connection (from the request to the socket in hand;
     /// 0 when the application started the move).
     pub yield_us: f64,
-    /// 1b. Waiting for the send queue to empty (bounded by `send_queue_wait_ms`).
+    /// Phase 1b: Waiting for the send queue to empty (bounded by `send_queue_wait_ms`).
     pub send_queue_wait_us: f64,
-    /// 1c. Freeze and TCP_REPAIR capture.
+    /// Phase 1c: Freeze and TCP_REPAIR capture.
     pub capture_us: f64,
-    /// 2. State transfer: from the capture to the acceptor's receipt.
+    /// Phase 2: State transfer: from the capture to the acceptor's receipt.
     pub transfer_us: f64,
-    /// 3. Socket re-creation at the acceptor.
+    /// Phase 3: Socket re-creation at the acceptor.
     pub recreation_us: f64,
-    /// 4. The home token, from the contact node (before the freeze; 0 without route
+    /// Phase 4: The home token, from the contact node (before the freeze; 0 without route
     /// optimization).
     pub home_token_us: f64,
-    /// 5–6. Care-of test, Binding Update and Acknowledgement at the acceptor (after activation:
+    /// Phases 5–6: Care-of test, Binding Update and Acknowledgement at the acceptor (after activation:
     /// the redirect carries the packets meanwhile; 0 without route optimization).
     pub binding_us: f64,
     /// Why the client was not bound (route optimization off, no Mobile IPv6 at the client, …);
     /// the connection is then served through the redirect (path B).
     pub binding_error: Option<String>,
-    /// 7. Activation: from the re-created socket to the socket live with the application
+    /// Phase 7: Activation: from the re-created socket to the socket live with the application
     /// (includes the Ready/Commit round trip and the donor's switch to redirect).
     pub activation_us: f64,
     /// Frozen: from the freeze at the donor to activation at the acceptor (the window in which

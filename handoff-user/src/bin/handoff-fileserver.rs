@@ -144,7 +144,7 @@ fn run(args: Args) -> io::Result<()> {
             }
         }
     });
-    while let Some(event) = events.next()? {
+    while let Some(event) = events.next_event()? {
         match event {
             Event::Yield(conn) => {
                 let flag = server.yield_flags.lock().unwrap().get(&conn).cloned();

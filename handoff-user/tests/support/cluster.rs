@@ -282,7 +282,7 @@ impl Cluster {
                 fileserver: None,
             });
         }
-        for n in 0..cluster.nodes.len() {
+        for (n, &address) in addresses.iter().enumerate() {
             let name = cluster.nodes[n].name.clone();
             wait_for(
                 &cluster.dir.join(format!("{name}.app")),
@@ -290,7 +290,7 @@ impl Cluster {
             )
             .with_context(|| cluster.log_tail(&name, "handoffd"))?;
             if settings.mobile_ipv6 {
-                let config = cluster.mobile_config(tag, n + 1, addresses[n], ha_address);
+                let config = cluster.mobile_config(tag, n + 1, address, ha_address);
                 cluster.nodes[n].mipv6d = Some(cluster.mipv6d(&name, &name, &config)?);
             }
             let mut command = cluster
