@@ -46,7 +46,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
             // skb still marked as encapsulated, and two header moves cost more than two stores).
             if let Some(inner) = packet::tunnelled_tcp_flow_key(ctx) {
                 // SAFETY: the entry is copied out at once.
-                if let Some(entry) = unsafe { FLOWS.get(&inner) }.copied()
+                if let Some(entry) = unsafe { FLOWS.get(inner) }.copied()
                     && entry.action == FLOW_REDIRECT
                 {
                     if rewrite::set_src(ctx, &config.local).is_err()
