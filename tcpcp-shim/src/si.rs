@@ -716,8 +716,7 @@ fn emit_queue(si: &mut [u8], mut at: usize, kind: u8, mut seq: u32, parts: [&[u8
         put32(si, at + field::SKB_SEQ, seq);
         let mut to = at + SKB_HDR_LEN;
         let (mut from, end) = (off, off + len);
-        for part_start in [0, parts[0].len()] {
-            let part = if part_start == 0 { parts[0] } else { parts[1] };
+        for (part, part_start) in [(parts[0], 0), (parts[1], parts[0].len())] {
             let (lo, hi) = (from.max(part_start), end.min(part_start + part.len()));
             if lo < hi {
                 si[to..to + hi - lo].copy_from_slice(&part[lo - part_start..hi - part_start]);
@@ -792,6 +791,8 @@ mod tests {
         for socket in [
             sample(0, 0, 0),
             sample(3, 5, 7),
+            // Found by the fuzzer: never-sent bytes without unacknowledged ones.
+            sample(0, 0, 3),
             sample(SKB_CHUNK + 1, SKB_CHUNK - 1, 3),
             sample(200_000, 70_000, 140_001),
             ipv4(sample(10, 0, 0)),
