@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     si,
-    table::{FdResult, Failure, Target, table},
+    table::{Failure, FdResult, Target, table},
 };
 
 /// `TCPCP_RET_OK`.
@@ -48,8 +48,15 @@ fn set_errno(errno: i32) {
     unsafe { *libc::__errno_location() = errno };
 }
 
+/// Environment variable that makes every failure print its reason on stderr (errno alone
+/// rarely says enough).
+pub const DEBUG_ENV: &str = "TCPCP_DEBUG";
+
 fn fail(failure: &Failure) -> c_int {
     tracing::debug!(errno = failure.errno, reason = %failure.reason, "tcpcp call failed");
+    if std::env::var_os(DEBUG_ENV).is_some() {
+        eprintln!("libtcpcp: {}", failure.reason);
+    }
     set_errno(failure.errno);
     TCPCP_RET_NG
 }
@@ -246,11 +253,13 @@ pub unsafe extern "C" fn tcpcp_set_si(
             set_errno(libc::EINVAL);
             return TCPCP_RET_NG;
         };
-        let results = target(fd, flag)
-            .and_then(|t| table().set_si(Some(fd), t == Target::All, buffer));
-        report(results, flag == TCPCP_EXEC_ONE, reslst, |r| match &r.result {
-            Ok(new_fd) => *new_fd,
-            Err(f) => -f.errno,
+        let results =
+            target(fd, flag).and_then(|t| table().set_si(Some(fd), t == Target::All, buffer));
+        report(results, flag == TCPCP_EXEC_ONE, reslst, |r| {
+            match &r.result {
+                Ok(new_fd) => *new_fd,
+                Err(f) => -f.errno,
+            }
         })
     })
 }
@@ -361,7 +370,9 @@ pub unsafe extern "C" fn tcpcp_create(ici: *const c_void) -> c_int {
         };
         match table().set_si(None, false, buffer) {
             Ok(results) => match results.into_iter().next() {
-                Some(FdResult { result: Ok(new), .. }) => {
+                Some(FdResult {
+                    result: Ok(new), ..
+                }) => {
                     fd = new;
                     TCPCP_RET_OK
                 }

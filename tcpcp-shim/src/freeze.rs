@@ -241,8 +241,8 @@ mod tests {
         ));
         assert!(!freeze.contains("delete element"));
         let thaw = nft_script(&flows, false);
-        assert!(
-            thaw.contains("delete element inet tcpcp frozen4 { 192.0.2.1 . 40001 . 192.0.2.2 . 8080 }")
-        );
+        assert!(thaw.contains(
+            "delete element inet tcpcp frozen4 { 192.0.2.1 . 40001 . 192.0.2.2 . 8080 }"
+        ));
     }
 }

@@ -360,7 +360,10 @@ fn parse_socket(si: &[u8]) -> Result<SocketInfo, SiError> {
         return Err(invalid("sockopt.ip.flags", "unknown bits set"));
     }
     if !v6 && si[field::IP_OPT_LEN] != 0 {
-        return Err(invalid("sockopt.ip.v4.opt_len", "IP options are not restored"));
+        return Err(invalid(
+            "sockopt.ip.v4.opt_len",
+            "IP options are not restored",
+        ));
     }
     let hop_limit = if ip_flags & IP_DEFAULT_HOPS != 0 {
         0
@@ -491,7 +494,12 @@ fn parse_socket(si: &[u8]) -> Result<SocketInfo, SiError> {
 fn queue_len(bytes: usize) -> usize {
     let full = bytes / SKB_CHUNK;
     let last = bytes % SKB_CHUNK;
-    full * (SKB_HDR_LEN + SKB_CHUNK) + if last > 0 { SKB_HDR_LEN + padded(last) } else { 0 }
+    full * (SKB_HDR_LEN + SKB_CHUNK)
+        + if last > 0 {
+            SKB_HDR_LEN + padded(last)
+        } else {
+            0
+        }
 }
 
 fn socket_len(state: &ConnState) -> usize {
@@ -503,11 +511,7 @@ fn socket_len(state: &ConnState) -> usize {
 
 /// Length of the buffer [`emit`] writes for `sockets`.
 pub fn buffer_len(sockets: &[SocketInfo]) -> usize {
-    TOTAL_HDR_LEN
-        + sockets
-            .iter()
-            .map(|s| socket_len(&s.state))
-            .sum::<usize>()
+    TOTAL_HDR_LEN + sockets.iter().map(|s| socket_len(&s.state)).sum::<usize>()
 }
 
 /// Writes `sockets` as a TCP-SI buffer into the start of `out` (at least [`buffer_len`] bytes,
@@ -623,7 +627,11 @@ fn emit_socket(socket: &SocketInfo, si: &mut [u8]) -> Result<(), SiError> {
     put32(si, field::RCV_WND, s.window.rcv_wnd);
     // ts_recent cannot be read with TCP_REPAIR: 0, TCPCP2's "none".
     put32(si, field::TS_RECENT, 0);
-    put32(si, field::TS_GEN, if n.timestamps { s.timestamp } else { 0 });
+    put32(
+        si,
+        field::TS_GEN,
+        if n.timestamps { s.timestamp } else { 0 },
+    );
 
     let mut sk_flags = 0;
     if o.reuseaddr {
@@ -880,7 +888,11 @@ mod tests {
             ("skb seq gap", si + SI_HDR_LEN + EXT_LEN + 15, 0x55),
             ("snd_nxt", si + field::SND_NXT, 0x80),
             ("rcv_nxt", si + field::RCV_NXT + 3, 0x01),
-            ("max_window below snd_wnd", si + field::EXT_MAX_WINDOW + 1, 0),
+            (
+                "max_window below snd_wnd",
+                si + field::EXT_MAX_WINDOW + 1,
+                0,
+            ),
         ];
         for &(what, at, value) in cases {
             let mut bad = good.clone();

@@ -121,7 +121,9 @@ static TABLE: Mutex<Table> = Mutex::new(Table {
 /// The process's table. A panic while it was held (caught at the C boundary) does not make it
 /// unusable: every entry is consistent between operations.
 pub fn table() -> MutexGuard<'static, Table> {
-    TABLE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    TABLE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn borrow(fd: RawFd) -> BorrowedFd<'static> {
@@ -319,10 +321,7 @@ impl Table {
         if !all && sockets.len() != 1 {
             return Err(Failure::new(
                 libc::EINVAL,
-                format!(
-                    "TCPCP_EXEC_ONE with a buffer of {} sockets",
-                    sockets.len()
-                ),
+                format!("TCPCP_EXEC_ONE with a buffer of {} sockets", sockets.len()),
             ));
         }
         let flows: Vec<Flow> = sockets

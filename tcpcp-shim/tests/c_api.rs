@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use handoff_user::datapath::{FreezeFilter, PinDir};
 use testbed::{Family, Lan, Netns};
 
 const PORT: u16 = 8080;
@@ -39,11 +40,12 @@ fn is_root() -> bool {
     false
 }
 
-/// `target/<profile>`, where cargo put `libtcpcp_shim.{so,a}` before building this test.
+/// `target/<profile>/deps`, where cargo put this build's `libtcpcp_shim.{so,a}` before
+/// building this test (`cargo test` does not copy them up to `target/<profile>`, where an
+/// older `cargo build` may have left stale ones).
 fn build_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     exe.parent()
-        .and_then(Path::parent)
         .expect("target/<profile>/deps/<test>")
         .to_path_buf()
 }
@@ -264,7 +266,9 @@ fn client(n: usize, sizes: Sizes, stopped: mpsc::Receiver<()>) -> Vec<Seen> {
     for (s, seed) in &mut writers {
         s.write_all(&client_bytes(*seed, 0, sizes.c1)).unwrap();
     }
-    stopped.recv().expect("the harness says when the donor stopped");
+    stopped
+        .recv()
+        .expect("the harness says when the donor stopped");
     for (s, seed) in &mut writers {
         s.write_all(&client_bytes(*seed, sizes.c1, sizes.c1 + sizes.c2))
             .unwrap();
@@ -299,11 +303,24 @@ fn reset_counters() -> HashMap<String, u64> {
     out
 }
 
+/// `program` in `netns`, entered with setns(2) between fork and exec: `ip netns exec` would
+/// also remount /sys, which hides the BPF filesystem and the data path's pinned maps.
 fn in_netns(netns: &Netns, program: &Path, args: &[String]) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns.name()])
-        .arg(program)
-        .args(args)
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    let netns_fd = netns.file().as_raw_fd();
+    let mut cmd = Command::new(program);
+    // SAFETY: setns is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd.args(args)
+        .env("TCPCP_DEBUG", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     cmd
@@ -353,12 +370,44 @@ impl Outcome {
     }
 }
 
+/// How the stop mechanism is set up for a move.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The standalone nftables set.
+    Nft,
+    /// Negative control: the nftables freeze, deleted at the donor right after the stop.
+    NftRemovedAtDonor,
+    /// The data path's freeze program on each server's interface (`TCPCP_DATAPATH`).
+    Datapath,
+}
+
+static INSTANCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Moves `n` connections with `api` from a donor process in server 0 to an acceptor process in
-/// server 1. `unfreeze_donor` (the negative control) deletes the donor's nftables freeze right
-/// after the stop.
-fn move_connections(program: &Path, api: &str, n: usize, sizes: Sizes, unfreeze_donor: bool) -> Outcome {
+/// server 1.
+fn move_connections(program: &Path, api: &str, n: usize, sizes: Sizes, stop: Stop) -> Outcome {
     let lan = Lan::new("tcpcp", 2).expect("testbed");
     lan.claim_service(0, Family::V6).unwrap();
+    let mut filters = Vec::new();
+    let mut instances = Vec::new();
+    if stop == Stop::Datapath {
+        for server in &lan.servers {
+            let instance = format!(
+                "tcpcp-{}-{}",
+                std::process::id(),
+                INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let mut filter = FreezeFilter::load(&PinDir::for_instance(&instance)).unwrap();
+            server.run(|| filter.attach(Lan::SERVER_IF)).unwrap();
+            filters.push(filter);
+            instances.push(instance);
+        }
+    }
+    let datapath_env = |cmd: &mut Command, server: usize| {
+        if let Some(instance) = instances.get(server) {
+            cmd.env("TCPCP_DATAPATH", instance);
+        }
+    };
     let state = std::env::temp_dir().join(format!(
         "tcpcp-state-{}-{}",
         std::process::id(),
@@ -377,14 +426,16 @@ fn move_connections(program: &Path, api: &str, n: usize, sizes: Sizes, unfreeze_
             sizes.a.to_string(),
             sizes.b.to_string(),
         ],
-    )
-    .spawn()
-    .unwrap();
+    );
+    datapath_env(&mut donor, 0);
+    let mut donor = donor.spawn().unwrap();
     let mut donor_out = BufReader::new(donor.stdout.take().unwrap());
     expect_line(&mut donor_out, "listening", "donor");
 
     let (stopped_tx, stopped_rx) = mpsc::channel();
     std::thread::scope(|scope| {
+        // Owned here, so that a failed assertion below drops it and the client stops waiting.
+        let stopped_tx = stopped_tx;
         let client_ns = &lan.client;
         let client = scope.spawn(move || {
             client_ns.run(|| {
@@ -395,7 +446,7 @@ fn move_connections(program: &Path, api: &str, n: usize, sizes: Sizes, unfreeze_
         });
         expect_line(&mut donor_out, "stopped", "donor");
         wait_ok(&mut donor, "donor");
-        if unfreeze_donor {
+        if stop == Stop::NftRemovedAtDonor {
             run(Command::new("ip").args([
                 "netns",
                 "exec",
@@ -423,6 +474,7 @@ fn move_connections(program: &Path, api: &str, n: usize, sizes: Sizes, unfreeze_
                 sizes.d.to_string(),
             ],
         );
+        datapath_env(&mut acceptor, 1);
         let mut acceptor = acceptor.stdin(Stdio::piped()).spawn().unwrap();
         let mut acceptor_out = BufReader::new(acceptor.stdout.take().unwrap());
         let restored = expect_line(&mut acceptor_out, "restored", "acceptor");
@@ -431,16 +483,37 @@ fn move_connections(program: &Path, api: &str, n: usize, sizes: Sizes, unfreeze_
         acceptor.stdin.take().unwrap().write_all(b"go\n").unwrap();
         let acceptor_ok = acceptor.wait().unwrap().success();
         let (seen, client_counters) = client.join().unwrap();
-        if api == "one" && acceptor_ok && !unfreeze_donor {
+        if api == "one" && acceptor_ok && stop == Stop::Nft {
             // The same buffer, damaged, must be refused (the undamaged one accepted).
-            let out = run(Command::new("ip")
-                .args(["netns", "exec", lan.servers[1].name()])
-                .arg(program)
-                .args(["malformed", &state_arg]));
+            let out = run(&mut in_netns(
+                &lan.servers[1],
+                program,
+                &["malformed".into(), state_arg.clone()],
+            ));
             assert!(out.starts_with("refused "), "{out}");
             eprintln!("malformed buffers: {}", out.trim());
         }
         let _ = std::fs::remove_file(&state);
+        if stop == Stop::Datapath {
+            // The freeze map did the work (it dropped the client's packets sent while stopped),
+            // and no nftables table was made.
+            let dropped: u64 = filters
+                .iter_mut()
+                .map(|f| f.maps().counters().unwrap().dropped)
+                .sum();
+            assert!(dropped > 0, "the freeze program dropped nothing");
+            for server in &lan.servers {
+                let tables = run(Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    server.name(),
+                    "nft",
+                    "list",
+                    "tables",
+                ]));
+                assert!(!tables.contains("tcpcp"), "{tables}");
+            }
+        }
         Outcome {
             seen,
             client_counters,
@@ -462,7 +535,7 @@ fn privileged_tcpcp2_exec_one_moves_a_connection() {
     if !is_root() {
         return;
     }
-    let outcome = move_connections(&installed().dynamic, "one", 1, ONE, false);
+    let outcome = move_connections(&installed().dynamic, "one", 1, ONE, Stop::Nft);
     outcome.check(ONE).unwrap();
 }
 
@@ -478,7 +551,7 @@ fn privileged_tcpcp2_exec_all_moves_100_connections() {
         c2: 2_000,
         d: 20_000,
     };
-    let outcome = move_connections(&installed().dynamic, "all", 100, sizes, false);
+    let outcome = move_connections(&installed().dynamic, "all", 100, sizes, Stop::Nft);
     outcome.check(sizes).unwrap();
 }
 
@@ -487,7 +560,7 @@ fn privileged_original_tcpcp_api_moves_connections() {
     if !is_root() {
         return;
     }
-    let outcome = move_connections(&installed().dynamic, "orig", 3, ONE, false);
+    let outcome = move_connections(&installed().dynamic, "orig", 3, ONE, Stop::Nft);
     outcome.check(ONE).unwrap();
 }
 
@@ -496,7 +569,7 @@ fn privileged_statically_linked_program_moves_a_connection() {
     if !is_root() {
         return;
     }
-    let outcome = move_connections(&installed().static_, "one", 1, ONE, false);
+    let outcome = move_connections(&installed().static_, "one", 1, ONE, Stop::Nft);
     outcome.check(ONE).unwrap();
 }
 
@@ -508,9 +581,18 @@ fn privileged_without_the_freeze_the_client_sees_a_reset() {
     if !is_root() {
         return;
     }
-    let outcome = move_connections(&installed().dynamic, "one", 1, ONE, true);
+    let outcome = move_connections(&installed().dynamic, "one", 1, ONE, Stop::NftRemovedAtDonor);
     let err = outcome
         .check(ONE)
         .expect_err("the move passed the check without the freeze");
     eprintln!("as expected without the freeze: {err}");
+}
+
+#[test]
+fn privileged_tcpcp2_moves_a_connection_with_the_data_path_freeze_map() {
+    if !is_root() {
+        return;
+    }
+    let outcome = move_connections(&installed().dynamic, "one", 1, ONE, Stop::Datapath);
+    outcome.check(ONE).unwrap();
 }
