@@ -47,9 +47,9 @@ pub enum FreezeError {
     Datapath {
         /// The instance.
         instance: String,
-        /// The underlying error.
+        /// The underlying error (boxed: it is large, and errors are rare).
         #[source]
-        source: DatapathError,
+        source: Box<DatapathError>,
     },
     /// `nft` could not be run.
     #[error("cannot run {program} (set {NFT_ENV} or install nftables): {source}")]
@@ -81,8 +81,8 @@ pub enum Freezer {
     Datapath {
         /// Instance name, for messages.
         instance: String,
-        /// Its pinned freeze map.
-        map: FreezeMap,
+        /// Its pinned freeze map (boxed: much larger than the other variant).
+        map: Box<FreezeMap>,
     },
     /// The standalone nftables set.
     Nft {
@@ -100,10 +100,13 @@ impl Freezer {
             let map = FreezeMap::open(&PinDir::for_instance(&instance)).map_err(|source| {
                 FreezeError::Datapath {
                     instance: instance.clone(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
-            return Ok(Freezer::Datapath { instance, map });
+            return Ok(Freezer::Datapath {
+                instance,
+                map: Box::new(map),
+            });
         }
         let program = std::env::var(NFT_ENV).unwrap_or_else(|_| {
             ["/usr/sbin/nft", "/sbin/nft"]
@@ -141,7 +144,7 @@ impl Freezer {
                     };
                     result.map_err(|source| FreezeError::Datapath {
                         instance: instance.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 }
                 Ok(())

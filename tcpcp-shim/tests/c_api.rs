@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, ErrorKind, Read, Write},
-    net::{Ipv6Addr, SocketAddr, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     sync::{OnceLock, mpsc},
@@ -241,7 +241,7 @@ fn client_bytes(seed: u16, from: usize, to: usize) -> Vec<u8> {
 /// The client: `n` ordinary sockets; each sends `c1` bytes, then `c2` more when `stopped`
 /// says the donor stopped, and reads until the server closes.
 fn client(n: usize, sizes: Sizes, stopped: mpsc::Receiver<()>) -> Vec<Seen> {
-    let service = SocketAddr::new(Ipv6Addr::from(Lan::SERVICE_V6).into(), PORT);
+    let service = SocketAddr::new(Lan::SERVICE_V6.into(), PORT);
     let streams: Vec<TcpStream> = (0..n)
         .map(|_| TcpStream::connect_timeout(&service, Duration::from_secs(5)).expect("connect"))
         .collect();
