@@ -233,10 +233,20 @@ impl Table {
                 }
                 vec![fd]
             }
-            Target::All => movable_sockets()?
-                .into_iter()
-                .filter(|&fd| !self.is_known(fd))
-                .collect(),
+            Target::All => {
+                // By inode, not number: a restored socket also has the library's own
+                // descriptor, which must not be stopped as a socket of its own.
+                let known: Vec<u64> = self
+                    .stopped
+                    .values()
+                    .map(|s| s.inode)
+                    .chain(self.pending.values().map(|p| p.inode))
+                    .collect();
+                movable_sockets()?
+                    .into_iter()
+                    .filter(|&fd| socket_inode(fd).is_some_and(|ino| !known.contains(&ino)))
+                    .collect()
+            }
         };
         let mut results = Vec::with_capacity(fds.len());
         let mut flows = Vec::with_capacity(fds.len());

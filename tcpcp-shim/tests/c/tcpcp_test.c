@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <tcpcp.h>
@@ -55,6 +56,14 @@ static void fail(const char *what)
 {
 	fprintf(stderr, "tcpcp_test: %s\n", what);
 	exit(1);
+}
+
+static double now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
 static uint8_t to_client(unsigned seed, size_t i)
@@ -205,6 +214,7 @@ static int donor(const char *api, int n, int port, const char *path, size_t a, s
 		receive_pattern(fds[k], 0, b);
 	}
 
+	double t0 = now_us();
 	if (!strcmp(api, "one")) {
 		for (int k = 0; k < n; k++) {
 			if (tcpcp_stop(fds[k], TCPCP_EXEC_ONE, &res) != TCPCP_RET_OK)
@@ -247,7 +257,13 @@ static int donor(const char *api, int n, int port, const char *path, size_t a, s
 	} else {
 		fail("unknown API");
 	}
+	double t1 = now_us();
 	write_state(path, (uint32_t)a, (uint32_t)b, count, bufs, sizes);
+	uint64_t total = 0;
+	for (uint32_t i = 0; i < count; i++)
+		total += sizes[i];
+	fprintf(stderr, "timing %s: stop+get %d sockets %.0f us, %llu bytes of state\n", api, n,
+		t1 - t0, (unsigned long long)total);
 
 	if (!strcmp(api, "orig")) {
 		for (int k = 0; k < n; k++)
@@ -280,6 +296,7 @@ static int acceptor(const char *api, const char *path, size_t c, size_t d)
 	if (helper < 0)
 		die("socket");
 
+	double t0 = now_us();
 	if (!strcmp(api, "one")) {
 		for (uint32_t i = 0; i < count; i++) {
 			int s = socket(AF_INET6, SOCK_STREAM, 0);
@@ -316,10 +333,19 @@ static int acceptor(const char *api, const char *path, size_t c, size_t d)
 	} else {
 		fail("unknown API");
 	}
+	double t1 = now_us();
+	if (!strcmp(api, "all")) {
+		/* Restored sockets are stopped already: ALL finds nothing more to stop. */
+		if (tcpcp_stop(helper, TCPCP_EXEC_ALL, &res) != TCPCP_RET_OK)
+			die("tcpcp_stop ALL at the acceptor");
+		check_list(res, 0, "tcpcp_stop ALL at the acceptor");
+		free(res);
+	}
 	printf("restored %d\n", n);
 	fflush(stdout);
 	if (!fgets(line, sizeof(line), stdin))
 		fail("no go");
+	double t2 = now_us();
 
 	if (!strcmp(api, "one")) {
 		for (int k = 0; k < n; k++) {
@@ -343,6 +369,8 @@ static int acceptor(const char *api, const char *path, size_t c, size_t d)
 				fail("second tcpcp_activate not a success");
 		}
 	}
+	fprintf(stderr, "timing %s: set %d sockets %.0f us, start %.0f us\n", api, n, t1 - t0,
+		now_us() - t2);
 	for (int k = 0; k < n; k++) {
 		receive_pattern(fds[k], b, c);
 		send_pattern(fds[k], a, a + d);
