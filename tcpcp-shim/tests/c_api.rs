@@ -163,6 +163,20 @@ fn library_exports_exactly_the_documented_functions() {
         .collect();
     declared.sort_unstable();
     assert_eq!(declared, EXPORTED);
+    // The historical raw socket options mean other things today (19 is TCP_REPAIR): the header
+    // does not offer them, so a program that issued them itself fails to compile.
+    for historical in [
+        "TCPCP_MAKE_SI",
+        "TCPCP_GET_RES",
+        "TCP_ICI",
+        "TCP_CP_FN",
+        "TCP_MAXICISIZE",
+    ] {
+        assert!(
+            !header.contains(historical),
+            "the header defines {historical}"
+        );
+    }
     // Negative control: the static archive holds far more global symbols (the Rust code),
     // which the version script keeps out of the shared library.
     let archive = run(Command::new("nm")
@@ -240,8 +254,8 @@ fn client_bytes(seed: u16, from: usize, to: usize) -> Vec<u8> {
 
 /// The client: `n` ordinary sockets; each sends `c1` bytes, then `c2` more when `stopped`
 /// says the donor stopped, and reads until the server closes.
-fn client(n: usize, sizes: Sizes, stopped: mpsc::Receiver<()>) -> Vec<Seen> {
-    let service = SocketAddr::new(Lan::SERVICE_V6.into(), PORT);
+fn client(family: Family, n: usize, sizes: Sizes, stopped: mpsc::Receiver<()>) -> Vec<Seen> {
+    let service = SocketAddr::new(Lan::service(family), PORT);
     let streams: Vec<TcpStream> = (0..n)
         .map(|_| TcpStream::connect_timeout(&service, Duration::from_secs(5)).expect("connect"))
         .collect();
@@ -398,9 +412,16 @@ static INSTANCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::ne
 
 /// Moves `n` connections with `api` from a donor process in server 0 to an acceptor process in
 /// server 1.
-fn move_connections(program: &Path, api: &str, n: usize, sizes: Sizes, stop: Stop) -> Outcome {
+fn move_connections(
+    program: &Path,
+    api: &str,
+    n: usize,
+    sizes: Sizes,
+    stop: Stop,
+    family: Family,
+) -> Outcome {
     let lan = Lan::new("tcpcp", 2).expect("testbed");
-    lan.claim_service(0, Family::V6).unwrap();
+    lan.claim_service(0, family).unwrap();
     let mut filters = Vec::new();
     let mut instances = Vec::new();
     if stop == Stop::Datapath {
@@ -453,7 +474,7 @@ fn move_connections(program: &Path, api: &str, n: usize, sizes: Sizes, stop: Sto
         let client = scope.spawn(move || {
             client_ns.run(|| {
                 let before = reset_counters();
-                let seen = client(n, sizes, stopped_rx);
+                let seen = client(family, n, sizes, stopped_rx);
                 (seen, (before, reset_counters()))
             })
         });
@@ -474,8 +495,8 @@ fn move_connections(program: &Path, api: &str, n: usize, sizes: Sizes, stop: Sto
         // The client sends more while the connections are stopped or closed at the donor.
         stopped_tx.send(()).unwrap();
         std::thread::sleep(Duration::from_millis(200));
-        lan.drop_service(0, Family::V6).unwrap();
-        lan.add_service(1, Family::V6).unwrap();
+        lan.drop_service(0, family).unwrap();
+        lan.add_service(1, family).unwrap();
         let mut acceptor = in_netns(
             &lan.servers[1],
             program,
@@ -492,7 +513,7 @@ fn move_connections(program: &Path, api: &str, n: usize, sizes: Sizes, stop: Sto
         let mut acceptor_out = BufReader::new(acceptor.stdout.take().unwrap());
         let restored = expect_line(&mut acceptor_out, "restored", "acceptor");
         assert_eq!(restored.trim(), format!("restored {n}"));
-        lan.announce_service(1, Family::V6).unwrap();
+        lan.announce_service(1, family).unwrap();
         acceptor.stdin.take().unwrap().write_all(b"go\n").unwrap();
         let acceptor_ok = acceptor.wait().unwrap().success();
         let (seen, client_counters) = client.join().unwrap();
@@ -548,7 +569,7 @@ fn privileged_tcpcp2_exec_one_moves_a_connection() {
     if !is_root() {
         return;
     }
-    let outcome = move_connections(&installed().dynamic, "one", 1, ONE, Stop::Nft);
+    let outcome = move_connections(&installed().dynamic, "one", 1, ONE, Stop::Nft, Family::V6);
     outcome.check(ONE).unwrap();
 }
 
@@ -564,7 +585,14 @@ fn privileged_tcpcp2_exec_all_moves_100_connections() {
         c2: 2_000,
         d: 20_000,
     };
-    let outcome = move_connections(&installed().dynamic, "all", 100, sizes, Stop::Nft);
+    let outcome = move_connections(
+        &installed().dynamic,
+        "all",
+        100,
+        sizes,
+        Stop::Nft,
+        Family::V6,
+    );
     outcome.check(sizes).unwrap();
 }
 
@@ -573,7 +601,7 @@ fn privileged_original_tcpcp_api_moves_connections() {
     if !is_root() {
         return;
     }
-    let outcome = move_connections(&installed().dynamic, "orig", 3, ONE, Stop::Nft);
+    let outcome = move_connections(&installed().dynamic, "orig", 3, ONE, Stop::Nft, Family::V6);
     outcome.check(ONE).unwrap();
 }
 
@@ -582,7 +610,7 @@ fn privileged_statically_linked_program_moves_a_connection() {
     if !is_root() {
         return;
     }
-    let outcome = move_connections(&installed().static_, "one", 1, ONE, Stop::Nft);
+    let outcome = move_connections(&installed().static_, "one", 1, ONE, Stop::Nft, Family::V6);
     outcome.check(ONE).unwrap();
 }
 
@@ -594,7 +622,14 @@ fn privileged_without_the_freeze_the_client_sees_a_reset() {
     if !is_root() {
         return;
     }
-    let outcome = move_connections(&installed().dynamic, "one", 1, ONE, Stop::NftRemovedAtDonor);
+    let outcome = move_connections(
+        &installed().dynamic,
+        "one",
+        1,
+        ONE,
+        Stop::NftRemovedAtDonor,
+        Family::V6,
+    );
     let err = outcome
         .check(ONE)
         .expect_err("the move passed the check without the freeze");
@@ -606,6 +641,92 @@ fn privileged_tcpcp2_moves_a_connection_with_the_data_path_freeze_map() {
     if !is_root() {
         return;
     }
-    let outcome = move_connections(&installed().dynamic, "one", 1, ONE, Stop::Datapath);
+    let outcome = move_connections(
+        &installed().dynamic,
+        "one",
+        1,
+        ONE,
+        Stop::Datapath,
+        Family::V6,
+    );
     outcome.check(ONE).unwrap();
+}
+
+#[test]
+fn privileged_tcpcp2_moves_an_ipv4_connection() {
+    if !is_root() {
+        return;
+    }
+    let outcome = move_connections(&installed().dynamic, "one", 1, ONE, Stop::Nft, Family::V4);
+    outcome.check(ONE).unwrap();
+}
+
+/// The handoff abandoned: the donor stops its connections and gets their state, the client
+/// sends meanwhile (dropped by the freeze), then `tcpcp_start` resumes them in place (thaw,
+/// send window back, repair off with a window probe) and they carry on byte-exact.
+#[test]
+fn privileged_tcpcp_start_resumes_stopped_connections_in_place() {
+    if !is_root() {
+        return;
+    }
+    let sizes = Sizes {
+        a: 1 << 20,
+        b: 30_000,
+        c1: 60_000,
+        c2: 20_000,
+        d: 1 << 20,
+    };
+    let n = 3;
+    let lan = Lan::new("tcpcp-resume", 1).expect("testbed");
+    lan.claim_service(0, Family::V6).unwrap();
+    let mut donor = in_netns(
+        &lan.servers[0],
+        &installed().dynamic,
+        &[
+            "donor".into(),
+            "resume".into(),
+            n.to_string(),
+            PORT.to_string(),
+            "-".into(),
+            sizes.a.to_string(),
+            sizes.b.to_string(),
+        ],
+    )
+    .stdin(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut donor_out = BufReader::new(donor.stdout.take().unwrap());
+    expect_line(&mut donor_out, "listening", "donor");
+    let (stopped_tx, stopped_rx) = mpsc::channel();
+    let (seen, counters) = std::thread::scope(|scope| {
+        let stopped_tx = stopped_tx;
+        let client_ns = &lan.client;
+        let client = scope.spawn(move || {
+            client_ns.run(|| {
+                let before = reset_counters();
+                let seen = client(Family::V6, n, sizes, stopped_rx);
+                (seen, (before, reset_counters()))
+            })
+        });
+        expect_line(&mut donor_out, "stopped", "donor");
+        stopped_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let go = format!("{} {}\n", sizes.c1 + sizes.c2, sizes.d);
+        donor
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(go.as_bytes())
+            .unwrap();
+        let donor_ok = donor.wait().unwrap().success();
+        let result = client.join().unwrap();
+        assert!(donor_ok, "the donor failed");
+        result
+    });
+    let outcome = Outcome {
+        seen,
+        client_counters: counters,
+        acceptor_ok: true,
+    };
+    outcome.check(sizes).unwrap();
 }

@@ -12,7 +12,8 @@
  *       must fail with EINVAL and create no descriptor; the undamaged buffer must be accepted.
  *
  * API is "one" (TCPCP2, TCPCP_EXEC_ONE per socket), "all" (TCPCP2, TCPCP_EXEC_ALL) or "orig"
- * (TCPCP: tcpcp_get / tcpcp_size / tcpcp_create / tcpcp_activate). Streams are patterns seeded
+ * (TCPCP: tcpcp_get / tcpcp_size / tcpcp_create / tcpcp_activate); for the donor also "resume"
+ * (stop, get the state, then start the sockets again in place: see resume()). Streams are patterns seeded
  * by the client's port, so that a mixed-up connection is seen. Exit status 0 = all checks held.
  */
 
@@ -192,6 +193,44 @@ static uint32_t read_state(const char *path, uint32_t *a, uint32_t *b, void **bu
 
 /* ----- Donor ------------------------------------------------------------- */
 
+/*
+ * The handoff abandoned: stop and get the state, say "stopped", wait for a line on stdin,
+ * then tcpcp_start the same sockets, which carry on here: read the client's bytes B..C (C is
+ * the A+B-relative total given on stdin), send A..A+D (D on stdin too).
+ */
+static int resume(int *fds, int n, size_t a, size_t b)
+{
+	struct result_list *res;
+	void *buf;
+	unsigned size;
+	size_t c, d;
+
+	for (int k = 0; k < n; k++) {
+		if (tcpcp_stop(fds[k], TCPCP_EXEC_ONE, &res) != TCPCP_RET_OK)
+			die("tcpcp_stop");
+		free(res);
+		if (tcpcp_get_si(fds[k], TCPCP_EXEC_ONE, &buf, &size, &res) != TCPCP_RET_OK)
+			die("tcpcp_get_si");
+		free(res);
+		free(buf);
+	}
+	printf("stopped\n");
+	fflush(stdout);
+	if (scanf("%zu %zu", &c, &d) != 2)
+		fail("no sizes on stdin");
+	if (tcpcp_start(fds[0], TCPCP_EXEC_ALL, &res) != TCPCP_RET_OK)
+		die("tcpcp_start ALL");
+	check_list(res, (unsigned)n, "tcpcp_start ALL result");
+	free(res);
+	for (int k = 0; k < n; k++) {
+		receive_pattern(fds[k], b, c);
+		send_pattern(fds[k], a, a + d);
+		if (close(fds[k]))
+			die("close");
+	}
+	return 0;
+}
+
 static int donor(const char *api, int n, int port, const char *path, size_t a, size_t b)
 {
 	struct sockaddr_in6 sa = { .sin6_family = AF_INET6, .sin6_port = htons(port) };
@@ -215,6 +254,8 @@ static int donor(const char *api, int n, int port, const char *path, size_t a, s
 	}
 
 	double t0 = now_us();
+	if (!strcmp(api, "resume"))
+		return resume(fds, n, a, b);
 	if (!strcmp(api, "one")) {
 		for (int k = 0; k < n; k++) {
 			if (tcpcp_stop(fds[k], TCPCP_EXEC_ONE, &res) != TCPCP_RET_OK)
