@@ -22,8 +22,8 @@
  *   Functions taking a `struct result_list **reslst` store there a list allocated with
  *   malloc(3), which the caller frees with free(3), or NULL. `reslst` may be NULL (no list).
  *   fd_all is the number of descriptors processed, fd_ng the number that failed, fdrs[] one
- *   entry per descriptor in ascending order: `result` is 0 or the errno of its failure
- *   (tcpcp_set_si: the new descriptor, or minus the errno).
+ *   entry per descriptor in ascending order (tcpcp_set_si: in the buffer's order): `result`
+ *   is 0 or the errno of its failure (tcpcp_set_si: the new descriptor, or minus the errno).
  *   TCPCP_EXEC_ONE: on failure the function returns TCPCP_RET_NG with errno set and *reslst
  *   NULL. TCPCP_EXEC_ALL: the list is stored even when some descriptors failed; the function
  *   then returns TCPCP_RET_NG with errno set to the first failure's.

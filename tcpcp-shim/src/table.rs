@@ -147,6 +147,7 @@ fn socket_inode(fd: RawFd) -> Option<u64> {
 /// Whether `fd` is a TCP socket over IPv4 or IPv6.
 fn is_tcp(fd: RawFd) -> Result<(), Failure> {
     if socket_inode(fd).is_none() {
+        // SAFETY: F_GETFD only reads the descriptor's flags (EBADF if it is not open).
         let errno = if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
             libc::EBADF
         } else {
