@@ -215,6 +215,9 @@ struct Sizes {
     c1: usize,
     c2: usize,
     d: usize,
+    /// The client shuts its sending side down after `c1` (`c2` is then 0): the donor's
+    /// connection is in CLOSE_WAIT when it is stopped.
+    half_close: bool,
 }
 
 /// What one client connection saw.
@@ -279,6 +282,9 @@ fn client(family: Family, n: usize, sizes: Sizes, stopped: mpsc::Receiver<()>) -
         .collect();
     for (s, seed) in &mut writers {
         s.write_all(&client_bytes(*seed, 0, sizes.c1)).unwrap();
+        if sizes.half_close {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
     }
     stopped
         .recv()
@@ -286,6 +292,7 @@ fn client(family: Family, n: usize, sizes: Sizes, stopped: mpsc::Receiver<()>) -
     // A reset may already be there (the negative control): it is what the check looks for.
     let write_errors: Vec<Option<String>> = writers
         .iter_mut()
+        .filter(|_| !sizes.half_close)
         .map(|(s, seed)| {
             s.write_all(&client_bytes(*seed, sizes.c1, sizes.c1 + sizes.c2))
                 .err()
@@ -294,7 +301,7 @@ fn client(family: Family, n: usize, sizes: Sizes, stopped: mpsc::Receiver<()>) -
         .collect();
     let seen = readers
         .into_iter()
-        .zip(write_errors)
+        .zip(write_errors.into_iter().chain(std::iter::repeat(None)))
         .map(|(r, write_error)| {
             let mut seen = r.join().unwrap();
             seen.error = seen.error.or(write_error);
@@ -373,6 +380,10 @@ struct Outcome {
     seen: Vec<Seen>,
     client_counters: (HashMap<String, u64>, HashMap<String, u64>),
     acceptor_ok: bool,
+    /// The first connection's TCP state when the donor stopped it.
+    donor_state: u8,
+    /// Connections whose end of stream the acceptor found right after the client's bytes.
+    acceptor_eofs: Option<usize>,
 }
 
 impl Outcome {
@@ -478,7 +489,8 @@ fn move_connections(
                 (seen, (before, reset_counters()))
             })
         });
-        expect_line(&mut donor_out, "stopped", "donor");
+        let stopped = expect_line(&mut donor_out, "stopped", "donor");
+        let donor_state: u8 = stopped["stopped".len()..].trim().parse().unwrap();
         wait_ok(&mut donor, "donor");
         if stop == Stop::NftRemovedAtDonor {
             run(Command::new("ip").args([
@@ -521,6 +533,12 @@ fn move_connections(
         if stop == Stop::NftRemovedAtDonor {
             let _ = acceptor.kill();
         }
+        let mut done = String::new();
+        let _ = acceptor_out.read_line(&mut done);
+        let acceptor_eofs = done
+            .trim()
+            .strip_prefix("done eofs=")
+            .and_then(|k| k.parse().ok());
         let acceptor_ok = acceptor.wait().unwrap().success();
         if api == "one" && acceptor_ok && stop == Stop::Nft {
             // The same buffer, damaged, must be refused (the undamaged one accepted).
@@ -557,6 +575,8 @@ fn move_connections(
             seen,
             client_counters,
             acceptor_ok,
+            donor_state,
+            acceptor_eofs,
         }
     })
 }
@@ -567,6 +587,7 @@ const ONE: Sizes = Sizes {
     c1: 60_000,
     c2: 20_000,
     d: 1 << 20,
+    half_close: false,
 };
 
 #[test]
@@ -576,6 +597,9 @@ fn privileged_tcpcp2_exec_one_moves_a_connection() {
     }
     let outcome = move_connections(&installed().dynamic, "one", 1, ONE, Stop::Nft, Family::V6);
     outcome.check(ONE).unwrap();
+    // Control for the half-closed test: an open connection shows no end of stream.
+    assert_eq!(outcome.donor_state, 1, "not ESTABLISHED when stopped");
+    assert_eq!(outcome.acceptor_eofs, Some(0));
 }
 
 #[test]
@@ -589,6 +613,7 @@ fn privileged_tcpcp2_exec_all_moves_100_connections() {
         c1: 6_000,
         c2: 2_000,
         d: 20_000,
+        half_close: false,
     };
     let outcome = move_connections(
         &installed().dynamic,
@@ -680,6 +705,7 @@ fn privileged_tcpcp_start_resumes_stopped_connections_in_place() {
         c1: 60_000,
         c2: 20_000,
         d: 1 << 20,
+        half_close: false,
     };
     let n = 3;
     let lan = Lan::new("tcpcp-resume", 1).expect("testbed");
@@ -732,6 +758,27 @@ fn privileged_tcpcp_start_resumes_stopped_connections_in_place() {
         seen,
         client_counters: counters,
         acceptor_ok: true,
+        donor_state: 1,
+        acceptor_eofs: None,
     };
     outcome.check(sizes).unwrap();
+}
+
+/// The client has sent its last byte and its FIN before the stop: the connection moves in
+/// CLOSE_WAIT, the acceptor finds the client's end of stream right after its bytes, and still
+/// sends its own.
+#[test]
+fn privileged_tcpcp2_moves_a_half_closed_connection() {
+    if !is_root() {
+        return;
+    }
+    let sizes = Sizes {
+        c2: 0,
+        half_close: true,
+        ..ONE
+    };
+    let outcome = move_connections(&installed().dynamic, "one", 1, sizes, Stop::Nft, Family::V6);
+    outcome.check(sizes).unwrap();
+    assert_eq!(outcome.donor_state, 8, "not CLOSE_WAIT when stopped");
+    assert_eq!(outcome.acceptor_eofs, Some(1));
 }

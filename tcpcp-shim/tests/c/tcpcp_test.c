@@ -3,18 +3,21 @@
  *
  *   tcpcp_test donor API N PORT FILE A B
  *       accepts N connections on PORT, sends each A bytes and reads B bytes of it, stops the
- *       connections and writes their state to FILE, closes them (silently), says "stopped".
+ *       connections and writes their state to FILE, closes them (silently), says "stopped S"
+ *       (S: the first connection's TCP state when it was stopped).
  *   tcpcp_test acceptor API FILE C D
  *       recreates the connections of FILE stopped, says "restored N", waits for a line on
- *       stdin, starts them, reads the client's bytes B..C of each, sends bytes A..A+D, closes.
+ *       stdin, starts them, reads the client's bytes B..C of each, sends bytes A..A+D, closes,
+ *       says "done eofs=K" (K: connections whose end of stream was there right after C).
  *   tcpcp_test malformed FILE
  *       damages the first state buffer of FILE in many ways: tcpcp_set_si and tcpcp_create
  *       must fail with EINVAL and create no descriptor; the undamaged buffer must be accepted.
  *
  * API is "one" (TCPCP2, TCPCP_EXEC_ONE per socket), "all" (TCPCP2, TCPCP_EXEC_ALL) or "orig"
  * (TCPCP: tcpcp_get / tcpcp_size / tcpcp_create / tcpcp_activate); for the donor also "resume"
- * (stop, get the state, then start the sockets again in place: see resume()). Streams are patterns seeded
- * by the client's port, so that a mixed-up connection is seen. Exit status 0 = all checks held.
+ * (stop, get the state, then start the sockets again in place: see resume()). Streams are
+ * patterns seeded by the client's port, so that a mixed-up connection is seen. Exit status 0 =
+ * all checks held.
  */
 
 #define _GNU_SOURCE
@@ -22,6 +25,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -85,6 +89,17 @@ static unsigned peer_port(int fd)
 	if (getpeername(fd, (struct sockaddr *)&sa, &len) < 0)
 		die("getpeername");
 	return ntohs(sa.sin6_port);
+}
+
+/* tcpi_state, the first byte of struct tcp_info. */
+static int tcp_state(int fd)
+{
+	uint8_t info[8];
+	socklen_t len = sizeof(info);
+
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) < 0)
+		die("TCP_INFO");
+	return info[0];
 }
 
 static void send_pattern(int fd, size_t from, size_t to)
@@ -253,6 +268,8 @@ static int donor(const char *api, int n, int port, const char *path, size_t a, s
 		receive_pattern(fds[k], 0, b);
 	}
 
+	/* The first connection's state as it is stopped (the half-close test wants CLOSE_WAIT). */
+	int state = tcp_state(fds[0]);
 	double t0 = now_us();
 	if (!strcmp(api, "resume"))
 		return resume(fds, n, a, b);
@@ -317,7 +334,7 @@ static int donor(const char *api, int n, int port, const char *path, size_t a, s
 	}
 	for (uint32_t i = 0; i < count; i++)
 		free(bufs[i]);
-	printf("stopped\n");
+	printf("stopped %d\n", state);
 	fflush(stdout);
 	return 0;
 }
@@ -412,12 +429,18 @@ static int acceptor(const char *api, const char *path, size_t c, size_t d)
 	}
 	fprintf(stderr, "timing %s: set %d sockets %.0f us, start %.0f us\n", api, n, t1 - t0,
 		now_us() - t2);
+	int eofs = 0;
 	for (int k = 0; k < n; k++) {
 		receive_pattern(fds[k], b, c);
+		/* A FIN the donor had received came along: the end of the stream is there at once. */
+		char byte;
+		if (recv(fds[k], &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0)
+			eofs++;
 		send_pattern(fds[k], a, a + d);
 		if (close(fds[k]))
 			die("close");
 	}
+	printf("done eofs=%d\n", eofs);
 	return 0;
 }
 
