@@ -73,7 +73,10 @@ fn installed() -> &'static Installed {
     static INSTALLED: OnceLock<Installed> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let prefix = std::env::temp_dir().join(format!("tcpcp-prefix-{}", std::process::id()));
+        // In the build directory (one prefix, replaced by each run, gone with `cargo clean`):
+        // the static library alone is about 90 MB in a debug build.
+        let prefix = build_dir().join("../tcpcp-prefix");
+        let _ = std::fs::remove_dir_all(&prefix);
         let (lib, include, pc) = (
             prefix.join("lib"),
             prefix.join("include"),
