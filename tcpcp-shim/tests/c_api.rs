@@ -1,4 +1,4 @@
-//! The C API as C programs use it: the library and header are "installed" into a temporary
+//! The C API as C programs use it: the library and header are "installed" into a
 //! prefix with a generated pkg-config file, `tests/c/tcpcp_test.c` is compiled by gcc against
 //! them (linked dynamically, and statically), and connections move between two server
 //! namespaces (`testbed::Lan`) from a donor process to an acceptor process while an ordinary
