@@ -29,6 +29,10 @@ const PACKAGES: &[&str] = &[
     "python3-scapy",
     "iputils-ping",
     "fonts-dejavu-core",
+    // tcpcp-shim: the standalone stop mechanism (nft) and its C tests (pkg-config, gcc).
+    "nftables",
+    "pkg-config",
+    "gcc",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 const BTF: &str = "/sys/kernel/btf/vmlinux";
