@@ -151,8 +151,6 @@ fn privileged_curl_download_moves_to_node2_at_500k_byte_exact() {
 }
 
 #[test]
-#[ignore = "open (issue 7): the client's correspondent discards the acceptor's Binding Update; \
-            the connection continues through the redirect"]
 fn privileged_route_optimized_download_binds_the_client_to_node2() {
     if !is_root() {
         return;

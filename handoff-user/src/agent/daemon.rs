@@ -41,8 +41,11 @@ use crate::{
     },
 };
 
-/// How long the acceptor keeps a restored socket waiting for the donor's commit.
-const COMMIT_TIMEOUT_FACTOR: u32 = 2;
+/// How long (in `peer_timeout`s after its Ready) the acceptor keeps a restored socket waiting
+/// for the donor's commit. The donor gives up waiting for Ready after one `peer_timeout` and
+/// commits at once after it, so a commit never arrives this late unless the channel stalls —
+/// and one that does is refused, which the donor answers by rolling back.
+const COMMIT_TIMEOUT_FACTOR: u32 = 4;
 /// How often the send-queue wait looks at the queue.
 const SEND_QUEUE_POLL: Duration = Duration::from_micros(100);
 /// A client that did not answer the home test is not asked again for this long (it has no
@@ -106,6 +109,8 @@ pub struct Agent {
     peers: Mutex<HashMap<String, ChannelSender>>,
     waiting: Mutex<HashMap<u64, mpsc::Sender<PeerMessage>>>,
     accepting: Mutex<HashMap<(String, u64), Accepting>>,
+    /// Handoffs the donor aborted before their restore finished.
+    aborted: Mutex<std::collections::HashSet<(String, u64)>>,
     history: Mutex<VecDeque<PhaseReport>>,
     mipv6d: Option<Mipv6d>,
     /// Last Binding Update sequence number each client accepted (for the next acceptor).
@@ -184,6 +189,7 @@ impl Agent {
             peers: Mutex::default(),
             waiting: Mutex::default(),
             accepting: Mutex::default(),
+            aborted: Mutex::default(),
             history: Mutex::default(),
             mipv6d: config.mipv6d_socket.as_deref().map(Mipv6d::new),
             sequences: Mutex::default(),
@@ -389,6 +395,7 @@ impl Agent {
                             restored_ns,
                         },
                         Err(reason) => {
+                            lock(&agent.aborted).remove(&(from.clone(), id));
                             tracing::warn!(%conn, donor = %from, "handoff refused: {reason}");
                             PeerMessage::Refused { id, reason }
                         }
@@ -404,9 +411,16 @@ impl Agent {
                 thread::spawn(move || agent.activate(&from, id));
             }
             PeerMessage::Abort { id } => {
-                if let Some(accepting) = lock(&self.accepting).remove(&(from.to_owned(), id)) {
-                    tracing::info!(conn = %accepting.conn, "handoff aborted by the donor");
-                    self.drop_restored(accepting);
+                let key = (from.to_owned(), id);
+                match lock(&self.accepting).remove(&key) {
+                    Some(accepting) => {
+                        tracing::info!(conn = %accepting.conn, "handoff aborted by the donor");
+                        self.drop_restored(accepting);
+                    }
+                    // Its restore may still be running: it drops the socket when it sees this.
+                    None => {
+                        lock(&self.aborted).insert(key);
+                    }
                 }
             }
             PeerMessage::TokenRequest { id, dsa, client } => {
@@ -506,6 +520,21 @@ impl Agent {
                 state.peer, state.local
             ));
         }
+        // A socket still parked for this connection belongs to an earlier attempt the donor
+        // gave up (it holds the 4-tuple): a new transfer replaces it.
+        let stale: Vec<Accepting> = {
+            let mut accepting = lock(&self.accepting);
+            let keys: Vec<_> = accepting
+                .iter()
+                .filter(|(_, a)| a.conn == conn)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| accepting.remove(k)).collect()
+        };
+        for accepting in stale {
+            tracing::info!(%conn, "dropping the socket of an abandoned earlier attempt");
+            self.drop_restored(accepting);
+        }
         let restore = {
             let mut datapath = lock(&self.datapath);
             AcceptorRestore::freeze_and_restore(
@@ -516,8 +545,18 @@ impl Agent {
             .map_err(|e| format!("restore failed: {e}"))?
         };
         let restored_ns = monotonic_ns();
-        lock(&self.accepting).insert(
-            (donor.to_owned(), id),
+        let key = (donor.to_owned(), id);
+        // Same lock order as the Abort handler (accepting, then aborted): no abort slips
+        // between the check and the insertion.
+        let mut accepting = lock(&self.accepting);
+        if lock(&self.aborted).remove(&key) {
+            drop(accepting);
+            let mut datapath = lock(&self.datapath);
+            let _ = restore.abort(datapath.maps().freeze());
+            return Err("aborted by the donor".into());
+        }
+        accepting.insert(
+            key,
             Accepting {
                 restore,
                 conn,
@@ -536,7 +575,11 @@ impl Agent {
     /// Phase 7 at the acceptor.
     fn activate(&self, donor: &str, id: u64) {
         let Some(accepting) = lock(&self.accepting).remove(&(donor.to_owned(), id)) else {
-            tracing::warn!(%donor, id, "commit for an unknown handoff");
+            tracing::warn!(%donor, id, "commit for an unknown or expired handoff: refused");
+            if let Some(reply) = lock(&self.peers).get(donor).cloned() {
+                let reason = "no restored socket waits for this commit (expired)".to_owned();
+                let _ = Self::send_to(&reply, &PeerMessage::Refused { id, reason });
+            }
             return;
         };
         let Accepting {
@@ -557,7 +600,10 @@ impl Agent {
         let stream = match stream {
             Ok(stream) => stream,
             Err(e) => {
-                tracing::error!(%conn, "activation failed, connection lost: {e}");
+                // Nothing was sent from here: the donor can still take the connection back.
+                tracing::error!(%conn, "activation failed: {e}");
+                let reason = format!("activation failed: {e}");
+                let _ = Self::send_to(&reply, &PeerMessage::Refused { id, reason });
                 return;
             }
         };
@@ -865,21 +911,29 @@ impl Agent {
             return roll_back(capture, format!("cannot redirect: {e}"));
         }
         let send_queue_bytes = capture.state.unacked.len() + capture.state.unsent.len();
-        capture.release(socket);
+        // The socket stays here, frozen in repair mode, until the acceptor confirms: if it
+        // refuses the commit (its restored socket expired, or activation failed), nothing of
+        // the connection lives there and the donor takes it back.
         if let Err(e) = Self::send_to(&sender, &PeerMessage::Commit { id }) {
-            return Err(format!(
-                "commit to {to} failed after the switch, connection lost: {e}"
-            ));
+            return roll_back(capture, format!("commit to {to} failed: {e}"));
         }
         let activated_ns = match replies.recv_timeout(timeout) {
             Ok(PeerMessage::Activated { activated_ns, .. }) => activated_ns,
+            Ok(PeerMessage::Refused { reason, .. }) => {
+                return roll_back(capture, format!("{to} refused the commit: {reason}"));
+            }
             other => {
+                // Unknown outcome: the acceptor may be serving the connection. Taking it back
+                // could put two live endpoints on one connection; keep it redirected.
+                capture.release(socket);
+                lock(&self.conns).remove(&conn);
                 return Err(format!(
                     "{to} did not confirm the activation ({other:?}); the connection is \
                      redirected to it"
                 ));
             }
         };
+        capture.release(socket);
         self.broadcast(
             PeerMessage::Owner {
                 conn,

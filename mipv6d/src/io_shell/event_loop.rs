@@ -52,7 +52,12 @@ pub fn deliver<E: Engine + ?Sized>(engine: &mut E, packet: &[u8], now: Timestamp
 impl Engine for Correspondent {
     fn handle_datagram(&mut self, packet: &[u8], now: Timestamp) {
         let disposition = Correspondent::handle_datagram(self, packet, now);
-        tracing::trace!(?disposition, len = packet.len(), "correspondent received");
+        match disposition {
+            crate::correspondent::Disposition::Discarded(why) => {
+                tracing::debug!(?why, len = packet.len(), "correspondent discarded a packet");
+            }
+            _ => tracing::trace!(?disposition, len = packet.len(), "correspondent received"),
+        }
     }
     fn handle_timeout(&mut self, now: Timestamp) {
         Correspondent::handle_timeout(self, now);

@@ -5,11 +5,19 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// ETH_P_IPV6 in network byte order, as `AF_PACKET` wants it.
+/// ETH_P_IPV6 in network byte order, as `AF_PACKET` reports it.
 const ETH_P_IPV6_BE: u16 = (libc::ETH_P_IPV6 as u16).to_be();
+/// ETH_P_ALL in network byte order.
+const ETH_P_ALL_BE: u16 = (libc::ETH_P_ALL as u16).to_be();
 
 /// A packet socket bound to one interface, receiving every IPv6 packet that arrives on it
 /// (cooked: without the link-layer header).
+///
+/// It is bound to `ETH_P_ALL`, not `ETH_P_IPV6`: the kernel hands packets to `ETH_P_ALL`
+/// sockets (taps) before TC ingress, to protocol-specific ones after it. The data path drops
+/// Mobility Header packets carrying an RH2 or a Home Address option at TC ingress (the kernel
+/// would answer them with a Parameter Problem), so only a tap sees a Binding Update at a
+/// client or a Binding Acknowledgement at a member. Other protocols are skipped in `recv`.
 #[derive(Debug)]
 pub struct PacketReceiver {
     fd: OwnedFd,
@@ -34,7 +42,7 @@ impl PacketReceiver {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                i32::from(ETH_P_IPV6_BE),
+                0,
             )
         };
         if fd < 0 {
@@ -45,7 +53,7 @@ impl PacketReceiver {
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value to start from.
         let mut addr: libc::sockaddr_ll = unsafe { core::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETH_P_IPV6_BE;
+        addr.sll_protocol = ETH_P_ALL_BE;
         addr.sll_ifindex = i32::try_from(ifindex).unwrap_or(0);
         // SAFETY: `addr` is a valid sockaddr_ll whose size is passed.
         let rc = unsafe {
@@ -90,6 +98,19 @@ impl PacketReceiver {
     /// Receives one packet into `buf`: `Some((length, outgoing))`, `None` when nothing is
     /// queued. `outgoing` marks this host's own transmissions, which a packet socket also sees.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<(usize, bool)>> {
+        loop {
+            match self.recv_any(buf)? {
+                None => return Ok(None),
+                Some((n, outgoing, protocol)) if protocol == ETH_P_IPV6_BE => {
+                    return Ok(Some((n, outgoing)));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// One packet of any protocol, with its `sll_protocol`.
+    fn recv_any(&self, buf: &mut [u8]) -> io::Result<Option<(usize, bool, u16)>> {
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value to start from.
         let mut from: libc::sockaddr_ll = unsafe { core::mem::zeroed() };
         let mut len = core::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
@@ -115,6 +136,7 @@ impl PacketReceiver {
         Ok(Some((
             n as usize,
             from.sll_pkttype == libc::PACKET_OUTGOING,
+            from.sll_protocol,
         )))
     }
 }
