@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     let settings = Settings {
         delay_ms,
         site_rate_mbit: Some(100.0),
+        mobile_ipv6: true,
         fileserver_args: [
             "--rate",
             "4M",
@@ -52,8 +53,9 @@ fn main() -> anyhow::Result<()> {
     ));
     let cluster = Cluster::start("demo", &Binaries::beside_current_exe()?, &settings)?;
     say(&format!(
-        "handoffd and the demo file server run on node1 and node2; the DSA {} reaches node1 \
-         through ha1's tunnel",
+        "handoffd, mipv6d and the demo file server run on node1 and node2; node1 registered the \
+         DSA {} with ha1 (mipv6d, RFC 4285), so it reaches node1 through ha1's tunnel; client1 \
+         runs the correspondent (mipv6d + eBPF)",
         cluster::DSA
     ));
     say(&format!(
@@ -94,6 +96,18 @@ fn main() -> anyhow::Result<()> {
         output.stdout.len(),
         hex(&got)
     ));
+    // The acceptor binds the client after activation; its report completes the history.
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let history = cluster.handoff(&["history", "node1", "--json"])?;
+        let history: serde_json::Value = serde_json::from_slice(&history.stdout)?;
+        let last = &history[history.as_array().map_or(0, Vec::len).saturating_sub(1)];
+        if last["binding_us"] != 0.0 || last["binding_error"].is_string() {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no binding report: {history}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     say("the handoff, as `handoff history node1` reports it:");
     let history = cluster.handoff(&["history", "node1"])?;
     ensure!(history.status.success(), "handoff history failed");
@@ -119,8 +133,11 @@ fn main() -> anyhow::Result<()> {
         ));
     }
     say(
-        "the client has no Mobile IPv6 here: after the move its packets still arrive at node1 \
-         (ha1's tunnel), which redirects them to node2 (path B)",
+        "after activation node2 sent client1 a Binding Update (care-of test, with the home token \
+         node1 obtained before the freeze); until the acknowledgement node1 redirected the \
+         client's packets to node2 (path B), then the client sent to node2 directly with a Type 2 \
+         Routing Header and node2 answered with the Home Address option (path C: rh2_restored, \
+         hao_inserted)",
     );
     Ok(())
 }

@@ -207,9 +207,15 @@ impl Events {
     }
 }
 
+/// Unsent bytes a connection of [`listen`] may hold (`TCP_NOTSENT_LOWAT`): writes wait
+/// beyond it, so a handoff carries at most this much unsent data besides what is in flight.
+pub const NOTSENT_LOWAT: u32 = 64 << 10;
+
 /// A listening socket for a service on `addr`, with its MSS clamped for links of MTU `mtu` so
 /// that the headers the data path adds (RH2, Home Address option, tunnel) always fit
-/// ([`crate::datapath::mtu`]).
+/// ([`crate::datapath::mtu`]), and its unsent data bounded by [`NOTSENT_LOWAT`] (inherited by
+/// the accepted connections): a socket buffer of megabytes would otherwise travel with every
+/// handoff of a fast writer.
 pub fn listen(addr: std::net::SocketAddr, mtu: u32) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -221,6 +227,12 @@ pub fn listen(addr: std::net::SocketAddr, mtu: u32) -> io::Result<std::net::TcpL
     }
     socket.set_reuse_address(true)?;
     crate::datapath::mtu::clamp_mss(&socket, mtu)?;
+    crate::tcpstate::sys::setsockopt(
+        socket.as_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_NOTSENT_LOWAT,
+        &NOTSENT_LOWAT,
+    )?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())

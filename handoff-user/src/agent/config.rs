@@ -62,8 +62,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandoffSection {
-    /// The donor waits at most this long for the send queue to empty before freezing (the
-    /// queue then travels with the state).
+    /// The donor waits for the send queue to empty before freezing — one and a half smoothed
+    /// round trips of the connection, and at most this long (what is left travels with the
+    /// state).
     #[serde(default = "default_send_queue_wait")]
     pub send_queue_wait_ms: u64,
     /// How long the application may take to yield a connection.
@@ -129,7 +130,7 @@ fn default_port() -> u16 {
     DEFAULT_PORT
 }
 fn default_send_queue_wait() -> u64 {
-    20
+    200
 }
 fn default_yield_timeout() -> u64 {
     2000
@@ -226,7 +227,7 @@ mod tests {
         config.check().unwrap();
         assert_eq!(config.port, DEFAULT_PORT);
         assert_eq!(config.instance(), "node1");
-        assert_eq!(config.handoff.send_queue_wait_ms, 20);
+        assert_eq!(config.handoff.send_queue_wait_ms, 200);
         assert_eq!(config.peer("node2").unwrap().port, DEFAULT_PORT);
     }
 

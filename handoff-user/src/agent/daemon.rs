@@ -1499,9 +1499,13 @@ fn log_report(report: &PhaseReport) {
     );
 }
 
-/// Waits (bounded) until everything sent on `socket` is acknowledged; returns what is left.
+/// Waits until everything sent on `socket` is acknowledged — at most one and a half smoothed
+/// round trips (what acknowledging the bytes in flight takes; longer means loss, and the queue
+/// had better travel) and never beyond `limit`; returns what is left.
 fn wait_send_queue(socket: &OwnedFd, limit: Duration) -> usize {
-    let deadline = Instant::now() + limit;
+    let rtt = crate::tcpstate::sys::smoothed_rtt(socket.as_fd()).unwrap_or(limit);
+    let bound = (rtt * 3 / 2 + Duration::from_millis(1)).min(limit);
+    let deadline = Instant::now() + bound;
     loop {
         let mut queued: libc::c_int = 0;
         // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.

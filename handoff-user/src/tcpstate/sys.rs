@@ -190,6 +190,14 @@ pub fn cwnd_and_mss(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     Ok((at(80), at(16)))
 }
 
+/// `tcpi_rtt`: the smoothed round-trip time.
+pub fn smoothed_rtt(fd: BorrowedFd<'_>) -> io::Result<std::time::Duration> {
+    // u32 fields from offset 8: … rcv_ssthresh (64), rtt in µs (68).
+    let raw: [u8; 72] = getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO)?;
+    let rtt = u32::from_ne_bytes([raw[68], raw[69], raw[70], raw[71]]);
+    Ok(std::time::Duration::from_micros(u64::from(rtt)))
+}
+
 fn ioctl_int(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<u32> {
     let mut value: c_int = 0;
     // SAFETY: the three requests write one `int`.
