@@ -82,10 +82,12 @@ fn download_with_a_move_at_500k(
     tag: &str,
     delay_ms: f64,
     mobile_ipv6: bool,
+    handoff_section: &str,
 ) -> (Cluster, serde_json::Value) {
     let settings = Settings {
         delay_ms,
         mobile_ipv6,
+        handoff_section: handoff_section.to_owned(),
         fileserver_args: [
             "--rate",
             "4M",
@@ -137,7 +139,7 @@ fn privileged_curl_download_moves_to_node2_at_500k_byte_exact() {
         return;
     }
     let _serial = cluster::one_at_a_time();
-    let (cluster, report) = download_with_a_move_at_500k("e2e", 0.0, false);
+    let (cluster, report) = download_with_a_move_at_500k("e2e", 0.0, false, "");
     // A plain client (no Mobile IPv6): after the move its packets still reach node1 through
     // ha1's tunnel and node1 redirects them to node2 (path B).
     assert!(report["binding_error"].is_string());
@@ -156,7 +158,7 @@ fn privileged_route_optimized_download_binds_the_client_to_node2() {
         return;
     }
     let _serial = cluster::one_at_a_time();
-    let (cluster, mut report) = download_with_a_move_at_500k("ro", 0.0, true);
+    let (cluster, mut report) = download_with_a_move_at_500k("ro", 0.0, true, "");
     // The acceptor binds the client after activation; the donor's history has it once done.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while report["binding_us"] == 0.0 && report["binding_error"].is_null() {
@@ -175,4 +177,15 @@ fn privileged_route_optimized_download_binds_the_client_to_node2() {
     let node2 = counters(&cluster, "node2");
     assert!(node2["rh2_restored"].as_u64().unwrap() > 0, "{node2}");
     assert!(node2["hao_inserted"].as_u64().unwrap() > 0, "{node2}");
+}
+
+#[test]
+fn privileged_one_phase_commit_moves_the_download_byte_exact() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    // Redirect before the transfer, activation without a Ready/Commit round trip; 5 ms links
+    // so that the round trip the mode saves is there to be saved.
+    download_with_a_move_at_500k("one", 5.0, true, "[handoff]\ncommit = \"one-phase\"");
 }

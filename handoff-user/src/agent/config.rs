@@ -76,6 +76,25 @@ pub struct HandoffSection {
     /// Handoffs in flight at once during a drain.
     #[serde(default = "default_drain_parallel")]
     pub drain_parallel: usize,
+    /// How the donor hands over (docs/handoffd.md, "Commit").
+    #[serde(default)]
+    pub commit: CommitMode,
+}
+
+/// `[handoff] commit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommitMode {
+    /// Transfer → Ready → Commit → Activated: the acceptor activates only on the donor's word,
+    /// so a silent acceptor after the transfer is rolled back safely. The frozen window holds
+    /// one extra donor–acceptor round trip.
+    #[default]
+    TwoPhase,
+    /// The donor redirects, then transfers; the acceptor activates as soon as it has restored.
+    /// The frozen window is one donor→acceptor trip plus capture and restore; an acceptor that
+    /// falls silent after the transfer leaves the outcome unknown (the connection stays
+    /// redirected to it).
+    OnePhase,
 }
 
 impl Default for HandoffSection {
@@ -85,6 +104,7 @@ impl Default for HandoffSection {
             yield_timeout_ms: default_yield_timeout(),
             peer_timeout_ms: default_peer_timeout(),
             drain_parallel: default_drain_parallel(),
+            commit: CommitMode::default(),
         }
     }
 }

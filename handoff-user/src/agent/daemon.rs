@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::{
     channel::{self, ChannelReceiver, ChannelSender, ClusterKey},
-    config::Config,
+    config::{CommitMode, Config},
     mipv6::{HomeToken, Mipv6d},
     netcfg,
     proto::{
@@ -80,6 +80,7 @@ struct Transfer {
     app_state: Vec<u8>,
     home_token: Option<HomeToken>,
     bu_sequence: Option<u16>,
+    received_ns: u64,
 }
 
 enum YieldAnswer {
@@ -96,6 +97,8 @@ struct Accepting {
     bu_sequence: Option<u16>,
     reply: ChannelSender,
     deadline: Instant,
+    received_ns: u64,
+    restored_ns: u64,
 }
 
 /// One member's agent.
@@ -373,6 +376,7 @@ impl Agent {
                 app_state,
                 home_token,
                 bu_sequence,
+                one_phase,
             } => {
                 // Restores and activations run beside the channel's reader, so that one slow
                 // handoff never holds up the messages of the others (a drain has many in flight).
@@ -386,14 +390,13 @@ impl Agent {
                     app_state,
                     home_token,
                     bu_sequence,
+                    received_ns,
                 };
                 thread::spawn(move || {
                     let reply = match agent.restore(&from, &sender, transfer) {
-                        Ok(restored_ns) => PeerMessage::Ready {
-                            id,
-                            received_ns,
-                            restored_ns,
-                        },
+                        // One-phase: the donor already redirects; activate at once.
+                        Ok(()) if one_phase => return agent.activate(&from, id),
+                        Ok(()) => PeerMessage::Ready { id },
                         Err(reason) => {
                             lock(&agent.aborted).remove(&(from.clone(), id));
                             tracing::warn!(%conn, donor = %from, "handoff refused: {reason}");
@@ -495,7 +498,7 @@ impl Agent {
         donor: &str,
         reply: &ChannelSender,
         transfer: Transfer,
-    ) -> Result<u64, String> {
+    ) -> Result<(), String> {
         let Transfer {
             id,
             conn,
@@ -503,6 +506,7 @@ impl Agent {
             app_state,
             home_token,
             bu_sequence,
+            received_ns,
         } = transfer;
         if self.draining.load(Ordering::Relaxed) {
             return Err(format!("{} is draining", self.config.node));
@@ -567,9 +571,11 @@ impl Agent {
                 reply: reply.clone(),
                 deadline: Instant::now()
                     + self.config.handoff.peer_timeout() * COMMIT_TIMEOUT_FACTOR,
+                received_ns,
+                restored_ns,
             },
         );
-        Ok(restored_ns)
+        Ok(())
     }
 
     /// Phase 7 at the acceptor.
@@ -590,6 +596,8 @@ impl Agent {
             home_token,
             bu_sequence,
             reply,
+            received_ns,
+            restored_ns,
             ..
         } = accepting;
         let stream = {
@@ -620,7 +628,13 @@ impl Agent {
             tracing::error!(%conn, "cannot hand the connection to its application: {e}");
             lock(&self.conns).remove(&conn);
         }
-        if let Err(e) = Self::send_to(&reply, &PeerMessage::Activated { id, activated_ns }) {
+        let activated = PeerMessage::Activated {
+            id,
+            received_ns,
+            restored_ns,
+            activated_ns,
+        };
+        if let Err(e) = Self::send_to(&reply, &activated) {
             tracing::warn!(%conn, "cannot confirm activation: {e}");
         }
         // Phases 5–6 after activation: until the client has the binding, its packets come
@@ -868,7 +882,19 @@ impl Agent {
             Err(e) => return roll_back(capture, format!("state does not encode: {e}")),
         };
 
-        // Phase 2: transfer; phase 3 at the acceptor.
+        // Phase 2: transfer; phase 3 at the acceptor; phase 7.
+        let one_phase = self.config.handoff.commit == CommitMode::OnePhase;
+        let key = capture.key();
+        let send_queue_bytes = capture.state.unacked.len() + capture.state.unsent.len();
+        let redirect = || {
+            lock(&self.datapath)
+                .maps()
+                .freeze()
+                .redirect(key, to_address.octets())
+        };
+        if one_phase && let Err(e) = redirect() {
+            return roll_back(capture, format!("cannot redirect: {e}"));
+        }
         let transfer = PeerMessage::Transfer {
             id,
             conn,
@@ -876,51 +902,48 @@ impl Agent {
             app_state: app_state.clone(),
             home_token: home_token.clone(),
             bu_sequence,
+            one_phase,
         };
         if let Err(e) = Self::send_to(&sender, &transfer) {
             return roll_back(capture, format!("transfer to {to} failed: {e}"));
         }
         let timeout = self.config.handoff.peer_timeout();
-        let (received_ns, restored_ns) = match replies.recv_timeout(timeout) {
-            Ok(PeerMessage::Ready {
+        if !one_phase {
+            match replies.recv_timeout(timeout) {
+                Ok(PeerMessage::Ready { .. }) => {}
+                Ok(PeerMessage::Refused { reason, .. }) => {
+                    return roll_back(capture, format!("{to} refused: {reason}"));
+                }
+                Ok(other) => return roll_back(capture, format!("{to} answered {other:?}")),
+                Err(_) => {
+                    let _ = Self::send_to(&sender, &PeerMessage::Abort { id });
+                    return roll_back(
+                        capture,
+                        format!("{to} did not answer within {} ms", timeout.as_millis()),
+                    );
+                }
+            }
+            // From here on the connection is the acceptor's, unless it refuses the commit.
+            if let Err(e) = redirect() {
+                let _ = Self::send_to(&sender, &PeerMessage::Abort { id });
+                return roll_back(capture, format!("cannot redirect: {e}"));
+            }
+            // The socket stays here, frozen in repair mode, until the acceptor confirms: if it
+            // refuses the commit (its restored socket expired, or activation failed), nothing
+            // of the connection lives there and the donor takes it back.
+            if let Err(e) = Self::send_to(&sender, &PeerMessage::Commit { id }) {
+                return roll_back(capture, format!("commit to {to} failed: {e}"));
+            }
+        }
+        let (received_ns, restored_ns, activated_ns) = match replies.recv_timeout(timeout) {
+            Ok(PeerMessage::Activated {
                 received_ns,
                 restored_ns,
+                activated_ns,
                 ..
-            }) => (received_ns, restored_ns),
+            }) => (received_ns, restored_ns, activated_ns),
             Ok(PeerMessage::Refused { reason, .. }) => {
                 return roll_back(capture, format!("{to} refused: {reason}"));
-            }
-            Ok(other) => return roll_back(capture, format!("{to} answered {other:?}")),
-            Err(_) => {
-                let _ = Self::send_to(&sender, &PeerMessage::Abort { id });
-                return roll_back(
-                    capture,
-                    format!("{to} did not answer within {} ms", timeout.as_millis()),
-                );
-            }
-        };
-
-        // Phase 7: from here on the connection belongs to the acceptor.
-        let key = capture.key();
-        if let Err(e) = lock(&self.datapath)
-            .maps()
-            .freeze()
-            .redirect(key, to_address.octets())
-        {
-            let _ = Self::send_to(&sender, &PeerMessage::Abort { id });
-            return roll_back(capture, format!("cannot redirect: {e}"));
-        }
-        let send_queue_bytes = capture.state.unacked.len() + capture.state.unsent.len();
-        // The socket stays here, frozen in repair mode, until the acceptor confirms: if it
-        // refuses the commit (its restored socket expired, or activation failed), nothing of
-        // the connection lives there and the donor takes it back.
-        if let Err(e) = Self::send_to(&sender, &PeerMessage::Commit { id }) {
-            return roll_back(capture, format!("commit to {to} failed: {e}"));
-        }
-        let activated_ns = match replies.recv_timeout(timeout) {
-            Ok(PeerMessage::Activated { activated_ns, .. }) => activated_ns,
-            Ok(PeerMessage::Refused { reason, .. }) => {
-                return roll_back(capture, format!("{to} refused the commit: {reason}"));
             }
             other => {
                 // Unknown outcome: the acceptor may be serving the connection. Taking it back

@@ -108,6 +108,9 @@ pub enum PeerMessage {
         home_token: Option<HomeToken>,
         /// The last Binding Update sequence number the client accepted for the DSA.
         bu_sequence: Option<u16>,
+        /// One-phase commit: the donor already redirects the connection here; activate as
+        /// soon as the socket is restored (no Ready/Commit round trip).
+        one_phase: bool,
     },
     /// Any member → contact node: a fresh home token for (dsa, client).
     TokenRequest {
@@ -133,14 +136,10 @@ pub enum PeerMessage {
         /// The sequence number accepted and mipv6d's BU → BA time in µs, or the failure.
         result: Result<(u16, f64), String>,
     },
-    /// Acceptor → donor: restored and frozen, waiting for `Commit` (phases 3–6 done).
+    /// Acceptor → donor: restored and frozen, waiting for `Commit` (two-phase commit).
     Ready {
         /// The donor's handoff number.
         id: u64,
-        /// When the transfer arrived.
-        received_ns: Nanos,
-        /// When the socket was re-created.
-        restored_ns: Nanos,
     },
     /// Acceptor → donor: the handoff cannot be taken; the donor rolls back.
     Refused {
@@ -164,6 +163,10 @@ pub enum PeerMessage {
     Activated {
         /// The donor's handoff number.
         id: u64,
+        /// When the transfer arrived.
+        received_ns: Nanos,
+        /// When the socket was re-created.
+        restored_ns: Nanos,
         /// When the socket left repair mode.
         activated_ns: Nanos,
     },
