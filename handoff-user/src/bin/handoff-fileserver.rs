@@ -11,6 +11,7 @@ use std::{
     fs::File,
     io::{self, Read as _, Seek as _, SeekFrom, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Component, Path, PathBuf},
     process::ExitCode,
     sync::{
@@ -29,9 +30,90 @@ use handoff_user::{
 use serde::{Deserialize, Serialize};
 
 const CHUNK: usize = 16 << 10;
-/// How often an idle connection looks for a yield request.
-const IDLE_POLL: Duration = Duration::from_millis(20);
 const MAX_REQUEST: usize = 16 << 10;
+
+/// handoffd's request to yield a connection: a flag, and an eventfd that wakes the
+/// connection's thread wherever it waits (for a request, for room to write, for its pace), so
+/// that a yield never waits for the next chunk or request.
+struct YieldSignal {
+    raised: AtomicBool,
+    wake: OwnedFd,
+}
+
+/// What a wait ended with.
+enum Woken {
+    /// The socket is ready.
+    Ready,
+    /// A yield was requested.
+    Yield,
+    /// The time ran out.
+    Timeout,
+}
+
+impl YieldSignal {
+    fn new() -> io::Result<YieldSignal> {
+        // SAFETY: plain eventfd(2); the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(YieldSignal {
+            raised: AtomicBool::new(false),
+            // SAFETY: a new descriptor nothing else owns.
+            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Relaxed);
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a valid u64 to an eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `stream` is ready for `events` (if given), a yield is requested, or
+    /// `timeout` passes.
+    fn wait(
+        &self,
+        stream: Option<(&TcpStream, libc::c_short)>,
+        timeout: Option<Duration>,
+    ) -> io::Result<Woken> {
+        let mut fds = vec![libc::pollfd {
+            fd: self.wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some((stream, events)) = stream {
+            fds.push(libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+        }
+        let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+        // SAFETY: `fds` is a valid array of pollfd of the length passed.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(Woken::Timeout)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(if self.is_raised() {
+            Woken::Yield
+        } else if n == 0 {
+            Woken::Timeout
+        } else {
+            Woken::Ready
+        })
+    }
+}
 
 /// An HTTP/1.1 file server whose connections can move between members.
 #[derive(Parser)]
@@ -97,7 +179,7 @@ struct Server {
     root: PathBuf,
     rate: Option<u64>,
     move_rule: Option<(u64, String)>,
-    yield_flags: Mutex<HashMap<ConnId, Arc<AtomicBool>>>,
+    yield_flags: Mutex<HashMap<ConnId, Arc<YieldSignal>>>,
 }
 
 fn main() -> ExitCode {
@@ -149,7 +231,7 @@ fn run(args: Args) -> io::Result<()> {
             Event::Yield(conn) => {
                 let flag = server.yield_flags.lock().unwrap().get(&conn).cloned();
                 match flag {
-                    Some(flag) => flag.store(true, Ordering::Relaxed),
+                    Some(flag) => flag.raise(),
                     None => server.service.decline(conn, "no such connection here")?,
                 }
             }
@@ -181,7 +263,9 @@ impl Server {
         let Ok(conn) = app::conn_id(&stream) else {
             return;
         };
-        let flag = self.watch(conn);
+        let Ok(flag) = self.watch(conn) else {
+            return;
+        };
         if self.service.accepted(&stream).is_ok() {
             self.run(
                 conn,
@@ -194,29 +278,33 @@ impl Server {
         }
     }
 
-    fn watch(&self, conn: ConnId) -> Arc<AtomicBool> {
-        let flag = Arc::new(AtomicBool::new(false));
+    fn watch(&self, conn: ConnId) -> io::Result<Arc<YieldSignal>> {
+        let flag = Arc::new(YieldSignal::new()?);
         self.yield_flags
             .lock()
             .unwrap()
             .insert(conn, Arc::clone(&flag));
-        flag
+        Ok(flag)
     }
 
     fn serve(&self, conn: ConnId, stream: TcpStream, state: ConnState) {
-        let flag = self.watch(conn);
-        self.run(conn, stream, state, flag);
+        match self.watch(conn) {
+            Ok(flag) => self.run(conn, stream, state, flag),
+            Err(e) => tracing::error!(%conn, "cannot serve an adopted connection: {e}"),
+        }
     }
 
-    fn run(&self, conn: ConnId, stream: TcpStream, state: ConnState, flag: Arc<AtomicBool>) {
+    fn run(&self, conn: ConnId, stream: TcpStream, state: ConnState, flag: Arc<YieldSignal>) {
         let outcome = self.run_connection(&stream, state, &flag);
         self.yield_flags.lock().unwrap().remove(&conn);
+        // The socket goes on (to handoffd, or closes) in blocking mode, as it came.
+        let _ = stream.set_nonblocking(false);
         match outcome {
             Ok((Outcome::Yielded, state)) => {
                 let bytes = serde_json::to_vec(&state).expect("states always encode");
                 let moved = match (&state, &self.move_rule) {
                     (ConnState::Sending { moved: true, .. }, Some((_, to)))
-                        if !flag.load(Ordering::Relaxed) =>
+                        if !flag.is_raised() =>
                     {
                         self.service.move_to(stream, to, &bytes)
                     }
@@ -242,18 +330,19 @@ impl Server {
         &self,
         mut stream: &TcpStream,
         mut state: ConnState,
-        yield_now: &AtomicBool,
+        yield_now: &YieldSignal,
     ) -> io::Result<(Outcome, ConnState)> {
+        // Non-blocking, so that every wait also watches for a yield request.
+        stream.set_nonblocking(true)?;
         loop {
             state = match state {
                 ConnState::Idle { mut pending } => {
-                    stream.set_read_timeout(Some(IDLE_POLL))?;
                     let request = loop {
                         if let Some(end) = find_end(&pending) {
                             let rest = pending.split_off(end);
                             break Some(std::mem::replace(&mut pending, rest));
                         }
-                        if yield_now.load(Ordering::Relaxed) {
+                        if yield_now.is_raised() {
                             break None;
                         }
                         if pending.len() > MAX_REQUEST {
@@ -263,15 +352,13 @@ impl Server {
                         match stream.read(&mut buffer) {
                             Ok(0) => return Ok((Outcome::Closed, ConnState::Idle { pending })),
                             Ok(n) => pending.extend_from_slice(&buffer[..n]),
-                            Err(e)
-                                if matches!(
-                                    e.kind(),
-                                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                                ) => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                yield_now.wait(Some((stream, libc::POLLIN)), None)?;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => return Err(e),
                         }
                     };
-                    stream.set_read_timeout(None)?;
                     let Some(request) = request else {
                         return Ok((Outcome::Yielded, ConnState::Idle { pending }));
                     };
@@ -293,13 +380,13 @@ impl Server {
                     let mut sent_here = 0u64;
                     let mut buffer = vec![0u8; CHUNK];
                     while offset < len {
-                        let hand_over = yield_now.load(Ordering::Relaxed)
+                        let hand_over = yield_now.is_raised()
                             || self
                                 .move_rule
                                 .as_ref()
                                 .is_some_and(|(after, _)| !moved && offset >= *after);
                         if hand_over {
-                            if !yield_now.load(Ordering::Relaxed) {
+                            if !yield_now.is_raised() {
                                 moved = true;
                             }
                             return Ok((
@@ -313,17 +400,35 @@ impl Server {
                                 },
                             ));
                         }
-                        let n = (len - offset).min(CHUNK as u64) as usize;
-                        file.read_exact(&mut buffer[..n])?;
-                        stream.write_all(&buffer[..n])?;
-                        offset += n as u64;
-                        sent_here += n as u64;
+                        // Pace first: a yield may come while waiting.
                         if let Some(rate) = self.rate {
                             let due = Duration::from_secs_f64(sent_here as f64 / rate as f64);
-                            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                                thread::sleep(wait);
+                            if let Some(wait) = due.checked_sub(started.elapsed())
+                                && let Woken::Yield = yield_now.wait(None, Some(wait))?
+                            {
+                                continue;
                             }
                         }
+                        let n = (len - offset).min(CHUNK as u64) as usize;
+                        file.read_exact(&mut buffer[..n])?;
+                        // Every byte boundary is a safe point: the state is the offset of the
+                        // next byte to write (the file is re-opened there on resume).
+                        let mut written = 0;
+                        while written < n {
+                            match stream.write(&buffer[written..n]) {
+                                Ok(k) => written += k,
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                    let ready = Some((stream, libc::POLLOUT));
+                                    if let Woken::Yield = yield_now.wait(ready, None)? {
+                                        break;
+                                    }
+                                }
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        offset += written as u64;
+                        sent_here += written as u64;
                     }
                     if !keep_alive {
                         return Ok((
