@@ -239,8 +239,6 @@ fn check_schema(report: &Value) {
 }
 
 #[test]
-#[ignore = "flaky (issue 7 note): under 1,000 paced downloads on 2 cores some handoffs time out \
-            or commit late; run with --ignored"]
 fn privileged_drain_moves_1000_live_connections_byte_exact() {
     if !is_root() {
         return;
@@ -251,7 +249,12 @@ fn privileged_drain_moves_1000_live_connections_byte_exact() {
         clients: CLIENTS,
         files: vec![("file".into(), SIZE), ("small".into(), 100_000)],
         fileserver_args: vec!["--rate".into(), RATE.into()],
-        handoff_section: format!("[handoff]\ndrain_parallel = {DRAIN_PARALLEL}"),
+        // A loaded 2-core machine (1,000 downloads through userspace link emulators, debug
+        // builds) can hold an answer beyond the default 2 s: a rollback then leaves the
+        // connection behind and the drain incomplete.
+        handoff_section: format!(
+            "[handoff]\ndrain_parallel = {DRAIN_PARALLEL}\npeer_timeout_ms = 6000"
+        ),
         ..Settings::default()
     };
     let cluster = Cluster::start("drn", &binaries(), &settings).unwrap();
