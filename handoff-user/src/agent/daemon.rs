@@ -183,6 +183,11 @@ impl Agent {
         let _ = std::fs::remove_file(&config.control_socket);
         let control = UnixListener::bind(&config.control_socket)
             .with_context(|| format!("control socket {}", config.control_socket.display()))?;
+        // Moving and draining connections is for the operator (owner and group) only.
+        std::fs::set_permissions(
+            &config.control_socket,
+            std::os::unix::fs::PermissionsExt::from_mode(0o660),
+        )?;
         let agent = Arc::new(Agent {
             key,
             datapath: Mutex::new(datapath),
@@ -1147,8 +1152,20 @@ impl Agent {
                         self.config.node
                     ));
                 }
-                if let Some(entry) = lock(&self.apps).get_mut(&app) {
-                    entry.services.push((dsa, port));
+                {
+                    let mut apps = lock(&self.apps);
+                    if apps
+                        .iter()
+                        .any(|(id, a)| *id != app && a.services.contains(&(dsa, port)))
+                    {
+                        return Err(format!(
+                            "[{dsa}]:{port} is already served by another application on {}",
+                            self.config.node
+                        ));
+                    }
+                    if let Some(entry) = apps.get_mut(&app) {
+                        entry.services.push((dsa, port));
+                    }
                 }
                 let reply = AppEvent::Registered {
                     node: self.config.node.clone(),

@@ -165,7 +165,8 @@ enum ConnState {
     Idle { pending: Vec<u8> },
     /// In a response body.
     Sending {
-        path: PathBuf,
+        /// The request target (`/file`): each member resolves it under its own root.
+        target: String,
         offset: u64,
         len: u64,
         keep_alive: bool,
@@ -368,12 +369,15 @@ impl Server {
                     }
                 }
                 ConnState::Sending {
-                    path,
+                    target,
                     mut offset,
                     len,
                     keep_alive,
                     mut moved,
                 } => {
+                    let path = self.resolve(&target).ok_or_else(|| {
+                        io::Error::other(format!("{target}: not found under the root"))
+                    })?;
                     let mut file = File::open(&path)?;
                     file.seek(SeekFrom::Start(offset))?;
                     let started = Instant::now();
@@ -392,7 +396,7 @@ impl Server {
                             return Ok((
                                 Outcome::Yielded,
                                 ConnState::Sending {
-                                    path,
+                                    target,
                                     offset,
                                     len,
                                     keep_alive,
@@ -477,7 +481,7 @@ impl Server {
         );
         stream.write_all(head.as_bytes())?;
         Ok(Some(ConnState::Sending {
-            path,
+            target: target.to_owned(),
             offset: 0,
             len,
             keep_alive,

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let config = match Config::load(&args.config) {
+    let config = match Config::load(&args.config).and_then(|c| c.cluster_key().map(|_| c)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("handoffd: {e}");
