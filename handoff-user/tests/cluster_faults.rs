@@ -358,16 +358,29 @@ fn privileged_bidirectional_stream_survives_20_handoffs_among_3_nodes() {
 
 #[test]
 fn privileged_path_d_one_clients_connections_on_different_members() {
-    if !is_root() {
-        return;
+    if is_root() {
+        path_d("fpd", false);
     }
+}
+
+/// Path D with route optimization: the client's one binding for the DSA names the last
+/// acceptor, which must redirect the packets of the client's connections it does not serve.
+#[test]
+fn privileged_path_d_with_route_optimization() {
+    if is_root() {
+        path_d("fpdro", true);
+    }
+}
+
+fn path_d(tag: &str, mobile_ipv6: bool) {
     let _serial = cluster::one_at_a_time();
     let settings = Settings {
         nodes: 3,
         fileserver_args: strings(&["--rate", "1M"]),
+        mobile_ipv6,
         ..Settings::default()
     };
-    let cluster = Cluster::start("fpd", &binaries(), &settings).unwrap();
+    let cluster = Cluster::start(tag, &binaries(), &settings).unwrap();
     let resets = tcp_counter(&cluster, "client1", "EstabResets");
     let (one, two) = (connect(&cluster, "client1"), connect(&cluster, "client1"));
     let (conn_one, conn_two) = (endpoint(&one), endpoint(&two));

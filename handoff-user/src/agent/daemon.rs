@@ -120,6 +120,8 @@ pub struct Agent {
     sequences: Mutex<HashMap<Ipv6Addr, u16>>,
     /// Clients whose home test failed, and when.
     no_mipv6: Mutex<HashMap<Ipv6Addr, Instant>>,
+    /// Messages for every member (`Owner`, `Gone`), sent in order by one thread.
+    announcements: Mutex<mpsc::Sender<(PeerMessage, Option<String>)>>,
     draining: AtomicBool,
     drain_targets: Mutex<Vec<String>>,
     next_id: AtomicU64,
@@ -188,6 +190,7 @@ impl Agent {
             &config.control_socket,
             std::os::unix::fs::PermissionsExt::from_mode(0o660),
         )?;
+        let (announcements, announcement_queue) = mpsc::channel();
         let agent = Arc::new(Agent {
             key,
             datapath: Mutex::new(datapath),
@@ -202,6 +205,7 @@ impl Agent {
             mipv6d: config.mipv6d_socket.as_deref().map(Mipv6d::new),
             sequences: Mutex::default(),
             no_mipv6: Mutex::default(),
+            announcements: Mutex::new(announcements),
             draining: AtomicBool::new(false),
             drain_targets: Mutex::default(),
             next_id: AtomicU64::new(1),
@@ -215,6 +219,7 @@ impl Agent {
                 channel,
                 apps,
                 control,
+                announcement_queue,
             },
         ))
     }
@@ -225,7 +230,10 @@ impl Agent {
             channel,
             apps,
             control,
+            announcement_queue,
         } = listeners;
+        let agent = Arc::clone(self);
+        thread::spawn(move || agent.announce(announcement_queue));
         let agent = Arc::clone(self);
         thread::spawn(move || agent.accept_peers(channel));
         let agent = Arc::clone(self);
@@ -467,22 +475,29 @@ impl Agent {
         }
     }
 
-    fn broadcast(self: &Arc<Self>, message: PeerMessage, except: Option<&str>) {
-        let agent = Arc::clone(self);
-        let except = except.map(str::to_owned);
-        thread::spawn(move || {
-            for peer in &agent.config.peers {
+    /// Queues `message` for every member but `except`; one thread sends them in order (an
+    /// `Owner` and the `Gone` of the same connection never overtake each other).
+    fn broadcast(&self, message: PeerMessage, except: Option<&str>) {
+        let queued = lock(&self.announcements).send((message, except.map(str::to_owned)));
+        if queued.is_err() {
+            tracing::warn!("announcements stopped");
+        }
+    }
+
+    fn announce(self: Arc<Self>, queue: mpsc::Receiver<(PeerMessage, Option<String>)>) {
+        for (message, except) in queue {
+            for peer in &self.config.peers {
                 if Some(&peer.node) == except.as_ref() {
                     continue;
                 }
-                let sent = agent
+                let sent = self
                     .peer(&peer.node)
                     .and_then(|sender| Self::send_to(&sender, &message));
                 if let Err(e) = sent {
                     tracing::warn!(peer = %peer.node, "cannot tell {message:?}: {e}");
                 }
             }
-        });
+        }
     }
 
     // ---- acceptor ---------------------------------------------------------------------------
@@ -1174,6 +1189,16 @@ impl Agent {
                 socket.send(&bytes, None).map_err(|e| e.to_string())
             }
             AppRequest::Accepted { conn } => {
+                // With route optimization a client's packets for the DSA go wherever its one
+                // binding points (the last member that took one of its connections): every
+                // member must know where each connection is served (path D).
+                self.broadcast(
+                    PeerMessage::Owner {
+                        conn,
+                        owner: self.config.care_of_address,
+                    },
+                    None,
+                );
                 lock(&self.conns).insert(
                     conn,
                     Conn {
@@ -1189,7 +1214,7 @@ impl Agent {
                 Ok(())
             }
             AppRequest::Closed { conn } => {
-                if lock(&self.conns).remove(&conn).is_some_and(|c| c.arrived) {
+                if lock(&self.conns).remove(&conn).is_some() {
                     self.broadcast(PeerMessage::Gone { conn }, None);
                 }
                 Ok(())
@@ -1505,11 +1530,12 @@ impl Agent {
     }
 }
 
-/// The sockets an agent serves, opened by [`Agent::start`].
+/// The sockets an agent serves, opened by [`Agent::start`] (and its announcement queue).
 pub struct Listeners {
     channel: TcpListener,
     apps: SeqPacketListener,
     control: UnixListener,
+    announcement_queue: mpsc::Receiver<(PeerMessage, Option<String>)>,
 }
 
 /// Removes a donor's reply slot when the handoff ends, however it ends.
