@@ -55,6 +55,9 @@ enum Bench {
     Mipv6,
     /// eBPF programs: ns per packet, and route-optimized vs plain TCP throughput.
     Datapath,
+    /// The whole handoff in the reference testbed: phases p50/p99, client-perceived gap, drain
+    /// rate of 1,000 and 10,000 connections.
+    Handoff,
 }
 
 impl Bench {
@@ -63,6 +66,7 @@ impl Bench {
             Bench::Tcpstate => ("handoff-user", "bench_tcpstate"),
             Bench::Mipv6 => ("mipv6d", "bench_mipv6"),
             Bench::Datapath => ("handoff-user", "bench_datapath"),
+            Bench::Handoff => ("handoff-user", "bench_handoff"),
         }
     }
 }
@@ -119,6 +123,18 @@ fn bench(root: &Path, bench: Bench) -> anyhow::Result<()> {
     let (package, example) = bench.target();
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
+    if matches!(bench, Bench::Handoff) {
+        // It starts handoffd, the CLI, the file server and mipv6d as processes: build them too.
+        let status = Command::new(cargo())
+            .current_dir(root)
+            .args(["build", "--quiet", "--release"])
+            .args(["--package", "handoff-user", "--package", "mipv6d", "--bins"])
+            .status()
+            .context("building the binaries")?;
+        if !status.success() {
+            bail!("building the binaries failed ({status})");
+        }
+    }
     let status = Command::new(cargo())
         .current_dir(root)
         .args([
