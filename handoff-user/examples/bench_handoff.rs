@@ -317,6 +317,8 @@ fn phases(
     let interval = Duration::from_secs_f64(CHUNK as f64 / setting.rate_bytes);
     let stop = AtomicBool::new(false);
     let seen = Mutex::new(Seen::default());
+    // BENCH_RO_WAIT=0: do not wait for the binding (shows whether a quick move back works).
+    let ro_wait = std::env::var("BENCH_RO_WAIT").map_or(true, |v| v != "0");
     let chunks_after = |t: Instant| -> usize {
         let seen = seen.lock().unwrap();
         seen.chunks.iter().rev().take_while(|c| **c > t).count()
@@ -368,7 +370,7 @@ fn phases(
                         "too many failed moves: {failures:?}"
                     );
                 }
-                if output.status.success() && mobile_ipv6 {
+                if output.status.success() && mobile_ipv6 && ro_wait {
                     // The acceptor binds the client after activation, on its channel's reader
                     // thread and holding the restored socket until the Binding Acknowledgement
                     // (`Agent::activate`): a move back before then finds the 4-tuple still in
@@ -484,6 +486,7 @@ fn phases(
         "fileserver_rate": setting.rate,
         "pacing_interval_us": round(us(interval)),
         "mobile_ipv6": mobile_ipv6,
+        "waited_for_binding": mobile_ipv6 && ro_wait,
         "commit": if one_phase { "one-phase" } else { "two-phase" },
         "send_queue_wait_ms": if no_queue_wait { Some(0) } else { None },
         "moves": moves,
