@@ -10,9 +10,12 @@
 //!    the *gap* of a handoff is the longest silence between two reads from the move's start to
 //!    the second 16 KiB chunk after it (the pacing itself leaves silences: see the baseline),
 //!    and the *added delay* is how far the chunks of that window fell behind the pacing
-//!    schedule. Path B with two-phase commit at every setting; one-phase commit
-//!    (`BENCH_ONE_PHASE_SETTINGS`) and route optimization (`BENCH_RO_SETTINGS`, off with
-//!    `BENCH_MIPV6=0`) at 0 ms and 1 ms/100 Mbit/s by default (setting indices 0–4).
+//!    schedule. Path B with two-phase commit at every setting; then, at 0 ms and 1 ms/100 Mbit/s
+//!    by default (setting indices 0–4), one-phase commit (`BENCH_ONE_PHASE_SETTINGS`),
+//!    one-phase with `send_queue_wait_ms = 0` (`BENCH_NO_WAIT_SETTINGS`) and route optimization
+//!    (`BENCH_RO_SETTINGS`; none with `BENCH_MIPV6=0`). RO runs wait for each binding report
+//!    before the next move (`BENCH_RO_WAIT=0`: they do not). `BENCH_SETTINGS` limits the
+//!    path-B rows.
 //! 2. **Drain.** Three members, four clients, N idle keep-alive connections on node1 (a GET
 //!    answered, then nothing), `handoff drain node1 --to node2,node3` with `drain_parallel = 64`;
 //!    N from `BENCH_DRAIN` (default `1000,9900,10000`: node1's file server needs two descriptors
