@@ -112,6 +112,8 @@ pub struct Agent {
     peers: Mutex<HashMap<String, ChannelSender>>,
     waiting: Mutex<HashMap<u64, mpsc::Sender<PeerMessage>>>,
     accepting: Mutex<HashMap<(String, u64), Accepting>>,
+    /// One-phase handoffs announced by `Prepare` (flow frozen here), until their transfer.
+    prepared: Mutex<HashMap<(String, u64), (ConnId, Instant)>>,
     /// Handoffs the donor aborted before their restore finished.
     aborted: Mutex<std::collections::HashSet<(String, u64)>>,
     history: Mutex<VecDeque<PhaseReport>>,
@@ -201,6 +203,7 @@ impl Agent {
             waiting: Mutex::default(),
             accepting: Mutex::default(),
             aborted: Mutex::default(),
+            prepared: Mutex::default(),
             history: Mutex::default(),
             mipv6d: config.mipv6d_socket.as_deref().map(Mipv6d::new),
             sequences: Mutex::default(),
@@ -381,7 +384,22 @@ impl Agent {
     fn on_peer_message(self: &Arc<Self>, from: &str, sender: &ChannelSender, message: PeerMessage) {
         match message {
             PeerMessage::Hello { .. } => {}
-            PeerMessage::Prepare { conn, .. } => prime_neighbour(conn.client),
+            PeerMessage::Prepare { id, conn, freeze } => {
+                if freeze {
+                    // One-phase: the donor will redirect before the state arrives; a packet
+                    // finding no socket here would be answered with a reset.
+                    let frozen = lock(&self.datapath).maps().freeze().freeze(flow(&conn));
+                    match frozen {
+                        Ok(()) => {
+                            let deadline = Instant::now()
+                                + self.config.handoff.peer_timeout() * COMMIT_TIMEOUT_FACTOR;
+                            lock(&self.prepared).insert((from.to_owned(), id), (conn, deadline));
+                        }
+                        Err(e) => tracing::warn!(%conn, "cannot freeze ahead of a handoff: {e}"),
+                    }
+                }
+                prime_neighbour(conn.client);
+            }
             PeerMessage::Transfer {
                 id,
                 conn,
@@ -412,6 +430,7 @@ impl Agent {
                         Ok(()) => PeerMessage::Ready { id },
                         Err(reason) => {
                             lock(&agent.aborted).remove(&(from.clone(), id));
+                            agent.return_flow(conn, &from);
                             tracing::warn!(%conn, donor = %from, "handoff refused: {reason}");
                             PeerMessage::Refused { id, reason }
                         }
@@ -428,10 +447,13 @@ impl Agent {
             }
             PeerMessage::Abort { id } => {
                 let key = (from.to_owned(), id);
+                if let Some((conn, _)) = lock(&self.prepared).remove(&key) {
+                    self.return_flow(conn, from);
+                }
                 match lock(&self.accepting).remove(&key) {
                     Some(accepting) => {
                         tracing::info!(conn = %accepting.conn, "handoff aborted by the donor");
-                        self.drop_restored(accepting);
+                        self.drop_restored(accepting, from);
                     }
                     // Its restore may still be running: it drops the socket when it sees this.
                     None => {
@@ -528,6 +550,7 @@ impl Agent {
             bu_sequence,
             received_ns,
         } = transfer;
+        lock(&self.prepared).remove(&(donor.to_owned(), id));
         if self.draining.load(Ordering::Relaxed) {
             return Err(format!("{} is draining", self.config.node));
         }
@@ -557,7 +580,10 @@ impl Agent {
         };
         for accepting in stale {
             tracing::info!(%conn, "dropping the socket of an abandoned earlier attempt");
-            self.drop_restored(accepting);
+            let mut datapath = lock(&self.datapath);
+            if let Err(e) = accepting.restore.abort(datapath.maps().freeze()) {
+                tracing::warn!(%conn, "abort: {e}");
+            }
         }
         let restore = {
             let mut datapath = lock(&self.datapath);
@@ -631,6 +657,7 @@ impl Agent {
                 // Nothing was sent from here: the donor can still take the connection back.
                 tracing::error!(%conn, "activation failed: {e}");
                 let reason = format!("activation failed: {e}");
+                self.return_flow(conn, donor);
                 let _ = Self::send_to(&reply, &PeerMessage::Refused { id, reason });
                 return;
             }
@@ -648,6 +675,9 @@ impl Agent {
             tracing::error!(%conn, "cannot hand the connection to its application: {e}");
             lock(&self.conns).remove(&conn);
         }
+        // The application has its own descriptor now; ours would keep the socket (and its
+        // 4-tuple) here after the application closes it or the connection moves on.
+        drop(stream);
         let activated = PeerMessage::Activated {
             id,
             received_ns,
@@ -723,10 +753,29 @@ impl Agent {
         }
     }
 
-    fn drop_restored(&self, accepting: Accepting) {
-        let mut datapath = lock(&self.datapath);
-        if let Err(e) = accepting.restore.abort(datapath.maps().freeze()) {
-            tracing::warn!(conn = %accepting.conn, "abort: {e}");
+    fn drop_restored(&self, accepting: Accepting, donor: &str) {
+        let conn = accepting.conn;
+        {
+            let mut datapath = lock(&self.datapath);
+            if let Err(e) = accepting.restore.abort(datapath.maps().freeze()) {
+                tracing::warn!(%conn, "abort: {e}");
+            }
+        }
+        self.return_flow(conn, donor);
+    }
+
+    /// After a handoff to this member was given up: the connection stays with `donor`, so its
+    /// packets that reach this member (the client's binding may name it: path D) go there.
+    fn return_flow(&self, conn: ConnId, donor: &str) {
+        let Some(peer) = self.config.peer(donor) else {
+            return;
+        };
+        if let Err(e) = lock(&self.datapath)
+            .maps()
+            .freeze()
+            .redirect(flow(&conn), peer.address.octets())
+        {
+            tracing::warn!(%conn, "cannot redirect back to {donor}: {e}");
         }
     }
 
@@ -735,18 +784,35 @@ impl Agent {
         loop {
             thread::sleep(Duration::from_millis(100));
             let now = Instant::now();
-            let expired: Vec<Accepting> = {
+            let expired: Vec<((String, u64), Accepting)> = {
                 let mut accepting = lock(&self.accepting);
                 let keys: Vec<_> = accepting
                     .iter()
                     .filter(|(_, a)| a.deadline <= now)
                     .map(|(k, _)| k.clone())
                     .collect();
-                keys.iter().filter_map(|k| accepting.remove(k)).collect()
+                keys.into_iter()
+                    .filter_map(|k| accepting.remove(&k).map(|a| (k, a)))
+                    .collect()
             };
-            for accepting in expired {
+            for ((donor, _), accepting) in expired {
                 tracing::warn!(conn = %accepting.conn, "no commit from the donor: restored socket dropped");
-                self.drop_restored(accepting);
+                self.drop_restored(accepting, &donor);
+            }
+            let stale: Vec<((String, u64), ConnId)> = {
+                let mut prepared = lock(&self.prepared);
+                let keys: Vec<_> = prepared
+                    .iter()
+                    .filter(|(_, (_, deadline))| *deadline <= now)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|k| prepared.remove(&k).map(|(conn, _)| (k, conn)))
+                    .collect()
+            };
+            for ((donor, _), conn) in stale {
+                tracing::warn!(%conn, "prepared handoff never came: flow given back to {donor}");
+                self.return_flow(conn, &donor);
             }
         }
     }
@@ -844,7 +910,21 @@ impl Agent {
         let (reply_tx, replies) = mpsc::channel();
         lock(&self.waiting).insert(id, reply_tx);
         let _waiting = Unregister(self, id);
-        let _ = Self::send_to(&sender, &PeerMessage::Prepare { id, conn });
+        let one_phase = self.config.handoff.commit == CommitMode::OnePhase;
+        let _ = Self::send_to(
+            &sender,
+            &PeerMessage::Prepare {
+                id,
+                conn,
+                freeze: one_phase,
+            },
+        );
+        // A one-phase acceptor froze the flow at Prepare: any failure before the transfer
+        // must tell it (Abort gives the flow back to this member).
+        let prepared = AbortOnDrop {
+            sender: one_phase.then(|| sender.clone()),
+            id,
+        };
         let (home_token, binding_error) = match &self.mipv6d {
             None => (
                 None,
@@ -903,7 +983,6 @@ impl Agent {
         };
 
         // Phase 2: transfer; phase 3 at the acceptor; phase 7.
-        let one_phase = self.config.handoff.commit == CommitMode::OnePhase;
         let key = capture.key();
         let send_queue_bytes = capture.state.unacked.len() + capture.state.unsent.len();
         let redirect = || {
@@ -927,6 +1006,7 @@ impl Agent {
         if let Err(e) = Self::send_to(&sender, &transfer) {
             return roll_back(capture, format!("transfer to {to} failed: {e}"));
         }
+        prepared.disarm();
         let timeout = self.config.handoff.peer_timeout();
         if !one_phase {
             match replies.recv_timeout(timeout) {
@@ -1536,6 +1616,26 @@ pub struct Listeners {
     apps: SeqPacketListener,
     control: UnixListener,
     announcement_queue: mpsc::Receiver<(PeerMessage, Option<String>)>,
+}
+
+/// Sends `Abort` for a prepared one-phase handoff that ends before its transfer.
+struct AbortOnDrop {
+    sender: Option<ChannelSender>,
+    id: u64,
+}
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.sender = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(sender) = &self.sender {
+            let _ = Agent::send_to(sender, &PeerMessage::Abort { id: self.id });
+        }
+    }
 }
 
 /// Removes a donor's reply slot when the handoff ends, however it ends.

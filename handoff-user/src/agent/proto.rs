@@ -92,6 +92,9 @@ pub enum PeerMessage {
         id: u64,
         /// The connection.
         conn: ConnId,
+        /// Freeze the connection's packets now (one-phase commit: the donor redirects them
+        /// here before the state arrives).
+        freeze: bool,
     },
     /// Donor → acceptor: the captured connection (phase 2).
     Transfer {

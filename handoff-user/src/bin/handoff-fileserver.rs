@@ -264,8 +264,13 @@ impl Server {
         let Ok(conn) = app::conn_id(&stream) else {
             return;
         };
-        let Ok(flag) = self.watch(conn) else {
-            return;
+        let flag = match self.watch(conn) {
+            Ok(flag) => flag,
+            Err(e) => {
+                // The connection closes unserved (e.g. out of descriptors): say so.
+                tracing::error!(%conn, "cannot serve a new connection: {e}");
+                return;
+            }
         };
         if self.service.accepted(&stream).is_ok() {
             self.run(
