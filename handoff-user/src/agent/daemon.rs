@@ -585,14 +585,17 @@ impl Agent {
                 tracing::warn!(%conn, "abort: {e}");
             }
         }
-        let restore = {
-            let mut datapath = lock(&self.datapath);
-            AcceptorRestore::freeze_and_restore(
-                datapath.maps().freeze(),
-                &state,
-                RestoreOptions::default(),
-            )
-            .map_err(|e| format!("restore failed: {e}"))?
+        // The map lock covers the map updates only, not the restore's system calls: a drain
+        // restores dozens of connections at once.
+        let key = AcceptorRestore::freeze(lock(&self.datapath).maps().freeze(), &state)
+            .map_err(|e| format!("cannot freeze: {e}"))?;
+        let restore = match AcceptorRestore::restore_frozen(key, &state, RestoreOptions::default())
+        {
+            Ok(restore) => restore,
+            Err(e) => {
+                let _ = lock(&self.datapath).maps().freeze().thaw(&key);
+                return Err(format!("restore failed: {e}"));
+            }
         };
         let restored_ns = monotonic_ns();
         let key = (donor.to_owned(), id);
@@ -646,9 +649,10 @@ impl Agent {
             restored_ns,
             ..
         } = accepting;
-        let stream = {
-            let mut datapath = lock(&self.datapath);
-            restore.activate(datapath.maps().freeze())
+        let key = restore.key();
+        let stream = match lock(&self.datapath).maps().freeze().thaw(&key) {
+            Ok(_) => restore.into_restored().activate_auto(),
+            Err(e) => Err(e.into()),
         };
         let activated_ns = monotonic_ns();
         let stream = match stream {

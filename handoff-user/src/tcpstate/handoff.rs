@@ -102,6 +102,24 @@ impl AcceptorRestore {
         }
     }
 
+    /// Restores `state` in the calling thread's namespace; the caller has frozen its flow
+    /// ([`AcceptorRestore::freeze`]) and thaws it if this fails. For callers that must not hold
+    /// the freeze map during the restore's system calls (many restores at once).
+    pub fn restore_frozen(
+        key: FlowKey,
+        state: &ConnState,
+        opts: RestoreOptions,
+    ) -> Result<AcceptorRestore, TcpStateError> {
+        let restored = restore::restore(state, opts)?;
+        Ok(AcceptorRestore { restored, key })
+    }
+
+    /// The restored socket, for a caller that thaws the flow itself (then
+    /// [`Restored::activate_auto`]).
+    pub fn into_restored(self) -> Restored {
+        self.restored
+    }
+
     /// Freezes `state`'s flow ahead of the restore (before the service address moves here).
     pub fn freeze(map: &mut FreezeMap, state: &ConnState) -> Result<FlowKey, TcpStateError> {
         let key = state.inbound_key();
