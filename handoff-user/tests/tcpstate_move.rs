@@ -348,18 +348,13 @@ impl ServerApp {
     }
 
     /// One round of non-blocking writes (at most `budget` bytes) and reads (at most `budget`).
+    /// Reads what has arrived, then writes up to `budget`: the write comes last, so that a
+    /// move right after a step finds bytes not yet acknowledged (on a veth the
+    /// acknowledgement takes only microseconds; a read after the write let it arrive, and a
+    /// loaded machine was needed to capture send-side data at all).
     fn step(&mut self, socket: &mut TcpStream, budget: usize) {
         socket.set_nonblocking(true).expect("nonblocking");
         let mut buf = vec![0u8; budget.max(1)];
-        if self.written < self.s2c {
-            let n = (self.s2c - self.written).min(budget as u64) as usize;
-            fill(self.seed, self.written, &mut buf[..n]);
-            match socket.write(&buf[..n]) {
-                Ok(k) => self.written += k as u64,
-                Err(err) if err.kind() == ErrorKind::WouldBlock => {}
-                Err(err) => panic!("server write: {err}"),
-            }
-        }
         if !self.eof {
             match socket.read(&mut buf) {
                 Ok(0) => self.eof = true,
@@ -369,6 +364,15 @@ impl ServerApp {
                 }
                 Err(err) if err.kind() == ErrorKind::WouldBlock => {}
                 Err(err) => panic!("server read after {}: {err}", self.received),
+            }
+        }
+        if self.written < self.s2c {
+            let n = (self.s2c - self.written).min(budget as u64) as usize;
+            fill(self.seed, self.written, &mut buf[..n]);
+            match socket.write(&buf[..n]) {
+                Ok(k) => self.written += k as u64,
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                Err(err) => panic!("server write: {err}"),
             }
         }
     }
@@ -456,10 +460,14 @@ fn privileged_200_moves_ipv6_while_streaming() {
     let started = Instant::now();
     let history = stream_with_moves(&mut rig, 6 << 20, 6 << 20, 200, 32 * 1024);
     eprintln!(
-        "200 moves (IPv6) in {:?}; max queued {} bytes; moves with queued data: {}",
+        "200 moves (IPv6) in {:?}; max queued {} bytes; moves with queued data: {} (send side: {})",
         started.elapsed(),
         history.iter().map(queued).max().unwrap_or(0),
-        history.iter().filter(|s| queued(s) > 0).count()
+        history.iter().filter(|s| queued(s) > 0).count(),
+        history
+            .iter()
+            .filter(|s| !s.unsent.is_empty() || !s.unacked.is_empty())
+            .count()
     );
     assert!(
         history
