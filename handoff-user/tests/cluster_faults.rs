@@ -372,6 +372,23 @@ fn privileged_path_d_with_route_optimization() {
     }
 }
 
+/// How many clients `node`'s mipv6d has a completed binding with (its control socket).
+fn bound_clients(cluster: &Cluster, node: &str) -> usize {
+    use std::io::{BufRead as _, Write as _};
+    let mut socket =
+        std::os::unix::net::UnixStream::connect(cluster.dir.join(format!("{node}.mip")))
+            .expect("mipv6d control socket");
+    writeln!(socket, r#"{{"op":"list"}}"#).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(socket)
+        .read_line(&mut line)
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_str(&line).unwrap();
+    list["bindings"]
+        .as_array()
+        .map_or(0, |b| b.iter().filter(|b| b["bound"] == true).count())
+}
+
 fn path_d(tag: &str, mobile_ipv6: bool) {
     let _serial = cluster::one_at_a_time();
     let settings = Settings {
@@ -399,6 +416,20 @@ fn path_d(tag: &str, mobile_ipv6: bool) {
         wait_progress(&progress_two, at + 100_000, "second download");
         move_conn(&cluster, &conn_two, "node1", "node3");
         assert!(conns(&cluster, "node3").contains(&conn_two));
+        if mobile_ipv6 {
+            // node3 bound the client; node2, bound before, forgets its binding without a word
+            // to the client (its refresh would take the binding back).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while bound_clients(&cluster, "node2") != 0 || bound_clients(&cluster, "node3") != 1 {
+                assert!(
+                    Instant::now() < deadline,
+                    "node2 bound {}, node3 bound {}",
+                    bound_clients(&cluster, "node2"),
+                    bound_clients(&cluster, "node3")
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
         assert!(conns(&cluster, "node2").contains(&conn_one));
         assert!(
             progress_one.load(Ordering::SeqCst) < 1_000_000

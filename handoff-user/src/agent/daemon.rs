@@ -489,6 +489,26 @@ impl Agent {
                     tracing::warn!(%conn, "cannot redirect: {e}");
                 }
             }
+            PeerMessage::ClientBound { dsa, client } => {
+                // The client's one binding for the DSA names another member now. An entry of
+                // this member would put a Home Address option the client no longer accepts on
+                // the packets of the client's connections still served here, and mipv6d's
+                // refresh would take the binding back: forget it (nothing goes to the client).
+                // An entry that never bound (the contact node's home tokens) stays.
+                let bound_here = lock(&self.datapath)
+                    .maps()
+                    .bindings()
+                    .route_optimized(client.octets(), dsa.octets())
+                    .is_ok_and(|care_of| care_of.is_some());
+                if bound_here && let Some(mipv6d) = self.mipv6d.clone() {
+                    let timeout = self.config.handoff.peer_timeout();
+                    thread::spawn(move || {
+                        if let Err(e) = mipv6d.forget(dsa, client, timeout) {
+                            tracing::warn!(%client, "cannot drop this member's old binding: {e}");
+                        }
+                    });
+                }
+            }
             PeerMessage::Gone { conn } => {
                 if !lock(&self.conns).contains_key(&conn) {
                     let _ = lock(&self.datapath).maps().freeze().thaw(&flow(&conn));
@@ -709,8 +729,11 @@ impl Agent {
                     lock(&self.sequences).insert(client, bound.sequence);
                     (bound.sequence, bound.elapsed_us)
                 });
-            if let Err(e) = &result {
-                tracing::info!(%conn, "client not bound, served through the redirect: {e}");
+            match &result {
+                Ok(_) => self.broadcast(PeerMessage::ClientBound { dsa, client }, None),
+                Err(e) => {
+                    tracing::info!(%conn, "client not bound, served through the redirect: {e}")
+                }
             }
             let _ = Self::send_to(&reply, &PeerMessage::Binding { id, result });
         }
@@ -1116,16 +1139,8 @@ impl Agent {
                 result: Ok((sequence, elapsed_us)),
                 ..
             }) => {
-                if let (IpAddr::V6(client), IpAddr::V6(dsa)) = (conn.client.ip(), conn.local.ip()) {
+                if let IpAddr::V6(client) = conn.client.ip() {
                     lock(&self.sequences).insert(client, sequence);
-                    // The client's binding names the acceptor now: this member's own entry
-                    // would put a Home Address option the client no longer accepts on the
-                    // packets of any other connection of that client still served here.
-                    let _ = lock(&self.datapath).maps().bindings().set_route_optimized(
-                        client.octets(),
-                        dsa.octets(),
-                        None,
-                    );
                 }
                 (elapsed_us, None)
             }

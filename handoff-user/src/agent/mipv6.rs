@@ -108,6 +108,16 @@ impl Mipv6d {
         }
     }
 
+    /// Drops this member's binding-update entry for (`dsa`, `client`) without telling the
+    /// client (another member has bound it since) and its route-optimized data-path entry.
+    pub fn forget(&self, dsa: Ipv6Addr, client: Ipv6Addr, timeout: Duration) -> Result<(), String> {
+        self.request(
+            &json!({"op": "forget", "dsa": dsa, "client": client}),
+            timeout,
+        )
+        .map(|_| ())
+    }
+
     /// Gives mipv6d a home token another member obtained, then sends the Binding Update
     /// (care-of test + BU/BA) and waits for the acknowledgement.
     pub fn bind(

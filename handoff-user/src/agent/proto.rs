@@ -181,6 +181,14 @@ pub enum PeerMessage {
         /// The serving member's address.
         owner: Ipv6Addr,
     },
+    /// The client's binding for the DSA names the sender now: members with an older binding
+    /// of that client forget it.
+    ClientBound {
+        /// The DSA.
+        dsa: Ipv6Addr,
+        /// The client.
+        client: Ipv6Addr,
+    },
     /// The connection is closed: members drop their redirect entries.
     Gone {
         /// The connection.

@@ -65,6 +65,15 @@ pub enum Request {
         /// The client.
         client: Ipv6Addr,
     },
+    /// Drop the entry without telling the client (another member has bound the client since:
+    /// a deregistration or a refresh from here would take the binding back). The data path's
+    /// route-optimized entry goes too.
+    Forget {
+        /// Distributed-server (home) address.
+        dsa: Ipv6Addr,
+        /// The client.
+        client: Ipv6Addr,
+    },
     /// Read the home token.
     HomeToken {
         /// Distributed-server (home) address.
@@ -211,6 +220,8 @@ pub struct MobileDaemon {
     care_of_address: Ipv6Addr,
     lifetime_units: u16,
     pending: HashMap<UpdateListKey, Vec<(ClientId, Timestamp)>>,
+    /// Entries dropped by `forget`, whose data-path entries go at the next completions.
+    forgotten: Vec<UpdateListKey>,
     home: Option<HomeSide>,
     stats: MobileStats,
 }
@@ -243,6 +254,7 @@ impl MobileDaemon {
             care_of_address,
             lifetime_units,
             pending: HashMap::new(),
+            forgotten: Vec::new(),
             home: None,
             stats: MobileStats::default(),
         }
@@ -486,6 +498,13 @@ impl ControlTarget for MobileDaemon {
                     "no binding for DSA {dsa} at client {client}"
                 ))),
             },
+            Request::Forget { dsa, client } => {
+                let known = self.list.remove(dsa, client).is_some();
+                if known {
+                    self.forgotten.push((dsa, client));
+                }
+                Some(json!({"ok": true, "known": known}))
+            }
             Request::HomeToken { dsa, client } => {
                 match self.list.get_mut(dsa, client).and_then(|n| n.home_token()) {
                     Some(t) => Some(json!({
@@ -580,6 +599,13 @@ impl ControlTarget for MobileDaemon {
         datapath: &mut dyn DatapathSink,
     ) -> Vec<(ClientId, Value)> {
         let mut out = Vec::new();
+        for (home, peer) in self.forgotten.drain(..) {
+            datapath.apply(DatapathUpdate::RouteOptimized {
+                peer,
+                home,
+                care_of: None,
+            });
+        }
         while let Some((key, event)) = self.list.poll_event() {
             let (home, peer) = key;
             let route = |care_of| DatapathUpdate::RouteOptimized {
@@ -827,6 +853,25 @@ mod tests {
         .unwrap();
         assert_eq!(token["ok"], true);
         assert_eq!(token["token"].as_str().unwrap().len(), 16);
+
+        // Another member bound the client since: forget sends nothing and clears the data path.
+        let forget = r#"{"op":"forget","dsa":"2001:db8:1::100","client":"2001:db8:3::7"}"#;
+        let answer = handle_line(&mut d, 7, forget, t1).unwrap();
+        assert_eq!(answer["known"], true);
+        assert!(d.list.poll_transmit().is_none());
+        let mut updates = Vec::new();
+        assert!(d.completions(t1, &mut updates).is_empty());
+        assert_eq!(
+            updates,
+            [DatapathUpdate::RouteOptimized {
+                peer: a("2001:db8:3::7"),
+                home: a("2001:db8:1::100"),
+                care_of: None,
+            }]
+        );
+        let list = handle_line(&mut d, 7, r#"{"op":"list"}"#, t1).unwrap();
+        assert_eq!(list["bindings"].as_array().unwrap().len(), 0);
+        assert_eq!(handle_line(&mut d, 7, forget, t1).unwrap()["known"], false);
     }
 
     #[test]
