@@ -7,43 +7,8 @@ mod cluster;
 
 use std::process::Output;
 
-use cluster::{Binaries, Cluster, Settings, content};
+use cluster::{Binaries, Cluster, Settings, content, is_root};
 use sha2::{Digest as _, Sha256};
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED: privileged test needs root");
-    false
-}
-
-fn binaries() -> Binaries {
-    Binaries {
-        handoffd: env!("CARGO_BIN_EXE_handoffd").into(),
-        handoff: env!("CARGO_BIN_EXE_handoff").into(),
-        fileserver: env!("CARGO_BIN_EXE_handoff-fileserver").into(),
-        mipv6d: Binaries::beside_current_exe().expect("binaries").mipv6d,
-    }
-}
-
-/// The client's TCP MIB counter `name` (its namespace's /proc/net/snmp).
-fn client_tcp_counter(cluster: &Cluster, name: &str) -> u64 {
-    let snmp = cluster
-        .testbed
-        .host("client1")
-        .unwrap()
-        .run(|| std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap());
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
-    let index = names.split_whitespace().position(|n| n == name).unwrap();
-    values
-        .split_whitespace()
-        .nth(index)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 fn curl(cluster: &Cluster, file: &str) -> Output {
     cluster
@@ -100,8 +65,8 @@ fn download_with_a_move_at_500k(
         .to_vec(),
         ..Settings::default()
     };
-    let cluster = Cluster::start(tag, &binaries(), &settings).unwrap();
-    let resets_before = client_tcp_counter(&cluster, "EstabResets");
+    let cluster = Cluster::start(tag, &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets_before = cluster.tcp_counter("client1", "EstabResets");
     let output = curl(&cluster, "file");
     let logs = || {
         format!(
@@ -123,7 +88,7 @@ fn download_with_a_move_at_500k(
         Sha256::digest(content(1_000_000)),
         "the download differs from the file"
     );
-    assert_eq!(client_tcp_counter(&cluster, "EstabResets"), resets_before);
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets_before);
     let handoffs = history(&cluster, "node1");
     let handoffs = handoffs.as_array().unwrap();
     assert_eq!(handoffs.len(), 1, "{handoffs:?}\n{}", logs());

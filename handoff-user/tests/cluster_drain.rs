@@ -16,44 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cluster::{Binaries, Cluster, DSA, PORT, Settings, content};
+use cluster::{Binaries, Cluster, DSA, PORT, Settings, content, is_root};
 use handoff_user::agent::proto::DrainReport;
 use serde_json::Value;
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED: privileged test needs root");
-    false
-}
-
-fn binaries() -> Binaries {
-    Binaries {
-        handoffd: env!("CARGO_BIN_EXE_handoffd").into(),
-        handoff: env!("CARGO_BIN_EXE_handoff").into(),
-        fileserver: env!("CARGO_BIN_EXE_handoff-fileserver").into(),
-        mipv6d: Binaries::beside_current_exe().expect("binaries").mipv6d,
-    }
-}
-
-/// A TCP MIB counter `name` of `host`'s namespace (its /proc/net/snmp).
-fn tcp_counter(cluster: &Cluster, host: &str, name: &str) -> u64 {
-    let snmp = cluster
-        .testbed
-        .host(host)
-        .unwrap()
-        .run(|| std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap());
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
-    let index = names.split_whitespace().position(|n| n == name).unwrap();
-    values
-        .split_whitespace()
-        .nth(index)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 const CLIENTS: usize = 3;
 const CONNECTIONS: usize = 1000;
@@ -257,11 +222,12 @@ fn privileged_drain_moves_1000_live_connections_byte_exact() {
         ),
         ..Settings::default()
     };
-    let cluster = Cluster::start("drn", &binaries(), &settings).unwrap();
+    let cluster =
+        Cluster::start("drn", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
     let clients: Vec<String> = (1..=CLIENTS).map(|c| format!("client{c}")).collect();
     let resets: Vec<u64> = clients
         .iter()
-        .map(|c| tcp_counter(&cluster, c, "EstabResets"))
+        .map(|c| cluster.tcp_counter(c, "EstabResets"))
         .collect();
     let expected = content(SIZE);
     let small = content(100_000);
@@ -507,7 +473,7 @@ fn privileged_drain_moves_1000_live_connections_byte_exact() {
     eprintln!("the whole test took {:?}", setup.elapsed());
     for (client, before) in clients.iter().zip(resets) {
         assert_eq!(
-            tcp_counter(&cluster, client, "EstabResets"),
+            cluster.tcp_counter(client, "EstabResets"),
             before,
             "{client} saw resets"
         );

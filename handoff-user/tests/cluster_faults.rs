@@ -17,48 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cluster::{Binaries, Cluster, DSA, PORT, Settings, content};
+use cluster::{Binaries, Cluster, DSA, PORT, Settings, content, is_root};
 use handoff_user::agent::{
     channel::{self, ClusterKey},
     proto::PeerMessage,
 };
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED: privileged test needs root");
-    false
-}
-
-fn binaries() -> Binaries {
-    Binaries {
-        handoffd: env!("CARGO_BIN_EXE_handoffd").into(),
-        handoff: env!("CARGO_BIN_EXE_handoff").into(),
-        fileserver: env!("CARGO_BIN_EXE_handoff-fileserver").into(),
-        mipv6d: Binaries::beside_current_exe().expect("binaries").mipv6d,
-    }
-}
-
-/// A TCP MIB counter `name` of `host`'s namespace (its /proc/net/snmp).
-fn tcp_counter(cluster: &Cluster, host: &str, name: &str) -> u64 {
-    let snmp = cluster
-        .testbed
-        .host(host)
-        .unwrap()
-        .run(|| std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap());
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
-    let index = names.split_whitespace().position(|n| n == name).unwrap();
-    values
-        .split_whitespace()
-        .nth(index)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
@@ -273,8 +238,9 @@ fn privileged_bidirectional_stream_survives_20_handoffs_among_3_nodes() {
         fileserver_args: strings(&["--rate", "2M"]),
         ..Settings::default()
     };
-    let cluster = Cluster::start("fa20", &binaries(), &settings).unwrap();
-    let resets = tcp_counter(&cluster, "client1", "EstabResets");
+    let cluster =
+        Cluster::start("fa20", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets = cluster.tcp_counter("client1", "EstabResets");
     let stream = connect(&cluster, "client1");
     let conn = endpoint(&stream);
     let progress = AtomicUsize::new(0);
@@ -337,7 +303,7 @@ fn privileged_bidirectional_stream_survives_20_handoffs_among_3_nodes() {
         mid_body >= 8,
         "only {mid_body} of 10 body handoffs happened mid-body"
     );
-    assert_eq!(tcp_counter(&cluster, "client1", "EstabResets"), resets);
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
     let donated: usize = (1..=3)
         .map(|n| {
             handoff_json(&cluster, &["history", &format!("node{n}"), "--json"])
@@ -397,8 +363,8 @@ fn path_d(tag: &str, mobile_ipv6: bool) {
         mobile_ipv6,
         ..Settings::default()
     };
-    let cluster = Cluster::start(tag, &binaries(), &settings).unwrap();
-    let resets = tcp_counter(&cluster, "client1", "EstabResets");
+    let cluster = Cluster::start(tag, &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets = cluster.tcp_counter("client1", "EstabResets");
     let (one, two) = (connect(&cluster, "client1"), connect(&cluster, "client1"));
     let (conn_one, conn_two) = (endpoint(&one), endpoint(&two));
     let (progress_one, progress_two) = (AtomicUsize::new(0), AtomicUsize::new(0));
@@ -443,7 +409,7 @@ fn path_d(tag: &str, mobile_ipv6: bool) {
     // Both still usable, each on its member.
     get(&one, "file", 1_000_000, 100, &progress_one).unwrap_or_else(|e| panic!("{e}"));
     get(&two, "file", 1_000_000, 100, &progress_two).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(tcp_counter(&cluster, "client1", "EstabResets"), resets);
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
 // ---- c. the acceptor fails mid-handoff --------------------------------------------------------
@@ -458,8 +424,9 @@ fn privileged_acceptor_killed_the_connection_stays_on_the_donor() {
         fileserver_args: strings(&["--rate", "500K"]),
         ..Settings::default()
     };
-    let mut cluster = Cluster::start("fkil", &binaries(), &settings).unwrap();
-    let resets = tcp_counter(&cluster, "client1", "EstabResets");
+    let mut cluster =
+        Cluster::start("fkil", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets = cluster.tcp_counter("client1", "EstabResets");
     let stream = connect(&cluster, "client1");
     let conn = endpoint(&stream);
     let progress = AtomicUsize::new(0);
@@ -485,7 +452,7 @@ fn privileged_acceptor_killed_the_connection_stays_on_the_donor() {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(tcp_counter(&cluster, "client1", "EstabResets"), resets);
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
 /// The pid of the handoffd started with `<cluster dir>/<node>.toml`.
@@ -530,8 +497,9 @@ fn privileged_acceptor_stops_answering_after_the_capture_the_donor_rolls_back() 
         handoff_section: "[handoff]\npeer_timeout_ms = 300".into(),
         ..Settings::default()
     };
-    let cluster = Cluster::start("fstp", &binaries(), &settings).unwrap();
-    let resets = tcp_counter(&cluster, "client1", "EstabResets");
+    let cluster =
+        Cluster::start("fstp", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets = cluster.tcp_counter("client1", "EstabResets");
     let stream = connect(&cluster, "client1");
     let conn = endpoint(&stream);
     let progress = AtomicUsize::new(0);
@@ -572,7 +540,7 @@ fn privileged_acceptor_stops_answering_after_the_capture_the_donor_rolls_back() 
             .unwrap_or_else(|e| panic!("download: {e}\n{}", logs(&cluster)));
     });
     assert!(conns(&cluster, "node2").contains(&conn));
-    assert_eq!(tcp_counter(&cluster, "client1", "EstabResets"), resets);
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
 // ---- d. an agent without the cluster key ------------------------------------------------------
@@ -587,7 +555,8 @@ fn privileged_agent_with_a_wrong_cluster_key_is_refused_and_logged() {
         fileserver_args: strings(&["--rate", "1M"]),
         ..Settings::default()
     };
-    let cluster = Cluster::start("fkey", &binaries(), &settings).unwrap();
+    let cluster =
+        Cluster::start("fkey", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
     let node1 = SocketAddr::new(cluster.nodes[0].address.into(), 7740);
     let hello = |node: &str| {
         postcard::to_allocvec(&PeerMessage::Hello {
@@ -686,8 +655,8 @@ fn curl_with_a_move_at_500k(
         ]),
         ..Settings::default()
     };
-    let cluster = Cluster::start(tag, &binaries(), &settings).unwrap();
-    let resets = tcp_counter(&cluster, "client1", "EstabResets");
+    let cluster = Cluster::start(tag, &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets = cluster.tcp_counter("client1", "EstabResets");
     let before = (
         counter(&cluster, "node1", "redirected"),
         counter(&cluster, "node2", "decapsulated"),
@@ -707,7 +676,7 @@ fn curl_with_a_move_at_500k(
         Sha256::digest(content(1_000_000)),
         "the download differs from the file"
     );
-    assert_eq!(tcp_counter(&cluster, "client1", "EstabResets"), resets);
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
     let history = handoff_json(&cluster, &["history", "node1", "--json"]);
     let history = history.as_array().unwrap();
     assert_eq!(history.len(), 1, "{history:?}\n{}", logs(&cluster));

@@ -589,16 +589,10 @@ impl Agent {
         }
         // A socket still parked for this connection belongs to an earlier attempt the donor
         // gave up (it holds the 4-tuple): a new transfer replaces it.
-        let stale: Vec<Accepting> = {
-            let mut accepting = lock(&self.accepting);
-            let keys: Vec<_> = accepting
-                .iter()
-                .filter(|(_, a)| a.conn == conn)
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.iter().filter_map(|k| accepting.remove(k)).collect()
-        };
-        for accepting in stale {
+        let stale: Vec<_> = lock(&self.accepting)
+            .extract_if(|_, a| a.conn == conn)
+            .collect();
+        for (_, accepting) in stale {
             tracing::info!(%conn, "dropping the socket of an abandoned earlier attempt");
             let mut datapath = lock(&self.datapath);
             if let Err(e) = accepting.restore.abort(datapath.maps().freeze()) {
@@ -811,33 +805,17 @@ impl Agent {
         loop {
             thread::sleep(Duration::from_millis(100));
             let now = Instant::now();
-            let expired: Vec<((String, u64), Accepting)> = {
-                let mut accepting = lock(&self.accepting);
-                let keys: Vec<_> = accepting
-                    .iter()
-                    .filter(|(_, a)| a.deadline <= now)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                keys.into_iter()
-                    .filter_map(|k| accepting.remove(&k).map(|a| (k, a)))
-                    .collect()
-            };
+            let expired: Vec<_> = lock(&self.accepting)
+                .extract_if(|_, a| a.deadline <= now)
+                .collect();
             for ((donor, _), accepting) in expired {
                 tracing::warn!(conn = %accepting.conn, "no commit from the donor: restored socket dropped");
                 self.drop_restored(accepting, &donor);
             }
-            let stale: Vec<((String, u64), ConnId)> = {
-                let mut prepared = lock(&self.prepared);
-                let keys: Vec<_> = prepared
-                    .iter()
-                    .filter(|(_, (_, deadline))| *deadline <= now)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                keys.into_iter()
-                    .filter_map(|k| prepared.remove(&k).map(|(conn, _)| (k, conn)))
-                    .collect()
-            };
-            for ((donor, _), conn) in stale {
+            let stale: Vec<_> = lock(&self.prepared)
+                .extract_if(|_, (_, deadline)| *deadline <= now)
+                .collect();
+            for ((donor, _), (conn, _)) in stale {
                 tracing::warn!(%conn, "prepared handoff never came: flow given back to {donor}");
                 self.return_flow(conn, &donor);
             }

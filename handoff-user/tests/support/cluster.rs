@@ -158,6 +158,15 @@ fn pin_instance(tag: &str, n: usize) -> String {
     format!("dsl-{tag}-{}-{n}", std::process::id())
 }
 
+/// Whether privileged tests can run (as root); says so when they cannot.
+pub fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: privileged test needs root");
+    false
+}
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Clusters use both cores (emulators, daemons): one at a time per test process.
@@ -443,6 +452,24 @@ impl Cluster {
         let daemon = self.mipv6d(&client, &client, &config)?;
         self.daemons.push(daemon);
         Ok(())
+    }
+
+    /// A TCP MIB counter `name` of `host`'s namespace (its `/proc/net/snmp`).
+    pub fn tcp_counter(&self, host: &str, name: &str) -> u64 {
+        let snmp = self
+            .testbed
+            .host(host)
+            .unwrap()
+            .run(|| std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap());
+        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+        let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+        let index = names.split_whitespace().position(|n| n == name).unwrap();
+        values
+            .split_whitespace()
+            .nth(index)
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// Runs the `handoff` CLI with this cluster's sockets.
