@@ -30,6 +30,10 @@ use handoff_user::{
 use serde::{Deserialize, Serialize};
 
 const CHUNK: usize = 16 << 10;
+/// A paced response is written in steps of this long (at least `MIN_PACED_WRITE` bytes): a
+/// client then sees a steady stream, not a burst and a silence per chunk.
+const PACING_STEP: Duration = Duration::from_micros(250);
+const MIN_PACED_WRITE: u64 = 1 << 10;
 const MAX_REQUEST: usize = 16 << 10;
 
 /// handoffd's request to yield a connection: a flag, and an eventfd that wakes the
@@ -94,9 +98,24 @@ impl YieldSignal {
                 revents: 0,
             });
         }
-        let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
-        // SAFETY: `fds` is a valid array of pollfd of the length passed.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        // ppoll, not poll: a pacing wait is a fraction of a millisecond.
+        let timeout = timeout.map(|t| libc::timespec {
+            tv_sec: t.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+            tv_nsec: t.subsec_nanos().into(),
+        });
+        let timeout_ptr = timeout
+            .as_ref()
+            .map_or(std::ptr::null(), std::ptr::from_ref);
+        // SAFETY: `fds` is a valid array of pollfd of the length passed; the timeout is null or
+        // points to a timespec that outlives the call; no signal mask is given.
+        let n = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                timeout_ptr,
+                std::ptr::null(),
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted {
@@ -128,8 +147,8 @@ struct Args {
     /// The directory served.
     #[arg(long)]
     root: PathBuf,
-    /// Pace each response at this many bytes per second (suffix K or M); default: as fast as
-    /// the connection goes.
+    /// Pace each response at this many bytes per second (suffix K or M), written in steps of
+    /// 250 µs' worth (1–16 KiB); default: as fast as the connection goes.
     #[arg(long, value_parser = parse_rate)]
     rate: Option<u64>,
     /// Move each connection on its own once its response body reaches this offset…
@@ -388,6 +407,10 @@ impl Server {
                     let started = Instant::now();
                     let mut sent_here = 0u64;
                     let mut buffer = vec![0u8; CHUNK];
+                    let step = self.rate.map_or(CHUNK as u64, |rate| {
+                        ((rate as f64 * PACING_STEP.as_secs_f64()) as u64)
+                            .clamp(MIN_PACED_WRITE, CHUNK as u64)
+                    });
                     while offset < len {
                         let hand_over = yield_now.is_raised()
                             || self
@@ -418,7 +441,7 @@ impl Server {
                                 continue;
                             }
                         }
-                        let n = (len - offset).min(CHUNK as u64) as usize;
+                        let n = (len - offset).min(step) as usize;
                         file.read_exact(&mut buffer[..n])?;
                         // Every byte boundary is a safe point: the state is the offset of the
                         // next byte to write (the file is re-opened there on resume).
