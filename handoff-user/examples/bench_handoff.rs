@@ -18,8 +18,11 @@
 //!    path-B rows.
 //! 2. **Drain.** Three members, four clients, N idle keep-alive connections on node1 (a GET
 //!    answered, then nothing), `handoff drain node1 --to node2,node3` with `drain_parallel = 64`;
-//!    N from `BENCH_DRAIN` (default `1000,9900,10000`: node1's file server needs two descriptors
-//!    per connection, and RLIMIT_NOFILE cannot be raised above 20,000 here). Path B.
+//!    N from `BENCH_DRAIN` (default `1000,10000`). Path B.
+//!
+//! Links with neither delay nor rate limit (the 0 ms rows, the drain) are plain veth pairs;
+//! `BENCH_EMULATE_ALL=1` puts them through the emulator too, whose userspace forwarding of every
+//! packet then costs more CPU than handoffd.
 //!
 //! Prints a table and writes `$BENCH_OUT_DIR/handoff.json` (default `target/bench`).
 
@@ -44,6 +47,8 @@ use serde_json::{Value, json};
 
 /// The file server's unit of pacing and of yielding (`CHUNK` in handoff-fileserver.rs).
 const CHUNK: usize = 16 << 10;
+/// The file server's bytes per paced write.
+const PACE_STEP: &str = "2K";
 /// Clients of the drain cluster.
 const DRAIN_CLIENTS: usize = 4;
 /// Descriptors node1's file server needs beside its connections (standard streams,
@@ -293,8 +298,12 @@ fn phases(
         delay_ms: setting.delay_ms,
         site_rate_mbit: setting.site_rate_mbit,
         files: vec![("big".into(), size)],
-        fileserver_args: vec!["--rate".into(), setting.rate.into()],
+        // Small steps: the client sees a steady stream, so the gap is the handoff's own.
+        fileserver_args: ["--rate", setting.rate, "--pace-step", PACE_STEP]
+            .map(String::from)
+            .to_vec(),
         mobile_ipv6,
+        plain_when_unimpaired: plain_when_unimpaired(),
         handoff_section: format!(
             "[handoff]\n{}{}",
             if one_phase {
@@ -640,6 +649,7 @@ fn drain(binaries: &Binaries, count: usize) -> anyhow::Result<Value> {
         clients: DRAIN_CLIENTS,
         files: vec![("small".into(), 100)],
         handoff_section: format!("[handoff]\ndrain_parallel = {DRAIN_PARALLEL}"),
+        plain_when_unimpaired: plain_when_unimpaired(),
         ..Settings::default()
     };
     let cluster = Cluster::start("bhd", binaries, &settings)?;
@@ -777,6 +787,13 @@ fn drain(binaries: &Binaries, count: usize) -> anyhow::Result<Value> {
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit (inherited by the cluster's processes
 /// started afterwards; raising the hard limit needs CAP_SYS_RESOURCE, which this machine's root
 /// lacks); returns the limit.
+/// Links with neither delay nor rate limit are plain veth pairs unless `BENCH_EMULATE_ALL=1`:
+/// the emulator would only add its userspace forwarding of every packet (CPU and scheduling
+/// delay that a real link does not have).
+fn plain_when_unimpaired() -> bool {
+    std::env::var("BENCH_EMULATE_ALL").map_or(true, |v| v != "1")
+}
+
 fn raise_nofile() -> anyhow::Result<u64> {
     let mut rlimit = libc::rlimit {
         rlim_cur: 0,
@@ -847,7 +864,7 @@ fn main() -> anyhow::Result<()> {
     let moves = env_usize("BENCH_MOVES", 100);
     let mobile_ipv6 = std::env::var("BENCH_MIPV6").map_or(true, |v| v != "0");
     let drains: Vec<usize> = std::env::var("BENCH_DRAIN")
-        .unwrap_or_else(|_| "1000,9900,10000".into())
+        .unwrap_or_else(|_| "1000,10000".into())
         .split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|s| s.trim().parse())
@@ -937,17 +954,15 @@ fn main() -> anyhow::Result<()> {
             "[{:>5.1} s] drain of {count} idle connections",
             started.elapsed().as_secs_f64()
         );
-        // node1's file server holds two descriptors per connection (the socket and the eventfd
-        // that wakes its thread for a yield), plus a few of its own; without CAP_SYS_RESOURCE
-        // (not granted to root here) the hard limit cannot be raised.
-        let needed = 2 * count as u64 + FILESERVER_SPARE_FDS;
+        // node1's file server holds a descriptor per connection, plus a few of its own;
+        // without CAP_SYS_RESOURCE (not granted to root here) the hard limit cannot be raised.
+        let needed = count as u64 + FILESERVER_SPARE_FDS;
         let result = if needed > nofile {
             Err(anyhow::anyhow!(
-                "{count} connections need RLIMIT_NOFILE ≥ {needed} in node1's file server (a \
-                 socket and an eventfd per connection); the hard limit here is {nofile} and \
-                 raising it needs CAP_SYS_RESOURCE, which this machine's root lacks (at most \
-                 {} connections)",
-                (nofile - FILESERVER_SPARE_FDS) / 2
+                "{count} connections need RLIMIT_NOFILE ≥ {needed} in node1's file server; the \
+                 hard limit here is {nofile} and raising it needs CAP_SYS_RESOURCE (at most {} \
+                 connections)",
+                nofile - FILESERVER_SPARE_FDS
             ))
         } else {
             drain(&binaries, count)

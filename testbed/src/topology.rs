@@ -194,6 +194,10 @@ pub struct ReferenceParams {
     pub client_link: Impairment,
     /// Impairment of the router—ha links (both directions): the inter-site path.
     pub site_link: Impairment,
+    /// A client or site link without any impairment is a plain veth pair (offloads on) rather
+    /// than an emulated one with nothing to emulate: no userspace forwarding per packet, as on
+    /// a real link.
+    pub plain_when_unimpaired: bool,
 }
 
 impl Default for ReferenceParams {
@@ -210,17 +214,26 @@ impl Default for ReferenceParams {
                 rate_mbit: Some(100.0),
                 ..Impairment::default()
             },
+            plain_when_unimpaired: false,
         }
     }
 }
 
 impl Topology {
     /// The seed's reference topology: client(s) ── router ──┬── ha1 ── node1,
-    /// └── ha2 ── node2 … nodeN; the client and router—ha links are emulated.
+    /// └── ha2 ── node2 … nodeN; the client and router—ha links are emulated (or plain when
+    /// unimpaired and `plain_when_unimpaired`).
     pub fn reference(params: &ReferenceParams) -> Topology {
         let host = |name: String| HostSpec {
             name,
             ..HostSpec::default()
+        };
+        let link = |a: &str, b: &str, impairment: Impairment| {
+            if params.plain_when_unimpaired && impairment == Impairment::default() {
+                LinkSpec::plain(a, b)
+            } else {
+                LinkSpec::emulated(a, b, impairment)
+            }
         };
         let mut topology = Topology::default();
         for c in 1..=params.clients {
@@ -236,20 +249,14 @@ impl Topology {
             topology.hosts.push(host(format!("node{n}")));
         }
         for c in 1..=params.clients {
-            topology.links.push(LinkSpec::emulated(
-                &format!("client{c}"),
-                "router",
-                params.client_link,
-            ));
-        }
-        topology
-            .links
-            .push(LinkSpec::emulated("router", "ha1", params.site_link));
-        topology.links.push(LinkSpec::plain("ha1", "node1"));
-        if params.nodes >= 2 {
             topology
                 .links
-                .push(LinkSpec::emulated("router", "ha2", params.site_link));
+                .push(link(&format!("client{c}"), "router", params.client_link));
+        }
+        topology.links.push(link("router", "ha1", params.site_link));
+        topology.links.push(LinkSpec::plain("ha1", "node1"));
+        if params.nodes >= 2 {
+            topology.links.push(link("router", "ha2", params.site_link));
         }
         for n in 2..=params.nodes {
             topology
@@ -621,6 +628,35 @@ mod tests {
             ..ReferenceParams::default()
         });
         assert!(one.hosts.iter().all(|h| h.name != "ha2"));
+    }
+
+    #[test]
+    fn unimpaired_links_are_plain_only_when_asked() {
+        let unimpaired = ReferenceParams {
+            client_link: Impairment::default(),
+            site_link: Impairment {
+                rate_mbit: Some(100.0),
+                ..Impairment::default()
+            },
+            ..ReferenceParams::default()
+        };
+        let emulated = Topology::reference(&unimpaired).plan().unwrap();
+        assert!(
+            emulated
+                .link("client1", "router")
+                .unwrap()
+                .emulation
+                .is_some()
+        );
+        let plain = Topology::reference(&ReferenceParams {
+            plain_when_unimpaired: true,
+            ..unimpaired
+        })
+        .plan()
+        .unwrap();
+        assert!(plain.link("client1", "router").unwrap().emulation.is_none());
+        // A rate limit is an impairment: that link keeps its emulator.
+        assert!(plain.link("router", "ha1").unwrap().emulation.is_some());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
     fs::File,
     io::{self, Read as _, Seek as _, SeekFrom, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     path::{Component, Path, PathBuf},
     process::ExitCode,
     sync::{
@@ -30,18 +30,45 @@ use handoff_user::{
 use serde::{Deserialize, Serialize};
 
 const CHUNK: usize = 16 << 10;
-/// A paced response is written in steps of this long (at least `MIN_PACED_WRITE` bytes): a
-/// client then sees a steady stream, not a burst and a silence per chunk.
-const PACING_STEP: Duration = Duration::from_micros(250);
-const MIN_PACED_WRITE: u64 = 1 << 10;
 const MAX_REQUEST: usize = 16 << 10;
 
-/// handoffd's request to yield a connection: a flag, and an eventfd that wakes the
-/// connection's thread wherever it waits (for a request, for room to write, for its pace), so
-/// that a yield never waits for the next chunk or request.
+/// The signal that wakes a connection's thread for a yield. Every thread of the server blocks
+/// it, and a connection's thread unblocks it only inside `ppoll`: a yield raised before the
+/// wait stays pending and ends the wait at once, so none is lost — and it costs no descriptor
+/// per connection (an eventfd each would halve the connections a file-descriptor limit allows).
+const WAKE_SIGNAL: libc::c_int = libc::SIGUSR1;
+
+/// Installs the wake signal's handler (it does nothing: the interrupted `ppoll` is the point)
+/// and blocks the signal in the calling thread, which every later thread inherits.
+fn block_wake_signal() -> io::Result<()> {
+    extern "C" fn woken(_: libc::c_int) {}
+    // SAFETY: sigaction and pthread_sigmask with initialized sets; the handler is
+    // async-signal-safe (it does nothing). No SA_RESTART: the wait must return EINTR.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = woken as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(WAKE_SIGNAL, &action, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, WAKE_SIGNAL);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+    }
+    Ok(())
+}
+
+/// handoffd's request to yield a connection: a flag, and the connection's thread to wake with
+/// [`WAKE_SIGNAL`] wherever it waits (for a request, for room to write, for its pace), so that
+/// a yield never waits for the next chunk or request.
 struct YieldSignal {
     raised: AtomicBool,
-    wake: OwnedFd,
+    /// The thread that serves the connection (it created this signal).
+    thread: libc::pthread_t,
 }
 
 /// What a wait ended with.
@@ -55,49 +82,43 @@ enum Woken {
 }
 
 impl YieldSignal {
-    fn new() -> io::Result<YieldSignal> {
-        // SAFETY: plain eventfd(2); the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(YieldSignal {
+    /// A signal for the calling thread's connection.
+    fn new() -> YieldSignal {
+        YieldSignal {
             raised: AtomicBool::new(false),
-            // SAFETY: a new descriptor nothing else owns.
-            wake: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+            // SAFETY: pthread_self has no preconditions.
+            thread: unsafe { libc::pthread_self() },
+        }
     }
 
+    /// Raises the flag and wakes the connection's thread. The caller holds the lock of
+    /// `Server::yield_flags`, from which that thread removes this signal before it ends: the
+    /// thread is alive.
     fn raise(&self) {
-        self.raised.store(true, Ordering::Relaxed);
-        let one = 1u64;
-        // SAFETY: writes 8 bytes from a valid u64 to an eventfd.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+        self.raised.store(true, Ordering::SeqCst);
+        // SAFETY: the thread is alive (see above); the signal has a handler.
+        unsafe { libc::pthread_kill(self.thread, WAKE_SIGNAL) };
     }
 
     fn is_raised(&self) -> bool {
-        self.raised.load(Ordering::Relaxed)
+        self.raised.load(Ordering::SeqCst)
     }
 
     /// Waits until `stream` is ready for `events` (if given), a yield is requested, or
-    /// `timeout` passes.
+    /// `timeout` passes. Called by the connection's own thread only.
     fn wait(
         &self,
         stream: Option<(&TcpStream, libc::c_short)>,
         timeout: Option<Duration>,
     ) -> io::Result<Woken> {
-        let mut fds = vec![libc::pollfd {
-            fd: self.wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        if let Some((stream, events)) = stream {
-            fds.push(libc::pollfd {
+        let mut fds: Vec<libc::pollfd> = stream
+            .map(|(stream, events)| libc::pollfd {
                 fd: stream.as_raw_fd(),
                 events,
                 revents: 0,
-            });
-        }
+            })
+            .into_iter()
+            .collect();
         // ppoll, not poll: a pacing wait is a fraction of a millisecond.
         let timeout = timeout.map(|t| libc::timespec {
             tv_sec: t.as_secs().try_into().unwrap_or(libc::time_t::MAX),
@@ -107,26 +128,28 @@ impl YieldSignal {
             .as_ref()
             .map_or(std::ptr::null(), std::ptr::from_ref);
         // SAFETY: `fds` is a valid array of pollfd of the length passed; the timeout is null or
-        // points to a timespec that outlives the call; no signal mask is given.
+        // points to a timespec that outlives the call; the mask is this thread's with the wake
+        // signal let through for the duration of the wait.
         let n = unsafe {
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut mask);
+            libc::sigdelset(&mut mask, WAKE_SIGNAL);
             libc::ppoll(
                 fds.as_mut_ptr(),
                 fds.len() as libc::nfds_t,
                 timeout_ptr,
-                std::ptr::null(),
+                &mask,
             )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(Woken::Timeout)
-            } else {
-                Err(e)
-            };
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
         }
         Ok(if self.is_raised() {
             Woken::Yield
-        } else if n == 0 {
+        } else if n <= 0 {
             Woken::Timeout
         } else {
             Woken::Ready
@@ -147,10 +170,14 @@ struct Args {
     /// The directory served.
     #[arg(long)]
     root: PathBuf,
-    /// Pace each response at this many bytes per second (suffix K or M), written in steps of
-    /// 250 µs' worth (1–16 KiB); default: as fast as the connection goes.
+    /// Pace each response at this many bytes per second (suffix K or M); default: as fast as
+    /// the connection goes.
     #[arg(long, value_parser = parse_rate)]
     rate: Option<u64>,
+    /// Bytes per write of a paced response (1 to 16K): smaller steps make a steadier stream
+    /// for the client, at one wakeup and one small segment per step.
+    #[arg(long, value_parser = parse_pace_step, default_value = "16K")]
+    pace_step: usize,
     /// Move each connection on its own once its response body reaches this offset…
     #[arg(long, requires = "move_to")]
     move_after: Option<u64>,
@@ -176,6 +203,14 @@ fn parse_rate(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("{text:?}: bytes per second, optionally with K or M"))
 }
 
+fn parse_pace_step(text: &str) -> Result<usize, String> {
+    let step = parse_rate(text).map_err(|_| format!("{text:?}: bytes, optionally with K"))?;
+    usize::try_from(step)
+        .ok()
+        .filter(|step| (1..=CHUNK).contains(step))
+        .ok_or_else(|| format!("{text:?}: a pacing step is 1 to 16K bytes"))
+}
+
 /// Where a connection is: the application state that travels with it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
@@ -198,6 +233,7 @@ struct Server {
     service: Service,
     root: PathBuf,
     rate: Option<u64>,
+    pace_step: usize,
     move_rule: Option<(u64, String)>,
     yield_flags: Mutex<HashMap<ConnId, Arc<YieldSignal>>>,
 }
@@ -224,6 +260,8 @@ fn run(args: Args) -> io::Result<()> {
     let IpAddr::V6(dsa) = args.listen.ip() else {
         return Err(io::Error::other("the service address is an IPv6 DSA"));
     };
+    // Before any thread starts: they all inherit the blocked wake signal.
+    block_wake_signal()?;
     let listener = app::listen(args.listen, args.mtu)?;
     let (service, mut events) = Service::register(&args.agent, dsa, args.listen.port())?;
     tracing::info!(node = service.node(), listen = %args.listen, "serving {}", args.root.display());
@@ -231,6 +269,7 @@ fn run(args: Args) -> io::Result<()> {
         service,
         root: args.root,
         rate: args.rate,
+        pace_step: args.pace_step,
         move_rule: args.move_after.zip(args.move_to),
         yield_flags: Mutex::default(),
     });
@@ -249,10 +288,17 @@ fn run(args: Args) -> io::Result<()> {
     while let Some(event) = events.next_event()? {
         match event {
             Event::Yield(conn) => {
-                let flag = server.yield_flags.lock().unwrap().get(&conn).cloned();
-                match flag {
-                    Some(flag) => flag.raise(),
-                    None => server.service.decline(conn, "no such connection here")?,
+                // Raised under the lock: the connection's thread is alive while its signal is
+                // in the map.
+                let raised = server
+                    .yield_flags
+                    .lock()
+                    .unwrap()
+                    .get(&conn)
+                    .map(|flag| flag.raise())
+                    .is_some();
+                if !raised {
+                    server.service.decline(conn, "no such connection here")?;
                 }
             }
             Event::Adopt {
@@ -283,14 +329,7 @@ impl Server {
         let Ok(conn) = app::conn_id(&stream) else {
             return;
         };
-        let flag = match self.watch(conn) {
-            Ok(flag) => flag,
-            Err(e) => {
-                // The connection closes unserved (e.g. out of descriptors): say so.
-                tracing::error!(%conn, "cannot serve a new connection: {e}");
-                return;
-            }
-        };
+        let flag = self.watch(conn);
         if self.service.accepted(&stream).is_ok() {
             self.run(
                 conn,
@@ -303,20 +342,19 @@ impl Server {
         }
     }
 
-    fn watch(&self, conn: ConnId) -> io::Result<Arc<YieldSignal>> {
-        let flag = Arc::new(YieldSignal::new()?);
+    /// The yield signal of a connection served by the calling thread.
+    fn watch(&self, conn: ConnId) -> Arc<YieldSignal> {
+        let flag = Arc::new(YieldSignal::new());
         self.yield_flags
             .lock()
             .unwrap()
             .insert(conn, Arc::clone(&flag));
-        Ok(flag)
+        flag
     }
 
     fn serve(&self, conn: ConnId, stream: TcpStream, state: ConnState) {
-        match self.watch(conn) {
-            Ok(flag) => self.run(conn, stream, state, flag),
-            Err(e) => tracing::error!(%conn, "cannot serve an adopted connection: {e}"),
-        }
+        let flag = self.watch(conn);
+        self.run(conn, stream, state, flag);
     }
 
     fn run(&self, conn: ConnId, stream: TcpStream, state: ConnState, flag: Arc<YieldSignal>) {
@@ -407,10 +445,11 @@ impl Server {
                     let started = Instant::now();
                     let mut sent_here = 0u64;
                     let mut buffer = vec![0u8; CHUNK];
-                    let step = self.rate.map_or(CHUNK as u64, |rate| {
-                        ((rate as f64 * PACING_STEP.as_secs_f64()) as u64)
-                            .clamp(MIN_PACED_WRITE, CHUNK as u64)
-                    });
+                    let step = if self.rate.is_some() {
+                        self.pace_step
+                    } else {
+                        CHUNK
+                    } as u64;
                     while offset < len {
                         let hand_over = yield_now.is_raised()
                             || self

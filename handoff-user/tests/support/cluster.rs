@@ -98,6 +98,9 @@ pub struct Settings {
     /// and the correspondent role with the client-side programs on every client. Without it,
     /// ha1's tunnel entry is written directly and clients are plain (path B only).
     pub mobile_ipv6: bool,
+    /// Links with neither delay nor rate limit are plain veth pairs instead of emulated ones
+    /// (no userspace forwarding per packet; offloads on).
+    pub plain_when_unimpaired: bool,
 }
 
 impl Default for Settings {
@@ -111,6 +114,7 @@ impl Default for Settings {
             fileserver_args: Vec::new(),
             handoff_section: String::new(),
             mobile_ipv6: false,
+            plain_when_unimpaired: false,
         }
     }
 }
@@ -191,6 +195,7 @@ impl Cluster {
             clients: settings.clients,
             client_link: impairment(settings.delay_ms, None),
             site_link: impairment(settings.delay_ms, settings.site_rate_mbit),
+            plain_when_unimpaired: settings.plain_when_unimpaired,
         };
         let testbed = Testbed::build(&instance, &Topology::reference(&params))?;
         let dir = std::env::temp_dir().join(format!("dsl-cluster-{instance}"));

@@ -194,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         rate_mbit: Some(site_rate_mbit),
                         ..Impairment::default()
                     },
+                    plain_when_unimpaired: false,
                 }),
             };
             let exe = std::env::current_exe().context("locating dsl-testbed itself")?;

@@ -51,6 +51,7 @@ fn reference_at(rate_mbit: f64) -> Topology {
             rate_mbit: Some(rate_mbit),
             ..Impairment::default()
         },
+        plain_when_unimpaired: false,
     })
 }
 
