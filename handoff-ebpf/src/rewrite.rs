@@ -74,7 +74,9 @@ pub fn insert_ext(ctx: &TcContext, header: &[u8; 24], kind: u8) -> Result<(), Fa
 }
 
 /// Removes the `len`-byte extension header right after the IPv6 header, whose next header was
-/// `inner`.
+/// `inner`. FIXED_GSO: a GSO packet keeps its segment size — without it the kernel would grow
+/// `gso_size` by `len` (room for more payload per segment), and the receiving TCP, which takes
+/// `gso_size` as the peer's segment size, then ran at half the throughput.
 #[inline(always)]
 pub fn remove_ext(ctx: &TcContext, len: u16, inner: u8) -> Result<(), Failed> {
     let (payload_len, hop_limit) = length_and_hop_limit(ctx)?;
@@ -82,8 +84,12 @@ pub fn remove_ext(ctx: &TcContext, len: u16, inner: u8) -> Result<(), Failed> {
         return Err(Failed);
     }
     set_length_and_next(ctx, payload_len - len, inner, hop_limit)?;
-    ctx.adjust_room(-i32::from(len), BPF_ADJ_ROOM_NET, 0)
-        .map_err(|_| Failed)
+    ctx.adjust_room(
+        -i32::from(len),
+        BPF_ADJ_ROOM_NET,
+        BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+    )
+    .map_err(|_| Failed)
 }
 
 /// Wraps the packet in an outer IPv6 header from `src` to `dst` (next header 41).
@@ -106,10 +112,12 @@ pub fn encapsulate(ctx: &TcContext, src: &Addr, dst: &Addr) -> Result<(), Failed
     store(ctx, ETH_HLEN, &outer)
 }
 
-/// Removes the outer IPv6 header of an IPv6-in-IPv6 packet.
+/// Removes the outer IPv6 header of an IPv6-in-IPv6 packet (the inner segment size stays, as in
+/// `remove_ext`).
 #[inline(always)]
 pub fn decapsulate(ctx: &TcContext) -> Result<(), Failed> {
-    ctx.adjust_room(-40, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV6 as u64)
+    let flags = BPF_F_ADJ_ROOM_DECAP_L3_IPV6 | BPF_F_ADJ_ROOM_FIXED_GSO;
+    ctx.adjust_room(-40, BPF_ADJ_ROOM_MAC, flags as u64)
         .map_err(|_| Failed)
 }
 

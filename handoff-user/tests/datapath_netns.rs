@@ -75,30 +75,71 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Client (in `client`, bound to `client_port` if non-zero) and server exchange `TRANSFER` bytes
-/// each way at once; both sides must receive exactly what the other sent.
+/// A client MSS clamp well below the server's (`mtu::clamped_mss(LINK_MTU)`).
+const CLIENT_MSS: u32 = 1200;
+
+/// `tcpi_snd_mss` and `tcpi_rcv_mss` of a TCP socket: the payload per segment it sends, and
+/// its estimate of the peer's (from the segment size of what arrives, GSO packets included).
+fn send_and_receive_mss(stream: &TcpStream) -> anyhow::Result<(u32, u32)> {
+    // SAFETY: all-zero is a valid tcp_info.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    ensure!(rc == 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    Ok((info.tcpi_snd_mss, info.tcpi_rcv_mss))
+}
+
+/// Client (in `client`, bound to `client_port` if non-zero, its MSS clamped to `client_mss` if
+/// given) and server exchange `TRANSFER` bytes each way at once; both sides must receive exactly
+/// what the other sent, and the server must see the client's segment size: a data path that
+/// removes a header from a GSO packet must not grow its segment size (the kernel does unless
+/// told not to), or the receiving TCP takes the peer for one with larger segments. The server's
+/// estimate is capped at its own MSS, so a grown size only shows when the client's is smaller
+/// (`Some(CLIENT_MSS)`).
 fn exchange(
     client: &Netns,
     listener: TcpListener,
     server: SocketAddr,
     client_port: u16,
+    client_mss: Option<u32>,
 ) -> anyhow::Result<()> {
-    let serving = thread::spawn(move || -> anyhow::Result<Vec<u8>> {
+    let serving = thread::spawn(move || -> anyhow::Result<(Vec<u8>, u32)> {
         let (stream, _) = listener.accept()?;
-        talk(stream, pattern(0x5a, TRANSFER))
+        let probe = stream.try_clone()?;
+        let received = talk(stream, pattern(0x5a, TRANSFER))?;
+        Ok((received, send_and_receive_mss(&probe)?.1))
     });
     let stream = client.run(|| -> anyhow::Result<TcpStream> {
         let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+        if let Some(mss) = client_mss {
+            socket.set_tcp_mss(mss)?;
+        }
         if client_port != 0 {
             socket.bind(&SocketAddr::new(v6(Ipv6Addr::UNSPECIFIED), client_port).into())?;
         }
         socket.connect(&server.into())?;
         Ok(socket.into())
     })?;
+    let probe = stream.try_clone()?;
     let from_server = talk(stream, pattern(0xc3, TRANSFER))?;
-    let from_client = serving
+    let (client_mss, _) = send_and_receive_mss(&probe)?;
+    let (from_client, server_sees) = serving
         .join()
         .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    ensure!(
+        server_sees <= client_mss,
+        "the server estimates the client's segments at {server_sees} bytes, the client sends \
+         {client_mss}: a header removed from a GSO packet grew its segment size"
+    );
     ensure!(
         from_client == pattern(0xc3, TRANSFER),
         "server received other bytes"
@@ -190,7 +231,7 @@ fn set_offloads(on: bool, links: &[(&Netns, &str)]) -> anyhow::Result<()> {
 }
 
 /// Client and node on one link; the client has a binding DSA → node's address (its CoA).
-fn route_optimization(offloads: bool) -> anyhow::Result<()> {
+fn route_optimization(offloads: bool, client_mss: Option<u32>) -> anyhow::Result<()> {
     let hosts = HostPair::new("ro")?;
     let (client_if, node_if) = (HostPair::CLIENT_IF, HostPair::SERVER_IF);
     let (client, care_of) = (HostPair::CLIENT_V6, HostPair::SERVER_V6);
@@ -203,7 +244,13 @@ fn route_optimization(offloads: bool) -> anyhow::Result<()> {
 
     let capture = Capture::start(&hosts.server, node_if)?;
     let listener = listen(&hosts.server, SocketAddr::new(v6(DSA), PORT))?;
-    exchange(&hosts.client, listener, SocketAddr::new(v6(DSA), PORT), 0)?;
+    exchange(
+        &hosts.client,
+        listener,
+        SocketAddr::new(v6(DSA), PORT),
+        0,
+        client_mss,
+    )?;
     let packets = capture.finish(
         "tcp",
         &[
@@ -255,7 +302,7 @@ fn route_optimization(offloads: bool) -> anyhow::Result<()> {
         largest = largest.max(packet[5].parse::<u32>().unwrap_or(0));
     }
     ensure!(
-        largest >= mtu::clamped_mss(LINK_MTU) - 12,
+        client_mss.is_some() || largest >= mtu::clamped_mss(LINK_MTU) - 12,
         "no full-size segment on the wire (largest {largest})"
     );
     for netns in [&hosts.client, &hosts.server] {
@@ -270,7 +317,7 @@ fn route_optimization(offloads: bool) -> anyhow::Result<()> {
 
 /// client ── ha ── node: the home agent tunnels the DSA's packets to the node; the node
 /// reverse-tunnels its answers to the home agent, which decapsulates and routes them.
-fn home_agent_tunnel(offloads: bool) -> anyhow::Result<()> {
+fn home_agent_tunnel(offloads: bool, client_mss: Option<u32>) -> anyhow::Result<()> {
     let client = Netns::create("hat-c")?;
     let ha = Netns::create("hat-ha")?;
     let node = Netns::create("hat-n")?;
@@ -325,7 +372,13 @@ fn home_agent_tunnel(offloads: bool) -> anyhow::Result<()> {
 
     let capture = Capture::start(&node, "n0")?;
     let listener = listen(&node, SocketAddr::new(v6(DSA), PORT))?;
-    exchange(&client, listener, SocketAddr::new(v6(DSA), PORT), 0)?;
+    exchange(
+        &client,
+        listener,
+        SocketAddr::new(v6(DSA), PORT),
+        0,
+        client_mss,
+    )?;
     let packets = capture.finish("tcp", &["ipv6.src", "ipv6.dst", "tcp.checksum.status"])?;
 
     let ha_counts = counters(&mut home_agent)?;
@@ -372,7 +425,7 @@ fn home_agent_tunnel(offloads: bool) -> anyhow::Result<()> {
 
 /// client ── node1 ── node2: node1 receives the client's packets for the DSA but the connection
 /// belongs to node2, so node1's ingress tunnels them there (path B); node2 answers directly.
-fn redirect(offloads: bool) -> anyhow::Result<()> {
+fn redirect(offloads: bool, client_mss: Option<u32>) -> anyhow::Result<()> {
     const CLIENT_PORT: u16 = 40123;
     let client = Netns::create("rd-c")?;
     let node1 = Netns::create("rd-n1")?;
@@ -436,6 +489,7 @@ fn redirect(offloads: bool) -> anyhow::Result<()> {
         listener,
         SocketAddr::new(v6(DSA), PORT),
         CLIENT_PORT,
+        client_mss,
     )?;
     let packets = capture.finish("tcp", &["ipv6.src", "ipv6.dst", "tcp.checksum.status"])?;
 
@@ -547,41 +601,52 @@ fn privileged_binding_update_without_program_draws_a_parameter_problem() {
 #[test]
 fn privileged_route_optimization_with_offloads() {
     if root() {
-        route_optimization(true).unwrap();
+        route_optimization(true, None).unwrap();
     }
 }
 
 #[test]
 fn privileged_route_optimization_without_offloads() {
     if root() {
-        route_optimization(false).unwrap();
+        route_optimization(false, None).unwrap();
     }
 }
 
 #[test]
 fn privileged_home_agent_tunnel_with_offloads() {
     if root() {
-        home_agent_tunnel(true).unwrap();
+        home_agent_tunnel(true, None).unwrap();
     }
 }
 
 #[test]
 fn privileged_home_agent_tunnel_without_offloads() {
     if root() {
-        home_agent_tunnel(false).unwrap();
+        home_agent_tunnel(false, None).unwrap();
     }
 }
 
 #[test]
 fn privileged_redirect_with_offloads() {
     if root() {
-        redirect(true).unwrap();
+        redirect(true, None).unwrap();
     }
 }
 
 #[test]
 fn privileged_redirect_without_offloads() {
     if root() {
-        redirect(false).unwrap();
+        redirect(false, None).unwrap();
+    }
+}
+
+/// Headers removed from GSO packets (RH2 on the node, the tunnel's outer header on the node and
+/// on the home agent) leave their segment size alone: the receiver sees the sender's MSS.
+#[test]
+fn privileged_removed_headers_keep_the_gso_segment_size() {
+    if root() {
+        route_optimization(true, Some(CLIENT_MSS)).unwrap();
+        home_agent_tunnel(true, Some(CLIENT_MSS)).unwrap();
+        redirect(true, Some(CLIENT_MSS)).unwrap();
     }
 }
