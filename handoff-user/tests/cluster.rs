@@ -8,6 +8,7 @@ mod cluster;
 use std::process::Output;
 
 use cluster::{Binaries, Cluster, Settings, content, is_root};
+use handoff_common::Counter;
 use sha2::{Digest as _, Sha256};
 
 fn curl(cluster: &Cluster, file: &str) -> Output {
@@ -142,6 +143,11 @@ fn privileged_route_optimized_download_binds_the_client_to_node2() {
     let node2 = counters(&cluster, "node2");
     assert!(node2["rh2_restored"].as_u64().unwrap() > 0, "{node2}");
     assert!(node2["hao_inserted"].as_u64().unwrap() > 0, "{node2}");
+    // The client's mipv6d writes the binding into its data path before it acknowledges it, so
+    // none of node2's first packets with the Home Address option arrives unbound.
+    let client = cluster.client_counters(1).unwrap();
+    assert_eq!(client.get(Counter::DropHaoNoBinding), 0, "client: {client}");
+    assert!(client.get(Counter::HaoAccepted) > 0, "client: {client}");
 }
 
 #[test]

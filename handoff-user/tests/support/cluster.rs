@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use handoff_common::NodeConfig;
-use handoff_user::datapath::{Datapath, PinDir, Program};
+use handoff_user::datapath::{CounterValues, Datapath, FreezeMap, PinDir, Program};
 use testbed::{KillOnDrop, ReferenceParams, Testbed, Topology, emulator::Impairment};
 
 /// The distributed-server address.
@@ -457,6 +457,13 @@ impl Cluster {
         let daemon = self.mipv6d(&client, &client, &config)?;
         self.daemons.push(daemon);
         Ok(())
+    }
+
+    /// The data-path counters of client `c` (1-based; its correspondent programs, loaded by
+    /// its mipv6d with `mobile_ipv6`).
+    pub fn client_counters(&self, c: usize) -> anyhow::Result<CounterValues> {
+        let pins = PinDir::for_instance(&pin_instance(&self.tag, 100 + c));
+        Ok(FreezeMap::open(&pins)?.all_counters()?)
     }
 
     /// A TCP MIB counter `name` of `host`'s namespace (its `/proc/net/snmp`).

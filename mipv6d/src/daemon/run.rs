@@ -286,17 +286,21 @@ impl<T: Engine + ControlTarget> Daemon<T> {
         }
     }
 
-    /// Sends queued datagrams and delivers completed control answers.
+    /// Writes binding changes into the data path, then sends queued datagrams, then delivers
+    /// completed control answers. The data path goes first: an acknowledgement must not leave
+    /// before the binding it acknowledges is in the data path — a correspondent that answered
+    /// a Binding Update before writing the binding dropped the mobile node's first packets with
+    /// the Home Address option (5 of 100 route-optimized handoffs in `bench handoff`).
     fn flush(&mut self) {
+        let answers = self
+            .target
+            .completions(monotonic_now(), self.datapath.as_mut());
         while let Some(t) = self.target.poll_transmit() {
             if let Err(error) = self.sender.send(&t) {
                 tracing::warn!(%error, destination = %t.destination, kind = ?t.kind, "mipv6d: cannot send");
             }
         }
-        for (id, answer) in self
-            .target
-            .completions(monotonic_now(), self.datapath.as_mut())
-        {
+        for (id, answer) in answers {
             self.reply(id, &answer);
         }
     }
