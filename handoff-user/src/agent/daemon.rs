@@ -489,7 +489,23 @@ impl Agent {
                     tracing::warn!(%conn, "cannot redirect: {e}");
                 }
             }
-            PeerMessage::ClientBound { dsa, client } => {
+            PeerMessage::ClientBound {
+                dsa,
+                client,
+                sequence,
+            } => {
+                // Announcements travel apart from the bindings they report: one that is older
+                // than a binding this member knows of (its own, made since, or one reported to
+                // it) must not undo that binding.
+                {
+                    let mut sequences = lock(&self.sequences);
+                    let known = sequences.get(&client).copied();
+                    if known.is_some_and(|known| sequence_greater(known, sequence)) {
+                        tracing::debug!(%client, sequence, ?known, "stale ClientBound ignored");
+                        return;
+                    }
+                    sequences.insert(client, sequence);
+                }
                 // The client's one binding for the DSA names another member now. An entry of
                 // this member would put a Home Address option the client no longer accepts on
                 // the packets of the client's connections still served here, and mipv6d's
@@ -724,7 +740,14 @@ impl Agent {
                     (bound.sequence, bound.elapsed_us)
                 });
             match &result {
-                Ok(_) => self.broadcast(PeerMessage::ClientBound { dsa, client }, None),
+                Ok((sequence, _)) => self.broadcast(
+                    PeerMessage::ClientBound {
+                        dsa,
+                        client,
+                        sequence: *sequence,
+                    },
+                    None,
+                ),
                 Err(e) => {
                     tracing::info!(%conn, "client not bound, served through the redirect: {e}")
                 }
@@ -1701,5 +1724,25 @@ fn prime_neighbour(client: SocketAddr) {
     };
     if let Err(e) = probe() {
         tracing::debug!(%client, "neighbour probe: {e}");
+    }
+}
+
+/// Whether Binding Update sequence number `a` is newer than `b` modulo 2^16 (RFC 6275 §9.5.1).
+fn sequence_greater(a: u16, b: u16) -> bool {
+    (a.wrapping_sub(b) as i16) > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sequence_greater;
+
+    #[test]
+    fn sequence_numbers_compare_modulo_2_16() {
+        assert!(sequence_greater(8, 7));
+        assert!(!sequence_greater(7, 8));
+        assert!(!sequence_greater(7, 7));
+        // Across the wrap: 2 follows 65,534.
+        assert!(sequence_greater(2, 65_534));
+        assert!(!sequence_greater(65_534, 2));
     }
 }

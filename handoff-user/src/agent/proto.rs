@@ -188,6 +188,9 @@ pub enum PeerMessage {
         dsa: Ipv6Addr,
         /// The client.
         client: Ipv6Addr,
+        /// The sequence number of the Binding Update the client accepted: an announcement
+        /// older than a binding the receiver knows of is stale and ignored.
+        sequence: u16,
     },
     /// The connection is closed: members drop their redirect entries.
     Gone {
