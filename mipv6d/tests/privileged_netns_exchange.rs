@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use mipv6d::correspondent::{Correspondent, CorrespondentConfig};
 use mipv6d::io_shell::{EventLoop, PacketReceiver, RawSender, monotonic_now};
 use mipv6d::mobile::{MnEvent, MobileConfig, MobileNode};
+use mipv6d::wire::DatagramBuilder;
 
 use handoff_user::datapath::{Datapath, PinDir};
 use testbed::{Netns, veth_pair};
@@ -756,4 +757,77 @@ fn privileged_hoti_without_reverse_tunnel_goes_directly() {
     stop(member, "member");
     stop(ha, "home agent");
     stop(client, "client");
+}
+
+/// The receiver's socket filter: Mobility Header packets — plain, after an RH2, after a Home
+/// Address option, inside IPv6-in-IPv6 — reach mipv6d; the connections' data (UDP, TCP,
+/// tunnelled TCP) stays in the kernel.
+#[test]
+fn privileged_packet_receiver_sees_mobility_headers_only() {
+    if !is_root() {
+        eprintln!("SKIPPED (not root): privileged_packet_receiver_sees_mobility_headers_only");
+        return;
+    }
+    let (client, server, hoa) = client_and_member();
+    let rx = server
+        .run(|| PacketReceiver::new(SERVER_IF))
+        .expect("receiver");
+    let tx = client.run(RawSender::new).expect("sender");
+    let plain = DatagramBuilder {
+        src: CLIENT_V6,
+        dst: SERVER_V6,
+        routing_type2: None,
+        home_address_option: None,
+        hop_limit: 64,
+    };
+    let with_rh2 = DatagramBuilder {
+        routing_type2: Some(hoa),
+        ..plain
+    };
+    let with_hao = DatagramBuilder {
+        home_address_option: Some(hoa),
+        ..plain
+    };
+    const UDP: u8 = 17;
+    const TCP: u8 = 6;
+    const MH: u8 = 135;
+    const IPV6: u8 = 41;
+    let cases = |marker: u8| -> Vec<(&str, Vec<u8>, bool)> {
+        let payload = [marker; 16];
+        let tunnelled = |next: u8| plain.build(IPV6, &plain.build(next, &payload).unwrap());
+        vec![
+            ("UDP", plain.build(UDP, &payload), false),
+            ("TCP", plain.build(TCP, &payload), false),
+            ("tunnelled TCP", tunnelled(TCP), false),
+            ("MH", plain.build(MH, &payload), true),
+            ("MH after an RH2", with_rh2.build(MH, &payload), true),
+            (
+                "MH after a Home Address option",
+                with_hao.build(MH, &payload),
+                true,
+            ),
+            ("tunnelled MH", tunnelled(MH), true),
+        ]
+        .into_iter()
+        .map(|(what, packet, seen)| (what, packet.unwrap(), seen))
+        .collect()
+    };
+    // The first packet waits for neighbour discovery.
+    tx.send_packet(&cases(0)[0].1, SERVER_V6).expect("send");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut buf = [0u8; 2048];
+    while rx.recv(&mut buf).expect("recv").is_some() {}
+    for (i, (what, packet, expected)) in cases(1).into_iter().enumerate() {
+        tx.send_packet(&packet, SERVER_V6).expect("send");
+        let mut seen = false;
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < deadline {
+            if rx.wait(Duration::from_millis(20)).expect("wait") {
+                while let Some((n, _)) = rx.recv(&mut buf).expect("recv") {
+                    seen |= buf[..n] == packet[..];
+                }
+            }
+        }
+        assert_eq!(seen, expected, "case {i}: {what}");
+    }
 }
