@@ -391,7 +391,12 @@ fn phases(
                     let donor = if at == "node1" { "node2" } else { "node1" };
                     let deadline = Instant::now() + Duration::from_secs(5);
                     loop {
-                        let history = handoff_json(&cluster, &["history", donor, "--json"])?;
+                        // Only the newest report: the whole history (up to 1000 reports) costs
+                        // handoffd and the CLI milliseconds of CPU per poll, which stalled the
+                        // measured stream (a 4.2 ms run of handoffd's control thread while the
+                        // file server waited to be scheduled, seen with `perf sched`).
+                        let history =
+                            handoff_json(&cluster, &["history", donor, "--last", "1", "--json"])?;
                         let last = history.as_array().and_then(|h| h.last()).cloned();
                         if last.is_some_and(|r| {
                             r["binding_us"].as_f64().is_some_and(|b| b > 0.0)

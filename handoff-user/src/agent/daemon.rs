@@ -1437,8 +1437,11 @@ impl Agent {
                 json!({"ok": true, "node": self.config.node, "was_draining": was})
             }
             ControlRequest::Status => self.status(),
-            ControlRequest::History => {
-                json!({"ok": true, "node": self.config.node, "handoffs": *lock(&self.history)})
+            ControlRequest::History { last } => {
+                let history = lock(&self.history);
+                let skip = last.map_or(0, |last| history.len().saturating_sub(last));
+                let handoffs: Vec<&PhaseReport> = history.iter().skip(skip).collect();
+                json!({"ok": true, "node": self.config.node, "handoffs": handoffs})
             }
             ControlRequest::Conns => {
                 let conns: Vec<Value> = lock(&self.conns)

@@ -307,7 +307,11 @@ pub enum ControlRequest {
     /// The connections this member serves.
     Conns,
     /// The most recent handoffs this member donated (newest last), with their phases.
-    History,
+    History {
+        /// Only the newest this many (all that are kept, up to 1000, when absent).
+        #[serde(default)]
+        last: Option<usize>,
+    },
 }
 
 /// The phases of one handoff (DESIGN.md §4, the seed's Table 1), in microseconds.
@@ -468,5 +472,9 @@ mod tests {
                 dry_run: false
             }
         );
+        let all: ControlRequest = serde_json::from_str(r#"{"op":"history"}"#).unwrap();
+        assert_eq!(all, ControlRequest::History { last: None });
+        let newest: ControlRequest = serde_json::from_str(r#"{"op":"history","last":1}"#).unwrap();
+        assert_eq!(newest, ControlRequest::History { last: Some(1) });
     }
 }

@@ -77,6 +77,9 @@ enum Command {
     History {
         /// The member.
         node: String,
+        /// Only the newest N.
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
     },
 }
 
@@ -142,7 +145,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         Command::Undrain { node } => (node, ControlRequest::Undrain),
         Command::Status { node } => (node, ControlRequest::Status),
         Command::Conns { node } => (node, ControlRequest::Conns),
-        Command::History { node } => (node, ControlRequest::History),
+        Command::History { node, last } => (node, ControlRequest::History { last: *last }),
     };
     let path = args.socket_dir.join(format!("{node}.ctl"));
     let mut stream = UnixStream::connect(&path).map_err(|e| {
