@@ -174,22 +174,27 @@ fn capture_stopped(
     state: TcpState,
     window: sys::RepairWindow,
 ) -> Result<ConnState, TcpStateError> {
-    let mut outq = sys::outq(fd).op("SIOCOUTQ")?;
-    let mut notsent = sys::outq_not_sent(fd).op("SIOCOUTQNSD")?;
-    let inq = sys::inq(fd).op("SIOCINQ")?;
-    if state.fin_sent() {
-        // The ioctls count our FIN as a byte of the send queue while it is unacknowledged
-        // (and in the never-sent part while it waits behind data).
-        outq = outq.saturating_sub(1);
-        notsent = notsent.saturating_sub(1);
-    }
-    if notsent > outq {
-        return Err(TcpStateError::QueueMismatch {
-            queue: "send",
-            reported: notsent,
-            peeked: outq as usize,
-        });
-    }
+    // Segments that reached the socket before the freeze may still be processed while we read
+    // (from its backlog, when the kernel releases the socket between two calls): the queues can
+    // shrink or grow between an ioctl and the peek. They settle at once — nothing new arrives —
+    // so a mismatch is read again.
+    let mut attempt = 1;
+    let Queues {
+        outq,
+        notsent,
+        rcv_nxt,
+        recv_queue,
+        write_seq,
+        mut send_queue,
+    } = loop {
+        match read_queues(fd, state) {
+            Err(TcpStateError::QueueMismatch { .. }) if attempt < QUEUE_READ_ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            other => break other?,
+        }
+    };
     let mss = sys::get_int(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG).op("TCP_MAXSEG")?;
     let timestamps = info.options & sys::TCPI_OPT_TIMESTAMPS != 0;
     let (timestamp, captured_at_ms) = if timestamps {
@@ -200,14 +205,6 @@ fn capture_stopped(
     } else {
         (0, 0)
     };
-    sys::set_repair_queue(fd, TCP_RECV_QUEUE).op("TCP_REPAIR_QUEUE recv")?;
-    let rcv_nxt = sys::queue_seq(fd).op("TCP_QUEUE_SEQ recv")?;
-    let recv_queue = peek_queue(fd, inq, "receive")?;
-    sys::set_repair_queue(fd, TCP_SEND_QUEUE).op("TCP_REPAIR_QUEUE send")?;
-    let write_seq = sys::queue_seq(fd).op("TCP_QUEUE_SEQ send")?;
-    let mut send_queue = peek_queue(fd, outq, "send")?;
-    sys::set_repair_queue(fd, sys::TCP_NO_QUEUE).op("TCP_REPAIR_QUEUE none")?;
-
     let unsent = send_queue.split_off((outq - notsent) as usize);
     let recv_seq = rcv_nxt.wrapping_sub(u32::from(state.fin_received()));
     let send_seq = write_seq
@@ -238,6 +235,55 @@ fn capture_stopped(
         unacked: send_queue,
         unsent,
         options,
+    })
+}
+
+/// Reads of the queues before a consistent one is given up.
+const QUEUE_READ_ATTEMPTS: usize = 5;
+
+/// Both queues with the lengths and sequence numbers they go with.
+struct Queues {
+    outq: u32,
+    notsent: u32,
+    rcv_nxt: u32,
+    recv_queue: Vec<u8>,
+    write_seq: u32,
+    send_queue: Vec<u8>,
+}
+
+/// One read of both queues: their lengths (ioctls), sequence numbers and contents (peeks), which
+/// must agree.
+fn read_queues(fd: BorrowedFd<'_>, state: TcpState) -> Result<Queues, TcpStateError> {
+    let mut outq = sys::outq(fd).op("SIOCOUTQ")?;
+    let mut notsent = sys::outq_not_sent(fd).op("SIOCOUTQNSD")?;
+    let inq = sys::inq(fd).op("SIOCINQ")?;
+    if state.fin_sent() {
+        // The ioctls count our FIN as a byte of the send queue while it is unacknowledged
+        // (and in the never-sent part while it waits behind data).
+        outq = outq.saturating_sub(1);
+        notsent = notsent.saturating_sub(1);
+    }
+    if notsent > outq {
+        return Err(TcpStateError::QueueMismatch {
+            queue: "send",
+            reported: notsent,
+            peeked: outq as usize,
+        });
+    }
+    sys::set_repair_queue(fd, TCP_RECV_QUEUE).op("TCP_REPAIR_QUEUE recv")?;
+    let rcv_nxt = sys::queue_seq(fd).op("TCP_QUEUE_SEQ recv")?;
+    let recv_queue = peek_queue(fd, inq, "receive");
+    sys::set_repair_queue(fd, TCP_SEND_QUEUE).op("TCP_REPAIR_QUEUE send")?;
+    let write_seq = sys::queue_seq(fd).op("TCP_QUEUE_SEQ send")?;
+    let send_queue = peek_queue(fd, outq, "send");
+    sys::set_repair_queue(fd, sys::TCP_NO_QUEUE).op("TCP_REPAIR_QUEUE none")?;
+    Ok(Queues {
+        outq,
+        notsent,
+        rcv_nxt,
+        recv_queue: recv_queue?,
+        write_seq,
+        send_queue: send_queue?,
     })
 }
 
