@@ -307,6 +307,13 @@ mod pod {
     unsafe impl aya::Pod for super::BindingErrorEvent {}
 }
 
+/// Whether Binding Update sequence number `new` is greater than `last` modulo 2^16
+/// (RFC 6275 §9.5.1). mipv6d orders Binding Updates by it; handoffd orders the bindings its
+/// members announce.
+pub fn sequence_greater(new: u16, last: u16) -> bool {
+    (new.wrapping_sub(last) as i16) > 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,5 +369,16 @@ mod tests {
             mapped.to_ipv4_mapped(),
             Some(core::net::Ipv4Addr::new(192, 0, 2, 1))
         );
+    }
+
+    #[test]
+    fn sequence_comparison_wraps() {
+        assert!(sequence_greater(1, 0));
+        assert!(sequence_greater(0, 0xffff));
+        assert!(sequence_greater(0x7fff, 0));
+        assert!(!sequence_greater(0x8000, 0));
+        assert!(!sequence_greater(5, 5));
+        assert!(!sequence_greater(4, 5));
+        assert!(sequence_greater(0x8000, 0x0001));
     }
 }

@@ -269,17 +269,6 @@ fn handoff_json(cluster: &Cluster, args: &[&str]) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
-fn logs(cluster: &Cluster) -> String {
-    let mut text = String::new();
-    for node in &cluster.nodes {
-        text += &cluster.log_tail(&node.name, "handoffd");
-        text += "\n";
-        text += &cluster.log_tail(&node.name, "fileserver");
-        text += "\n";
-    }
-    text
-}
-
 /// Phase decomposition and client-perceived gap for one setting.
 #[allow(clippy::needless_update)] // fields added to Settings later keep their defaults
 fn phases(
@@ -420,11 +409,11 @@ fn phases(
         stop.store(true, Ordering::Relaxed);
         outcome
     })
-    .with_context(|| logs(&cluster))?;
+    .with_context(|| cluster.logs())?;
     let elapsed = started.elapsed();
     let seen = seen.into_inner().unwrap();
     if let Some(e) = &seen.error {
-        bail!("the client's stream broke: {e}\n{}", logs(&cluster));
+        bail!("the client's stream broke: {e}\n{}", cluster.logs());
     }
 
     // Every handoff as its donor recorded it (with the binding report).
@@ -481,20 +470,16 @@ fn phases(
     // The stream's own rhythm away from handoffs: chunk intervals and read gaps outside the
     // windows.
     let outside = |t: &Instant| !windows.iter().any(|(s, e)| t > s && t <= e);
-    let baseline_chunks: Vec<f64> = seen
-        .chunks
-        .windows(2)
-        .skip(2)
-        .filter(|w| outside(&w[1]))
-        .map(|w| us(w[1] - w[0]))
-        .collect();
-    let baseline_reads: Vec<f64> = seen
-        .reads
-        .windows(2)
-        .skip(2)
-        .filter(|w| outside(&w[1]))
-        .map(|w| us(w[1] - w[0]))
-        .collect();
+    let intervals_outside = |times: &[Instant]| -> Vec<f64> {
+        times
+            .windows(2)
+            .skip(2)
+            .filter(|w| outside(&w[1]))
+            .map(|w| us(w[1] - w[0]))
+            .collect()
+    };
+    let baseline_chunks = intervals_outside(&seen.chunks);
+    let baseline_reads = intervals_outside(&seen.reads);
     Ok(json!({
         "setting": setting.label,
         "delay_ms_per_link": setting.delay_ms,
@@ -718,7 +703,7 @@ fn drain(binaries: &Binaries, count: usize) -> anyhow::Result<Value> {
         ensure!(
             Instant::now() < deadline,
             "node1 knows {known} of {count} connections after 60 s\n{}",
-            logs(&cluster)
+            cluster.logs()
         );
         thread::sleep(Duration::from_millis(200));
     }
@@ -731,7 +716,7 @@ fn drain(binaries: &Binaries, count: usize) -> anyhow::Result<Value> {
         format!(
             "drain of {count}: {}\n{}",
             String::from_utf8_lossy(&output.stderr),
-            logs(&cluster)
+            cluster.logs()
         )
     })?;
     let totals: Vec<f64> = report["moves"]
@@ -761,7 +746,7 @@ fn drain(binaries: &Binaries, count: usize) -> anyhow::Result<Value> {
     let step = (streams.len() / 50).max(1);
     for stream in streams.iter().step_by(step) {
         send_small(stream)?;
-        read_small(stream).with_context(|| format!("a drained connection: {}", logs(&cluster)))?;
+        read_small(stream).with_context(|| format!("a drained connection: {}", cluster.logs()))?;
         sample_ok += 1;
     }
     let moved = report["moved"].as_u64().unwrap_or(0) as usize;

@@ -69,21 +69,13 @@ fn download_with_a_move_at_500k(
     let cluster = Cluster::start(tag, &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
     let resets_before = cluster.tcp_counter("client1", "EstabResets");
     let output = curl(&cluster, "file");
-    let logs = || {
-        format!(
-            "{}\n{}\n{}",
-            cluster.log_tail("node1", "handoffd"),
-            cluster.log_tail("node2", "handoffd"),
-            cluster.log_tail("node1", "fileserver")
-        )
-    };
     assert!(
         output.status.success(),
         "curl: {}\n{}",
         String::from_utf8_lossy(&output.stderr),
-        logs()
+        cluster.logs()
     );
-    assert_eq!(output.stdout.len(), 1_000_000, "{}", logs());
+    assert_eq!(output.stdout.len(), 1_000_000, "{}", cluster.logs());
     assert_eq!(
         Sha256::digest(&output.stdout),
         Sha256::digest(content(1_000_000)),
@@ -92,7 +84,7 @@ fn download_with_a_move_at_500k(
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets_before);
     let handoffs = history(&cluster, "node1");
     let handoffs = handoffs.as_array().unwrap();
-    assert_eq!(handoffs.len(), 1, "{handoffs:?}\n{}", logs());
+    assert_eq!(handoffs.len(), 1, "{handoffs:?}\n{}", cluster.logs());
     assert_eq!(handoffs[0]["to"], "node2");
     eprintln!("{}", serde_json::to_string_pretty(&handoffs[0]).unwrap());
     let report = handoffs[0].clone();

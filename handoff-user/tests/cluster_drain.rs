@@ -30,24 +30,13 @@ const RATE: &str = "32K";
 /// waits for the file server's next chunk).
 const DRAIN_PARALLEL: usize = 64;
 
-fn logs(cluster: &Cluster) -> String {
-    let mut text = String::new();
-    for node in &cluster.nodes {
-        text += &cluster.log_tail(&node.name, "handoffd");
-        text += "\n";
-        text += &cluster.log_tail(&node.name, "fileserver");
-        text += "\n";
-    }
-    text
-}
-
 fn handoff_json(cluster: &Cluster, args: &[&str]) -> Value {
     let output = cluster.handoff(args).unwrap();
     assert!(
         output.status.success(),
         "handoff {args:?}: {}\n{}",
         String::from_utf8_lossy(&output.stderr),
-        logs(cluster)
+        cluster.logs()
     );
     serde_json::from_slice(&output.stdout).unwrap()
 }
@@ -163,7 +152,7 @@ fn wait_for_conn(cluster: &Cluster, endpoint: &str, on: &[&str]) -> String {
         assert!(
             Instant::now() < deadline,
             "{endpoint} did not show up on {on:?}\n{}",
-            logs(cluster)
+            cluster.logs()
         );
         thread::sleep(Duration::from_millis(20));
     }
@@ -270,7 +259,7 @@ fn privileged_drain_moves_1000_live_connections_byte_exact() {
                 "{} of {CONNECTIONS} downloads started, node1 knows {} connections\n{}",
                 started.load(Ordering::SeqCst),
                 conns(&cluster, "node1").len(),
-                logs(&cluster)
+                cluster.logs()
             );
             thread::sleep(Duration::from_millis(50));
         }
@@ -336,7 +325,7 @@ fn privileged_drain_moves_1000_live_connections_byte_exact() {
             panic!(
                 "drain: {e}: {}\n{}",
                 String::from_utf8_lossy(&output.stderr),
-                logs(&cluster)
+                cluster.logs()
             )
         });
         check_schema(&value);
@@ -392,7 +381,7 @@ fn privileged_drain_moves_1000_live_connections_byte_exact() {
             output.status.success(),
             "drain: {}\n{}",
             String::from_utf8_lossy(&output.stderr),
-            logs(&cluster)
+            cluster.logs()
         );
         assert!(!report.dry_run);
         assert_eq!(report.node, "node1");
@@ -433,7 +422,7 @@ fn privileged_drain_moves_1000_live_connections_byte_exact() {
         assert!(!conns(&cluster, "node1").contains(&endpoint));
         send_get(&fresh, "small");
         read_response(&fresh, &small, &AtomicUsize::new(0))
-            .unwrap_or_else(|e| panic!("a new connection while drained: {e}\n{}", logs(&cluster)));
+            .unwrap_or_else(|e| panic!("a new connection while drained: {e}\n{}", cluster.logs()));
         eprintln!("a new connection during the drain went to {owner}");
 
         // After undrain, node1 keeps new connections.
@@ -448,7 +437,7 @@ fn privileged_drain_moves_1000_live_connections_byte_exact() {
         assert!(!conns(&cluster, "node3").contains(&endpoint));
         send_get(&kept, "small");
         read_response(&kept, &small, &AtomicUsize::new(0))
-            .unwrap_or_else(|e| panic!("a new connection after undrain: {e}\n{}", logs(&cluster)));
+            .unwrap_or_else(|e| panic!("a new connection after undrain: {e}\n{}", cluster.logs()));
 
         // Every download completes byte-exact.
         let failures: Vec<String> = readers
@@ -467,7 +456,7 @@ fn privileged_drain_moves_1000_live_connections_byte_exact() {
             "{} of {CONNECTIONS} downloads failed, e.g. {:?}\n{}",
             failures.len(),
             &failures[..failures.len().min(5)],
-            logs(&cluster)
+            cluster.logs()
         );
     });
     eprintln!("the whole test took {:?}", setup.elapsed());

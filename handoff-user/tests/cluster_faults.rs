@@ -30,17 +30,6 @@ fn strings(args: &[&str]) -> Vec<String> {
 }
 
 /// Every node's handoffd and file server log, for failure messages.
-fn logs(cluster: &Cluster) -> String {
-    let mut text = String::new();
-    for node in &cluster.nodes {
-        text += &cluster.log_tail(&node.name, "handoffd");
-        text += "\n";
-        text += &cluster.log_tail(&node.name, "fileserver");
-        text += "\n";
-    }
-    text
-}
-
 /// Runs the CLI; returns the output.
 fn handoff(cluster: &Cluster, args: &[&str]) -> Output {
     cluster.handoff(args).unwrap()
@@ -53,7 +42,7 @@ fn handoff_json(cluster: &Cluster, args: &[&str]) -> Value {
         output.status.success(),
         "handoff {args:?}: {}\n{}",
         String::from_utf8_lossy(&output.stderr),
-        logs(cluster)
+        cluster.logs()
     );
     serde_json::from_slice(&output.stdout).unwrap()
 }
@@ -209,7 +198,7 @@ fn assert_failed_with(output: &Output, needles: &[&str], cluster: &Cluster) {
         output.status.code(),
         Some(1),
         "the move should fail with exit code 1: {stderr}\n{}",
-        logs(cluster)
+        cluster.logs()
     );
     for needle in needles {
         assert!(
@@ -403,8 +392,8 @@ fn path_d(tag: &str, mobile_ipv6: bool) {
             "both downloads ended before the moves"
         );
         let (a, b) = (reader_one.join().unwrap(), reader_two.join().unwrap());
-        a.unwrap_or_else(|e| panic!("first download: {e}\n{}", logs(&cluster)));
-        b.unwrap_or_else(|e| panic!("second download: {e}\n{}", logs(&cluster)));
+        a.unwrap_or_else(|e| panic!("first download: {e}\n{}", cluster.logs()));
+        b.unwrap_or_else(|e| panic!("second download: {e}\n{}", cluster.logs()));
     });
     // Both still usable, each on its member.
     get(&one, "file", 1_000_000, 100, &progress_one).unwrap_or_else(|e| panic!("{e}"));
@@ -444,7 +433,7 @@ fn privileged_acceptor_killed_the_connection_stays_on_the_donor() {
         reader
             .join()
             .unwrap()
-            .unwrap_or_else(|e| panic!("download: {e}\n{}", logs(&cluster)));
+            .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
     });
     assert!(
         handoff_json(&cluster, &["history", "node1", "--json"])
@@ -537,7 +526,7 @@ fn privileged_acceptor_stops_answering_after_the_capture_the_donor_rolls_back() 
         reader
             .join()
             .unwrap()
-            .unwrap_or_else(|e| panic!("download: {e}\n{}", logs(&cluster)));
+            .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
     });
     assert!(conns(&cluster, "node2").contains(&conn));
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
@@ -617,7 +606,7 @@ fn privileged_agent_with_a_wrong_cluster_key_is_refused_and_logged() {
         reader
             .join()
             .unwrap()
-            .unwrap_or_else(|e| panic!("download: {e}\n{}", logs(&cluster)));
+            .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
     });
 }
 
@@ -668,9 +657,9 @@ fn curl_with_a_move_at_500k(
         output.status.success(),
         "curl: {}\n{}",
         String::from_utf8_lossy(&output.stderr),
-        logs(&cluster)
+        cluster.logs()
     );
-    assert_eq!(output.stdout.len(), 1_000_000, "{}", logs(&cluster));
+    assert_eq!(output.stdout.len(), 1_000_000, "{}", cluster.logs());
     assert_eq!(
         Sha256::digest(&output.stdout),
         Sha256::digest(content(1_000_000)),
@@ -679,7 +668,7 @@ fn curl_with_a_move_at_500k(
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
     let history = handoff_json(&cluster, &["history", "node1", "--json"]);
     let history = history.as_array().unwrap();
-    assert_eq!(history.len(), 1, "{history:?}\n{}", logs(&cluster));
+    assert_eq!(history.len(), 1, "{history:?}\n{}", cluster.logs());
     assert_eq!(history[0]["to"], "node2");
     eprintln!(
         "at {delay_ms} ms: download {took:?}, handoff total {} µs, frozen {} µs\n{}",

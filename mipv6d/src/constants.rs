@@ -25,22 +25,4 @@ pub fn lifetime_units(units: u16) -> Duration {
 }
 
 /// Whether sequence number `new` is greater than `last` modulo 2^16 (RFC 6275 §9.5.1).
-pub fn sequence_greater(new: u16, last: u16) -> bool {
-    (new.wrapping_sub(last) as i16) > 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sequence_comparison_wraps() {
-        assert!(sequence_greater(1, 0));
-        assert!(sequence_greater(0, 0xffff));
-        assert!(sequence_greater(0x7fff, 0));
-        assert!(!sequence_greater(0x8000, 0));
-        assert!(!sequence_greater(5, 5));
-        assert!(!sequence_greater(4, 5));
-        assert!(sequence_greater(0x8000, 0x0001));
-    }
-}
+pub use handoff_common::sequence_greater;

@@ -19,7 +19,7 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
-use handoff_common::{FlowKey, NODE_REVERSE_TUNNEL, NodeConfig};
+use handoff_common::{FlowKey, NODE_REVERSE_TUNNEL, NodeConfig, sequence_greater};
 use serde_json::{Value, json};
 
 use super::{
@@ -1727,25 +1727,5 @@ fn prime_neighbour(client: SocketAddr) {
     };
     if let Err(e) = probe() {
         tracing::debug!(%client, "neighbour probe: {e}");
-    }
-}
-
-/// Whether Binding Update sequence number `a` is newer than `b` modulo 2^16 (RFC 6275 §9.5.1).
-fn sequence_greater(a: u16, b: u16) -> bool {
-    (a.wrapping_sub(b) as i16) > 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sequence_greater;
-
-    #[test]
-    fn sequence_numbers_compare_modulo_2_16() {
-        assert!(sequence_greater(8, 7));
-        assert!(!sequence_greater(7, 8));
-        assert!(!sequence_greater(7, 7));
-        // Across the wrap: 2 follows 65,534.
-        assert!(sequence_greater(2, 65_534));
-        assert!(!sequence_greater(65_534, 2));
     }
 }

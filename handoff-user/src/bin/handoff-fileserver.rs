@@ -69,6 +69,8 @@ struct YieldSignal {
     raised: AtomicBool,
     /// The thread that serves the connection (it created this signal).
     thread: libc::pthread_t,
+    /// That thread's signal mask with the wake signal let through: the mask of its waits.
+    wait_mask: libc::sigset_t,
 }
 
 /// What a wait ended with.
@@ -84,10 +86,17 @@ enum Woken {
 impl YieldSignal {
     /// A signal for the calling thread's connection.
     fn new() -> YieldSignal {
-        YieldSignal {
-            raised: AtomicBool::new(false),
-            // SAFETY: pthread_self has no preconditions.
-            thread: unsafe { libc::pthread_self() },
+        // SAFETY: pthread_self has no preconditions; pthread_sigmask only reads the calling
+        // thread's mask into an initialized set, which sigdelset then edits.
+        unsafe {
+            let mut wait_mask: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut wait_mask);
+            libc::sigdelset(&mut wait_mask, WAKE_SIGNAL);
+            YieldSignal {
+                raised: AtomicBool::new(false),
+                thread: libc::pthread_self(),
+                wait_mask,
+            }
         }
     }
 
@@ -131,14 +140,11 @@ impl YieldSignal {
         // points to a timespec that outlives the call; the mask is this thread's with the wake
         // signal let through for the duration of the wait.
         let n = unsafe {
-            let mut mask: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut mask);
-            libc::sigdelset(&mut mask, WAKE_SIGNAL);
             libc::ppoll(
                 fds.as_mut_ptr(),
                 fds.len() as libc::nfds_t,
                 timeout_ptr,
-                &mask,
+                &self.wait_mask,
             )
         };
         if n < 0 {

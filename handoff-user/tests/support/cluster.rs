@@ -459,6 +459,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// The last lines of every member's handoffd and file server logs, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for node in &self.nodes {
+            text += &self.log_tail(&node.name, "handoffd");
+            text += "\n";
+            text += &self.log_tail(&node.name, "fileserver");
+            text += "\n";
+        }
+        text
+    }
+
     /// The data-path counters of client `c` (1-based; its correspondent programs, loaded by
     /// its mipv6d with `mobile_ipv6`).
     pub fn client_counters(&self, c: usize) -> anyhow::Result<CounterValues> {
