@@ -1,7 +1,8 @@
 //! End to end in the reference testbed, the hard cases of a live handoff: a long-lived
 //! bidirectional stream moved 20 times around three members, one client's connections on
 //! different members (path D), an acceptor that dies or stops answering mid-handoff (the donor
-//! rolls back and keeps serving), an agent without the cluster key, the curl download at 20 ms
+//! rolls back and keeps serving), a contact node whose handoffd dies and restarts while it
+//! redirects a moved connection, an agent without the cluster key, the curl download at 20 ms
 //! of emulated latency, and a client without Mobile IPv6 served through the redirect (path B).
 
 #[path = "support/cluster.rs"]
@@ -529,6 +530,57 @@ fn privileged_acceptor_stops_answering_after_the_capture_the_donor_rolls_back() 
             .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
     });
     assert!(conns(&cluster, "node2").contains(&conn));
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+}
+
+// ---- handoffd restarts -------------------------------------------------------------------------
+
+/// The contact node's handoffd dies (SIGKILL) right after moving a connection away: the
+/// connection, now on node2, keeps flowing through node1's redirect with nothing running on
+/// node1 (the attachments and maps are pinned and outlive the process). handoffd starts again,
+/// replaces its programs in place and keeps the redirect entry: the same connection serves a
+/// second download byte-exact. Without the pinned attachments the redirect stops with the
+/// process and the download stalls (the read times out).
+#[test]
+fn privileged_redirected_connection_survives_a_handoffd_restart() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        fileserver_args: strings(&["--rate", "500K"]),
+        ..Settings::default()
+    };
+    let mut cluster =
+        Cluster::start("frst", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
+        wait_progress(&progress, 100_000, "download");
+        move_conn(&cluster, &conn, "node1", "node2");
+        cluster.kill_handoffd(0);
+        let at_kill = progress.load(Ordering::SeqCst);
+        assert!(
+            at_kill < 800_000,
+            "the download was nearly over ({at_kill} bytes) when node1's handoffd died"
+        );
+        reader
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("download while node1's handoffd was dead: {e}"));
+    });
+    cluster.restart_handoffd(0).unwrap();
+    let log = std::fs::read_to_string(cluster.dir.join("node1.handoffd.log")).unwrap();
+    assert!(
+        log.contains("picked up the data path of an earlier run") && log.contains("redirects=1"),
+        "node1's handoffd did not report the redirect it found:\n{log}"
+    );
+    assert!(conns(&cluster, "node2").contains(&conn));
+    get(&stream, "file", 1_000_000, 100, &progress)
+        .unwrap_or_else(|e| panic!("download after the restart: {e}\n{}", cluster.logs()));
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 

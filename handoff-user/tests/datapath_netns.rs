@@ -650,3 +650,165 @@ fn privileged_removed_headers_keep_the_gso_segment_size() {
         redirect(true, Some(CLIENT_MSS)).unwrap();
     }
 }
+
+/// The TCX programs on `interface`'s ingress in `netns`: their kernel ids.
+fn ingress_programs(netns: &Netns, interface: &str) -> anyhow::Result<Vec<u32>> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    netns.run(|| {
+        let (_, programs) = SchedClassifier::query_tcx(interface, TcAttachType::Ingress)?;
+        Ok(programs.iter().map(|p| p.id()).collect())
+    })
+}
+
+/// Removes a data-path instance when dropped, so that a failed assertion leaves no pins behind.
+struct RemoveInstance(PinDir);
+
+impl Drop for RemoveInstance {
+    fn drop(&mut self) {
+        Datapath::remove_instance(&self.0);
+    }
+}
+
+/// `attach_persistent` (handoffd's attachments): the attachment outlives the `Datapath` that
+/// made it, with its maps; a second load replaces the program in the same attachment (one
+/// program attached, a new one); an attachment whose interface was deleted is replaced by a
+/// fresh one; `remove_instance` detaches everything and removes the pins.
+#[test]
+fn privileged_persistent_attachments_outlive_their_loader_and_are_replaced_in_place()
+-> anyhow::Result<()> {
+    if !root() {
+        return Ok(());
+    }
+    let netns = Netns::create("dp-pin")?;
+    veth_pair(&netns, "p0", &netns, "p1")?;
+    let pins = PinDir::for_instance(netns.name());
+    let _cleanup = RemoveInstance(pins.clone());
+    let load_and_attach = || {
+        netns.run(|| -> anyhow::Result<()> {
+            let mut datapath = Datapath::load(&pins)?;
+            datapath.attach_persistent(Program::NodeIngress, "p0")?;
+            Ok(())
+        })
+    };
+
+    load_and_attach()?;
+    let first = ingress_programs(&netns, "p0")?;
+    ensure!(first.len() == 1, "after the first load: {first:?}");
+    ensure!(
+        pins.map("flows").exists(),
+        "the maps' pins went with the loader"
+    );
+
+    load_and_attach()?;
+    let second = ingress_programs(&netns, "p0")?;
+    ensure!(
+        second.len() == 1 && second != first,
+        "the second load should replace the program in place: {first:?} → {second:?}"
+    );
+
+    netns.run(|| -> anyhow::Result<()> {
+        let deleted = std::process::Command::new("ip")
+            .args(["link", "del", "p0"])
+            .status()?;
+        ensure!(deleted.success(), "ip link del p0: {deleted}");
+        Ok(())
+    })?;
+    veth_pair(&netns, "p0", &netns, "p1")?;
+    ensure!(ingress_programs(&netns, "p0")?.is_empty());
+    load_and_attach()?;
+    let third = ingress_programs(&netns, "p0")?;
+    ensure!(
+        third.len() == 1,
+        "a new interface should get a new attachment: {third:?}"
+    );
+
+    Datapath::remove_instance(&pins);
+    // The kernel lets go of an unpinned attachment after an RCU grace period.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut after = ingress_programs(&netns, "p0")?;
+    while !after.is_empty() && std::time::Instant::now() < deadline {
+        thread::sleep(std::time::Duration::from_millis(10));
+        after = ingress_programs(&netns, "p0")?;
+    }
+    ensure!(
+        after.is_empty(),
+        "still attached 2 s after removal: {after:?}"
+    );
+    ensure!(
+        !pins.path().exists(),
+        "{} left behind",
+        pins.path().display()
+    );
+    Ok(())
+}
+
+/// Pins a hash map with the given key and value sizes at `path` (through the raw syscalls: a
+/// map of another layout, as an older build would have left).
+fn pin_hash_map(path: &std::path::Path, key_size: u32, value_size: u32) -> std::io::Result<()> {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let mut create = [0u32; 16];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, key_size, value_size, 16]);
+    // SAFETY: a BPF_MAP_CREATE attribute block of the size passed.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, create.as_ptr(), 64) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    #[repr(C)]
+    struct PinAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let pin = PinAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: a BPF_OBJ_PIN attribute block whose path outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &pin as *const PinAttr,
+            std::mem::size_of::<PinAttr>(),
+        )
+    };
+    let result = if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    // SAFETY: fd is ours; the pin holds the map now.
+    unsafe { libc::close(fd as i32) };
+    result
+}
+
+/// A map left pinned by a build with another entry layout is refused with an error that says
+/// what to do, before anything is loaded (the loader would otherwise reuse it as it is).
+#[test]
+fn privileged_pinned_map_of_another_layout_is_refused() -> anyhow::Result<()> {
+    if !root() {
+        return Ok(());
+    }
+    let pins = PinDir::for_instance(&format!("dp-layout-{}", std::process::id()));
+    let _cleanup = RemoveInstance(pins.clone());
+    std::fs::create_dir_all(pins.path())?;
+    let flows = pins.map("flows");
+    let key = std::mem::size_of::<handoff_common::FlowKey>() as u32;
+    pin_hash_map(&flows, key, 8)?;
+    let error = match Datapath::load(&pins) {
+        Ok(_) => anyhow::bail!("a FLOWS map with 8-byte values was accepted"),
+        Err(e) => e.to_string(),
+    };
+    ensure!(
+        error.contains(&flows.display().to_string())
+            && error.contains("--remove-datapath")
+            && error.contains("values of 8 bytes"),
+        "unhelpful error: {error}"
+    );
+    Ok(())
+}

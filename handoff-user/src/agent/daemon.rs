@@ -169,10 +169,22 @@ impl Agent {
         }
         netcfg::enable_forwarding(&config.interface)?;
         netcfg::keep_cwnd_after_idle()?;
+        // Pinned attachments: the packet path outlives this process, so redirected connections
+        // keep flowing while handoffd restarts (or after it crashed); a restart replaces the
+        // programs in place.
         for program in [Program::NodeIngress, Program::NodeEgress] {
             datapath
-                .attach(program, &config.interface)
+                .attach_persistent(program, &config.interface)
                 .with_context(|| format!("attaching {program:?} to {}", config.interface))?;
+        }
+        let (thawed, redirects) = datapath.maps().freeze().thaw_leftovers()?;
+        if thawed + redirects > 0 {
+            tracing::info!(
+                redirects,
+                thawed,
+                "picked up the data path of an earlier run: redirect entries kept, entries of \
+                 interrupted handoffs removed"
+            );
         }
         let channel =
             TcpListener::bind(SocketAddr::new(config.care_of_address.into(), config.port))

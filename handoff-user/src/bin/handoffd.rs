@@ -1,12 +1,15 @@
 //! handoffd: the node agent of Distributed Servers for Linux.
 //!
-//! `handoffd --config /etc/handoffd/node1.toml`. Exit codes: 0 stopped by SIGTERM/SIGINT,
-//! 1 runtime error, 2 bad configuration.
+//! `handoffd --config /etc/handoffd/node1.toml`. Exit codes: 0 stopped by SIGTERM/SIGINT (or
+//! `--remove-datapath` done), 1 runtime error, 2 bad configuration.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use handoff_user::agent::{config::Config, daemon::Agent};
+use handoff_user::{
+    agent::{config::Config, daemon::Agent},
+    datapath::{Datapath, PinDir},
+};
 use nix::sys::signal::{SigSet, Signal};
 
 /// The node agent: hands live TCP connections to other members and takes theirs.
@@ -16,6 +19,12 @@ struct Args {
     /// The configuration file (TOML; see the README's "Configuration").
     #[arg(long)]
     config: PathBuf,
+    /// Remove this node's data path and exit: detach its packet programs and delete its pinned
+    /// maps. handoffd leaves them in place when it stops, so that connections redirected
+    /// through this node keep flowing across a restart; use this to take the node out of
+    /// service once nothing runs through it any more (after `handoff drain`).
+    #[arg(long)]
+    remove_datapath: bool,
 }
 
 fn main() -> ExitCode {
@@ -34,6 +43,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.remove_datapath {
+        let pins = PinDir::for_instance(config.instance());
+        Datapath::remove_instance(&pins);
+        tracing::info!(pins = %pins.path().display(), "data path removed");
+        return ExitCode::SUCCESS;
+    }
     // Block the stop signals before any thread starts, then wait for one here.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);

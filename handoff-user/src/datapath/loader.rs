@@ -5,7 +5,11 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
+    },
 };
 use handoff_common::{map, program};
 
@@ -60,34 +64,65 @@ impl Program {
     }
 }
 
-/// Every map of the object with its pin file name.
-const PINNED_MAPS: [(&str, &str); 9] = [
-    (map::FLOWS, "flows"),
-    (map::FROZEN_PACKETS, "frozen_packets"),
-    (map::LOCAL_HOMES, "local_homes"),
-    (map::RO_BINDINGS, "ro_bindings"),
-    (map::HA_BINDINGS, "ha_bindings"),
-    (map::CN_BINDINGS, "cn_bindings"),
-    (map::CONFIG, "config"),
-    (map::STATS, "stats"),
-    (map::BINDING_ERRORS, "binding_errors"),
-];
+/// Every map of the object with its pin file name and its key and value sizes (as declared in
+/// `handoff-ebpf`; checked against maps already pinned).
+const PINNED_MAPS: [(&str, &str, usize, usize); 9] = {
+    use handoff_common::{Addr, BindingKey, CareOf, FlowEntry, FlowKey, NodeConfig};
+    use std::mem::size_of;
+    [
+        (
+            map::FLOWS,
+            "flows",
+            size_of::<FlowKey>(),
+            size_of::<FlowEntry>(),
+        ),
+        (map::FROZEN_PACKETS, "frozen_packets", 4, 4),
+        (map::LOCAL_HOMES, "local_homes", size_of::<Addr>(), 4),
+        (
+            map::RO_BINDINGS,
+            "ro_bindings",
+            size_of::<BindingKey>(),
+            size_of::<CareOf>(),
+        ),
+        (
+            map::HA_BINDINGS,
+            "ha_bindings",
+            size_of::<Addr>(),
+            size_of::<CareOf>(),
+        ),
+        (
+            map::CN_BINDINGS,
+            "cn_bindings",
+            size_of::<Addr>(),
+            size_of::<CareOf>(),
+        ),
+        (map::CONFIG, "config", 4, size_of::<NodeConfig>()),
+        (map::STATS, "stats", 4, 8),
+        (map::BINDING_ERRORS, "binding_errors", 0, 0),
+    ]
+};
+
+/// Pin files of attachments made by [`Datapath::attach_persistent`] start with this.
+const LINK_PIN_PREFIX: &str = "link-";
 
 /// The pin file of map `name` (one of the object's map names).
 pub(super) fn pin_file(name: &str) -> &'static str {
     PINNED_MAPS
         .iter()
-        .find(|(map, _)| *map == name)
-        .map_or("unknown", |(_, file)| file)
+        .find(|(map, ..)| *map == name)
+        .map_or("unknown", |(_, file, ..)| file)
 }
 
 /// The loaded object: its maps pinned in one [`PinDir`], its programs attached where asked.
-/// Dropping it detaches every program and removes the pins.
+/// Dropping it detaches the programs attached with [`Datapath::attach`] and removes the pins —
+/// unless something was attached with [`Datapath::attach_persistent`]: those attachments and the
+/// maps their programs use stay until [`Datapath::remove_instance`].
 pub struct Datapath {
     ebpf: Ebpf,
     links: Vec<(Program, String, SchedClassifierLinkId)>,
     maps: Maps,
     pins: PinDir,
+    persistent: bool,
 }
 
 impl Datapath {
@@ -95,9 +130,10 @@ impl Datapath {
     /// several agents of a node share them). Programs are loaded into the kernel on first use.
     pub fn load(pins: &PinDir) -> Result<Datapath, DatapathError> {
         pins.create()?;
+        check_pinned_maps(pins)?;
         let paths: Vec<_> = PINNED_MAPS
             .iter()
-            .map(|(name, file)| (*name, pins.map(file)))
+            .map(|(name, file, ..)| (*name, pins.map(file)))
             .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
@@ -110,6 +146,7 @@ impl Datapath {
             links: Vec::new(),
             maps,
             pins: pins.clone(),
+            persistent: false,
         })
     }
 
@@ -128,6 +165,75 @@ impl Datapath {
             "attached"
         );
         Ok(())
+    }
+
+    /// Attaches `program` to its hook on `interface` (calling thread's network namespace) for
+    /// good: the attachment is pinned in the pin directory, so it outlives this process — a
+    /// node agent that stops or crashes leaves its packet path running (redirected connections
+    /// keep flowing) — and a later call for the same program and interface atomically replaces
+    /// the program in that attachment (`BPF_LINK_UPDATE`: no moment without a program, and no
+    /// moment with two). An attachment whose interface has gone is replaced by a new one.
+    /// [`Datapath::remove_instance`] detaches everything.
+    pub fn attach_persistent(
+        &mut self,
+        program: Program,
+        interface: &str,
+    ) -> Result<(), DatapathError> {
+        let path = self
+            .pins
+            .map(&format!("{LINK_PIN_PREFIX}{}-{interface}", program.name()));
+        let error = |source| program_error(program, interface, source);
+        let pin_error = |e: &dyn std::fmt::Display| DatapathError::Pin {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        self.persistent = true;
+        let loaded = self.program(program).map_err(error)?;
+        if let Ok(pinned) = PinnedLink::from_pin(&path) {
+            let replaced = SchedClassifierLink::try_from(FdLink::from(pinned))
+                .map_err(|e| pin_error(&e))
+                .and_then(|link| loaded.attach_to_link(link).map_err(error));
+            match replaced {
+                Ok(_) => {
+                    tracing::info!(
+                        program = program.name(),
+                        interface,
+                        "replaced the program of the attachment left by an earlier run"
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Detached meanwhile (its interface was deleted): start afresh.
+                    tracing::info!(path = %path.display(), "dropping a stale attachment: {e}");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let id = loaded.attach(interface, program.hook()).map_err(error)?;
+        let link =
+            FdLink::try_from(loaded.take_link(id).map_err(error)?).map_err(|e| pin_error(&e))?;
+        // The pin keeps the attachment once this process's descriptor closes.
+        link.pin(&path).map_err(|e| pin_error(&e))?;
+        tracing::debug!(program = program.name(), interface, "attached (pinned)");
+        Ok(())
+    }
+
+    /// Removes the data path pinned in `pins` for good: detaches every attachment made by
+    /// [`Datapath::attach_persistent`] and removes the pinned maps (their entries — frozen and
+    /// redirected connections — go with them). For taking a node out of service after a drain.
+    pub fn remove_instance(pins: &PinDir) {
+        let links: Vec<String> = std::fs::read_dir(pins.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| name.starts_with(LINK_PIN_PREFIX))
+            .collect();
+        let mut files: Vec<&str> = links.iter().map(String::as_str).collect();
+        files.extend(PINNED_MAPS.iter().map(|(_, file, ..)| *file));
+        // An attachment is detached once its pin is gone and no descriptor holds it (the kernel
+        // lets go of it after an RCU grace period, moments later).
+        pins.remove(&files);
     }
 
     /// Runs `program` on `frame` (an Ethernet frame) with `BPF_PROG_TEST_RUN` and the live maps,
@@ -198,9 +304,34 @@ impl Drop for Datapath {
                 tracing::warn!(program = program.name(), interface, %err, "cannot detach");
             }
         }
-        let files: Vec<&str> = PINNED_MAPS.iter().map(|(_, file)| *file).collect();
-        self.pins.remove(&files);
+        if !self.persistent {
+            let files: Vec<&str> = PINNED_MAPS.iter().map(|(_, file, ..)| *file).collect();
+            self.pins.remove(&files);
+        }
     }
+}
+
+/// Refuses maps pinned by another build whose key or value size differs from this build's:
+/// the loader would reuse them as they are, and the programs would then read and write entries
+/// of another layout.
+fn check_pinned_maps(pins: &PinDir) -> Result<(), DatapathError> {
+    for (name, file, key, value) in PINNED_MAPS {
+        let path = pins.map(file);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .map_err(|source| DatapathError::Map { map: name, source })?;
+        let found = (info.key_size() as usize, info.value_size() as usize);
+        if found != (key, value) {
+            return Err(DatapathError::PinnedMapMismatch {
+                path,
+                found,
+                expected: (key, value),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Turns on the kernel's per-program run statistics until the returned descriptor is closed

@@ -357,6 +357,27 @@ impl FreezeMap {
         set(&mut self.flows, map::FLOWS, *flow, None)
     }
 
+    /// For an agent starting over the pinned maps of an earlier run: removes every frozen and
+    /// queued entry (the handoffs that set them ended with that run, and their packets would be
+    /// dropped forever) and keeps the redirect entries (the connections they carry live on other
+    /// members). Returns how many entries were removed and how many redirects were kept.
+    pub fn thaw_leftovers(&mut self) -> Result<(usize, usize), DatapathError> {
+        let mut stale = Vec::new();
+        let mut redirects = 0;
+        for item in self.flows.iter() {
+            let (flow, entry) = item.map_err(map_error(map::FLOWS))?;
+            if entry.action == FLOW_REDIRECT {
+                redirects += 1;
+            } else {
+                stale.push(flow);
+            }
+        }
+        for flow in &stale {
+            self.thaw(flow)?;
+        }
+        Ok((stale.len(), redirects))
+    }
+
     /// Whether `flow` is frozen.
     pub fn is_frozen(&self, flow: &FlowKey) -> Result<bool, DatapathError> {
         match self.flows.get(flow, 0) {

@@ -37,6 +37,22 @@ pub enum DatapathError {
         /// The underlying error.
         source: io::Error,
     },
+    /// A map pinned by an earlier run has another layout than this build's (an upgrade changed
+    /// it): the running data path must be removed first.
+    #[error(
+        "the map pinned at {path} has keys of {} and values of {} bytes, this build's {} and {}: \
+         it was made by another version; stop handoffd and run `handoffd --remove-datapath` \
+         (connections redirected through this node stop), then start again",
+        found.0, found.1, expected.0, expected.1
+    )]
+    PinnedMapMismatch {
+        /// The pin.
+        path: PathBuf,
+        /// Key and value size of the pinned map.
+        found: (usize, usize),
+        /// Key and value size this build declares.
+        expected: (usize, usize),
+    },
     /// The kernel refused to load the object or one of its maps.
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),

@@ -280,14 +280,8 @@ impl Cluster {
                 &settings.handoff_section,
                 settings.mobile_ipv6,
             );
-            let path = cluster.dir.join(format!("{name}.toml"));
-            std::fs::write(&path, config)?;
-            let mut command = cluster
-                .testbed
-                .command(&name, &binaries.handoffd.to_string_lossy())?;
-            command.arg("--config").arg(&path);
-            command.stderr(log_file(&cluster.dir, &format!("{name}.handoffd.log"))?);
-            let handoffd = KillOnDrop::spawn(command, &format!("handoffd on {name}"))?;
+            std::fs::write(cluster.dir.join(format!("{name}.toml")), config)?;
+            let handoffd = cluster.spawn_handoffd(&name)?;
             cluster.nodes.push(Node {
                 name,
                 address: addresses[n - 1],
@@ -530,6 +524,34 @@ impl Cluster {
     /// Kills a node's handoffd (SIGKILL).
     pub fn kill_handoffd(&mut self, node: usize) {
         self.nodes[node].handoffd = None;
+    }
+
+    /// Starts a node's handoffd again (after [`Cluster::kill_handoffd`]), with the same
+    /// configuration, its log appended to the first run's, and waits for its control socket.
+    pub fn restart_handoffd(&mut self, node: usize) -> anyhow::Result<()> {
+        let name = self.nodes[node].name.clone();
+        let control = self.dir.join(format!("{name}.ctl"));
+        let _ = std::fs::remove_file(&control);
+        self.nodes[node].handoffd = Some(self.spawn_handoffd(&name)?);
+        wait_for(&control, Duration::from_secs(10))
+            .with_context(|| self.log_tail(&name, "handoffd"))
+    }
+
+    /// Starts handoffd on `name` with `<dir>/<name>.toml`, logging to `<dir>/<name>.handoffd.log`
+    /// (appended).
+    fn spawn_handoffd(&self, name: &str) -> anyhow::Result<KillOnDrop> {
+        let mut command = self
+            .testbed
+            .command(name, &self.binaries.handoffd.to_string_lossy())?;
+        command
+            .arg("--config")
+            .arg(self.dir.join(format!("{name}.toml")));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.handoffd.log")))?;
+        command.stderr(Stdio::from(log));
+        Ok(KillOnDrop::spawn(command, &format!("handoffd on {name}"))?)
     }
 }
 
