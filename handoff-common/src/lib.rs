@@ -131,6 +131,10 @@ pub struct NodeConfig {
 /// Server egress: packets from a DSA to a peer without a route-optimized binding are tunnelled
 /// to the home agent (otherwise they are sent as they are).
 pub const NODE_REVERSE_TUNNEL: u32 = 1;
+/// The node is drained (`handoff drain`, until `handoff undrain`). handoffd's own state, kept
+/// here so that it lasts as long as the rest of the data path — across handoffd restarts; the
+/// programs ignore it.
+pub const NODE_DRAINED: u32 = 2;
 
 /// A Home Address option without a matching binding, reported by the correspondent's ingress
 /// program so that mipv6d sends a Binding Error with status 1 (RFC 6275 §9.3.1).

@@ -539,8 +539,9 @@ fn privileged_acceptor_stops_answering_after_the_capture_the_donor_rolls_back() 
 /// connection, now on node2, keeps flowing through node1's redirect with nothing running on
 /// node1 (the attachments and maps are pinned and outlive the process). handoffd starts again,
 /// replaces its programs in place and keeps the redirect entry: the same connection serves a
-/// second download byte-exact. Without the pinned attachments the redirect stops with the
-/// process and the download stalls (the read times out).
+/// second download byte-exact; a drain set before the crash still holds. Without the pinned
+/// attachments the redirect stops with the process and the download stalls (the read times
+/// out).
 #[test]
 fn privileged_redirected_connection_survives_a_handoffd_restart() {
     if !is_root() {
@@ -561,6 +562,8 @@ fn privileged_redirected_connection_survives_a_handoffd_restart() {
         let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
         wait_progress(&progress, 100_000, "download");
         move_conn(&cluster, &conn, "node1", "node2");
+        // Nothing left to move; node1 stays drained (and so across the restart).
+        handoff_json(&cluster, &["drain", "node1", "--json"]);
         cluster.kill_handoffd(0);
         let at_kill = progress.load(Ordering::SeqCst);
         assert!(
@@ -579,8 +582,18 @@ fn privileged_redirected_connection_survives_a_handoffd_restart() {
         "node1's handoffd did not report the redirect it found:\n{log}"
     );
     assert!(conns(&cluster, "node2").contains(&conn));
+    assert_eq!(
+        handoff_json(&cluster, &["status", "node1", "--json"])["draining"],
+        true,
+        "the drain did not survive the restart"
+    );
     get(&stream, "file", 1_000_000, 100, &progress)
         .unwrap_or_else(|e| panic!("download after the restart: {e}\n{}", cluster.logs()));
+    handoff_json(&cluster, &["undrain", "node1", "--json"]);
+    assert_eq!(
+        handoff_json(&cluster, &["status", "node1", "--json"])["draining"],
+        false
+    );
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 

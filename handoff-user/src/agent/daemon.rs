@@ -19,7 +19,7 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
-use handoff_common::{FlowKey, NODE_REVERSE_TUNNEL, NodeConfig, sequence_greater};
+use handoff_common::{FlowKey, NODE_DRAINED, NODE_REVERSE_TUNNEL, NodeConfig, sequence_greater};
 use serde_json::{Value, json};
 
 use super::{
@@ -141,6 +141,22 @@ fn micros(from: u64, to: u64) -> f64 {
     to.saturating_sub(from) as f64 / 1000.0
 }
 
+/// The data path's settings for this node.
+fn node_config(config: &Config, drained: bool) -> NodeConfig {
+    let mut flags = 0;
+    if config.reverse_tunnel {
+        flags |= NODE_REVERSE_TUNNEL;
+    }
+    if drained {
+        flags |= NODE_DRAINED;
+    }
+    NodeConfig {
+        local: config.care_of_address.octets(),
+        home_agent: config.home_agent.unwrap_or(Ipv6Addr::UNSPECIFIED).octets(),
+        flags,
+    }
+}
+
 fn flow(conn: &ConnId) -> FlowKey {
     FlowKey::new(conn.client, conn.local)
 }
@@ -153,16 +169,15 @@ impl Agent {
         let key = config.cluster_key().map_err(anyhow::Error::msg)?;
         let pins = PinDir::for_instance(config.instance());
         let mut datapath = Datapath::load(&pins).context("loading the data path")?;
-        let home_agent = config.home_agent.unwrap_or(Ipv6Addr::UNSPECIFIED);
-        datapath.maps().set_config(NodeConfig {
-            local: config.care_of_address.octets(),
-            home_agent: home_agent.octets(),
-            flags: if config.reverse_tunnel {
-                NODE_REVERSE_TUNNEL
-            } else {
-                0
-            },
-        })?;
+        // A drain lasts until `undrain`, across restarts: the flag lives with the data path.
+        let drained = datapath
+            .maps()
+            .config()?
+            .is_some_and(|c| c.flags & NODE_DRAINED != 0);
+        if drained {
+            tracing::info!("still drained (since before a restart): new connections move on");
+        }
+        datapath.maps().set_config(node_config(&config, drained))?;
         for dsa in &config.dsas {
             datapath.maps().set_local_home(dsa.octets(), true)?;
             netcfg::add_to_loopback(*dsa)?;
@@ -221,8 +236,13 @@ impl Agent {
             sequences: Mutex::default(),
             no_mipv6: Mutex::default(),
             announcements: Mutex::new(announcements),
-            draining: AtomicBool::new(false),
-            drain_targets: Mutex::default(),
+            draining: AtomicBool::new(drained),
+            // After a restart the targets of the drain are not known: every peer.
+            drain_targets: Mutex::new(if drained {
+                config.peers.iter().map(|p| p.node.clone()).collect()
+            } else {
+                Vec::new()
+            }),
             next_id: AtomicU64::new(1),
             next_app: AtomicU64::new(1),
             round_robin: AtomicUsize::new(0),
@@ -1373,6 +1393,16 @@ impl Agent {
         }
     }
 
+    /// Marks the node drained or not, here and in the data path's settings (where a restarted
+    /// handoffd finds it).
+    fn set_drained(&self, drained: bool) -> Result<(), String> {
+        self.draining.store(drained, Ordering::Relaxed);
+        lock(&self.datapath)
+            .maps()
+            .set_config(node_config(&self.config, drained))
+            .map_err(|e| format!("recording the drain in the data path: {e}"))
+    }
+
     /// A draining member passes each new connection on at once.
     fn move_new_connection(self: &Arc<Self>, conn: ConnId) {
         let targets = lock(&self.drain_targets).clone();
@@ -1445,8 +1475,11 @@ impl Agent {
                 Err(e) => json!({"ok": false, "error": e}),
             },
             ControlRequest::Undrain => {
-                let was = self.draining.swap(false, Ordering::Relaxed);
-                json!({"ok": true, "node": self.config.node, "was_draining": was})
+                let was = self.draining.load(Ordering::Relaxed);
+                match self.set_drained(false) {
+                    Ok(()) => json!({"ok": true, "node": self.config.node, "was_draining": was}),
+                    Err(e) => json!({"ok": false, "error": e}),
+                }
             }
             ControlRequest::Status => self.status(),
             ControlRequest::History { last } => {
@@ -1575,7 +1608,7 @@ impl Agent {
             return Ok(report);
         }
         *lock(&self.drain_targets) = targets;
-        self.draining.store(true, Ordering::Relaxed);
+        self.set_drained(true)?;
         let queue = Arc::new(Mutex::new(plan.into_iter()));
         let (done_tx, done) = mpsc::channel();
         let workers = self.config.handoff.drain_parallel.min(report.total.max(1));

@@ -106,6 +106,13 @@ impl Maps {
         &mut self.freeze
     }
 
+    /// This node's settings as last set (by this process or an earlier one; `None` if never).
+    pub fn config(&self) -> Result<Option<NodeConfig>, DatapathError> {
+        let config = self.config.get(&0, 0).map_err(map_error(map::CONFIG))?;
+        // An array entry always exists: all zero until set.
+        Ok((config.local != [0; 16]).then_some(config))
+    }
+
     /// Sets this node's settings.
     pub fn set_config(&mut self, config: NodeConfig) -> Result<(), DatapathError> {
         self.config
