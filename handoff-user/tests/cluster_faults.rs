@@ -1,9 +1,10 @@
 //! End to end in the reference testbed, the hard cases of a live handoff: a long-lived
 //! bidirectional stream moved 20 times around three members, one client's connections on
-//! different members (path D), an acceptor that dies or stops answering mid-handoff (the donor
-//! rolls back and keeps serving), a contact node whose handoffd dies and restarts while it
-//! redirects a moved connection, an agent without the cluster key, the curl download at 20 ms
-//! of emulated latency, and a client without Mobile IPv6 served through the redirect (path B).
+//! different members (path D), moves over a lossy client link, an acceptor that dies or stops
+//! answering mid-handoff (the donor rolls back and keeps serving), a contact node whose handoffd
+//! dies and restarts while it redirects a moved connection, an agent without the cluster key,
+//! the curl download at 20 ms of emulated latency, and a client without Mobile IPv6 served
+//! through the redirect (path B).
 
 #[path = "support/cluster.rs"]
 #[allow(dead_code, clippy::needless_range_loop)]
@@ -531,6 +532,69 @@ fn privileged_acceptor_stops_answering_after_the_capture_the_donor_rolls_back() 
     });
     assert!(conns(&cluster, "node2").contains(&conn));
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+}
+
+// ---- handoffs on a lossy client link ----------------------------------------------------------
+
+/// 3 % random loss each way on the client's link (segments, ACKs and the SYN-less middle of a
+/// connection all get lost, also right around a freeze): twelve moves between two members during
+/// downloads with uploads in the requests, every body byte-exact, no reset, every move done.
+#[test]
+fn privileged_moves_over_a_lossy_client_link_stay_byte_exact() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        delay_ms: 1.0,
+        client_loss_percent: 3.0,
+        fileserver_args: strings(&["--rate", "2M"]),
+        ..Settings::default()
+    };
+    let cluster =
+        Cluster::start("floss", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    for i in 0..12 {
+        let (from, to) = if i % 2 == 0 {
+            ("node1", "node2")
+        } else {
+            ("node2", "node1")
+        };
+        let started = Instant::now();
+        thread::scope(|scope| {
+            let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 3000, &progress));
+            wait_progress(&progress, 200_000, "download");
+            let report = move_conn(&cluster, &conn, from, to);
+            eprintln!(
+                "move {i:>2} {from} → {to}: total {:>9.1} µs, frozen {:>9.1} µs, {} state bytes",
+                report["total_us"].as_f64().unwrap(),
+                report["frozen_us"].as_f64().unwrap(),
+                report["state_bytes"]
+            );
+            reader
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("move {i} {from} → {to}: {e}\n{}", cluster.logs()));
+        });
+        eprintln!("download {i}: {:.2} s", started.elapsed().as_secs_f64());
+        assert!(conns(&cluster, to).contains(&conn), "after move {i}");
+    }
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+    let lost: u64 = cluster
+        .testbed
+        .emulator_stats()
+        .iter()
+        .filter(|(link, _)| link.contains("client1"))
+        .flat_map(|(_, directions)| directions.iter().map(|d| d.lost))
+        .sum();
+    eprintln!("packets lost on client1's link: {lost}");
+    assert!(
+        lost > 100,
+        "only {lost} packets lost: the link was not lossy"
+    );
 }
 
 // ---- handoffd restarts -------------------------------------------------------------------------

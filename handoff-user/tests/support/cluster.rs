@@ -23,7 +23,10 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use handoff_common::NodeConfig;
 use handoff_user::datapath::{CounterValues, Datapath, FreezeMap, PinDir, Program};
-use testbed::{KillOnDrop, ReferenceParams, Testbed, Topology, emulator::Impairment};
+use testbed::{
+    KillOnDrop, ReferenceParams, Testbed, Topology,
+    emulator::{Impairment, Loss},
+};
 
 /// The distributed-server address.
 pub const DSA: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xd51, 0xff00, 0, 0, 0, 0, 1);
@@ -87,6 +90,8 @@ pub struct Settings {
     pub delay_ms: f64,
     /// Rate of the inter-site links (router—ha), if limited.
     pub site_rate_mbit: Option<f64>,
+    /// Random loss on the client links (client—router, each direction), in percent.
+    pub client_loss_percent: f64,
     /// Files served: (name, size); the content is [`content`].
     pub files: Vec<(String, usize)>,
     /// Extra arguments per node's file server, e.g. `--rate 4M`.
@@ -110,6 +115,7 @@ impl Default for Settings {
             clients: 1,
             delay_ms: 0.0,
             site_rate_mbit: None,
+            client_loss_percent: 0.0,
             files: vec![("file".into(), 1_000_000)],
             fileserver_args: Vec::new(),
             handoff_section: String::new(),
@@ -193,7 +199,12 @@ impl Cluster {
         let params = ReferenceParams {
             nodes: settings.nodes,
             clients: settings.clients,
-            client_link: impairment(settings.delay_ms, None),
+            client_link: Impairment {
+                loss: (settings.client_loss_percent > 0.0).then_some(Loss::Random {
+                    percent: settings.client_loss_percent,
+                }),
+                ..impairment(settings.delay_ms, None)
+            },
             site_link: impairment(settings.delay_ms, settings.site_rate_mbit),
             plain_when_unimpaired: settings.plain_when_unimpaired,
         };
