@@ -8,7 +8,7 @@ use crate::{
     BINDING_ERRORS, CN_BINDINGS, PIPE, count, discard,
     node::OPT_HOME_ADDRESS,
     packet::{self, IP6_EXT, IPPROTO_MH, NEXTHDR_DEST, NEXTHDR_ROUTING},
-    rewrite,
+    rewrite::{self, Readdress},
 };
 
 /// Longest Destination Options header examined (hdr ext len ≤ 7); longer ones go to the kernel.
@@ -37,8 +37,13 @@ pub fn egress(ctx: &TcContext) -> i32 {
     rh2[2] = 2;
     rh2[3] = 1;
     rh2[8..24].copy_from_slice(&ip.dst);
-    if rewrite::insert_ext(ctx, &rh2, NEXTHDR_ROUTING).is_err()
-        || rewrite::set_dst(ctx, &care_of.addr).is_err()
+    if rewrite::insert_ext(
+        ctx,
+        &rh2,
+        NEXTHDR_ROUTING,
+        Readdress::Destination(&care_of.addr),
+    )
+    .is_err()
     {
         return discard(Counter::DropRewriteFailed);
     }
@@ -79,8 +84,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
         report_binding_error(&home, &ip.src, &ip.dst);
         return discard(Counter::DropHaoNoBinding);
     }
-    if rewrite::set_src(ctx, &home).is_err() || rewrite::remove_ext(ctx, len as u16, inner).is_err()
-    {
+    if rewrite::remove_ext(ctx, len as u16, inner, Readdress::Source(&home)).is_err() {
         return discard(Counter::DropRewriteFailed);
     }
     count(Counter::HaoAccepted);

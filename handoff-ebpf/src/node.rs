@@ -10,7 +10,7 @@ use handoff_common::{
 use crate::{
     FLOWS, FROZEN_PACKETS, LOCAL_HOMES, PIPE, RO_BINDINGS, config, count, discard,
     packet::{self, IP6_EXT, IPPROTO_IPV6, IPPROTO_MH, NEXTHDR_DEST, NEXTHDR_ROUTING},
-    rewrite::{self, Failed},
+    rewrite::{self, Failed, Readdress},
 };
 
 /// Type 2 Routing Header: routing type and the only valid header length and segments left.
@@ -49,9 +49,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
                 if let Some(entry) = unsafe { FLOWS.get(inner) }.copied()
                     && entry.action == FLOW_REDIRECT
                 {
-                    if rewrite::set_src(ctx, &config.local).is_err()
-                        || rewrite::set_dst(ctx, &entry.node).is_err()
-                    {
+                    if rewrite::set_addresses(ctx, &config.local, &entry.node).is_err() {
                         return discard(Counter::DropRewriteFailed);
                     }
                     count(Counter::Redirected);
@@ -140,8 +138,7 @@ fn restore_rh2(ctx: &TcContext) -> Result<Option<i32>, Failed> {
         // A Binding Acknowledgement: mipv6d reads it, headers intact, from its packet socket.
         return Ok(Some(discard(Counter::MobilityToDaemon)));
     }
-    rewrite::set_dst(ctx, &home)?;
-    rewrite::remove_ext(ctx, 24, rh[0])?;
+    rewrite::remove_ext(ctx, 24, rh[0], Readdress::Destination(&home))?;
     count(Counter::Rh2Restored);
     Ok(None)
 }
@@ -200,6 +197,5 @@ fn insert_hao(
     header[6] = OPT_HOME_ADDRESS;
     header[7] = 16;
     header[8..24].copy_from_slice(home);
-    rewrite::insert_ext(ctx, &header, NEXTHDR_DEST)?;
-    rewrite::set_src(ctx, care_of)
+    rewrite::insert_ext(ctx, &header, NEXTHDR_DEST, Readdress::Source(care_of))
 }

@@ -21,7 +21,7 @@ use handoff_common::{Addr, Counter};
 
 use crate::{
     discard,
-    packet::{self, ETH_HLEN, IP6_DST, IP6_EXT, IP6_PAYLOAD_LEN, IP6_SRC, IPPROTO_IPV6},
+    packet::{self, ETH_HLEN, IP6_PAYLOAD_LEN, IP6_SRC, IPPROTO_IPV6},
 };
 
 const AF_INET6: u8 = 10;
@@ -35,61 +35,87 @@ fn store<T>(ctx: &TcContext, offset: usize, value: &T) -> Result<(), Failed> {
         .map_err(|_| Failed)
 }
 
-/// Overwrites the IPv6 source address.
-#[inline(always)]
-pub fn set_src(ctx: &TcContext, addr: &Addr) -> Result<(), Failed> {
-    store(ctx, IP6_SRC, addr)
+/// The one address a header insertion or removal also rewrites.
+pub enum Readdress<'a> {
+    /// The IPv6 source address becomes this.
+    Source(&'a Addr),
+    /// The IPv6 destination address becomes this.
+    Destination(&'a Addr),
 }
 
-/// Overwrites the IPv6 destination address.
-#[inline(always)]
-pub fn set_dst(ctx: &TcContext, addr: &Addr) -> Result<(), Failed> {
-    store(ctx, IP6_DST, addr)
-}
+/// Offset of the IPv6 header's bytes after the flow label: payload length, next header, hop
+/// limit, source and destination (36 bytes), which the rewrites store in one piece.
+const IP6_TAIL: usize = IP6_PAYLOAD_LEN;
+const IP6_TAIL_LEN: usize = 36;
 
-/// Payload length and hop limit of the IPv6 header (bytes 4..8 with the next header).
+/// The IPv6 header's bytes 4..40, with the payload length changed by `delta`, the next header
+/// set to `next` and one address replaced.
 #[inline(always)]
-fn length_and_hop_limit(ctx: &TcContext) -> Result<(u16, u8), Failed> {
-    let word = packet::read::<[u8; 4]>(ctx, IP6_PAYLOAD_LEN).ok_or(Failed)?;
-    Ok((u16::from_be_bytes([word[0], word[1]]), word[3]))
-}
-
-/// Writes payload length, next header and hop limit in one store.
-#[inline(always)]
-fn set_length_and_next(ctx: &TcContext, len: u16, next: u8, hop_limit: u8) -> Result<(), Failed> {
-    let len = len.to_be_bytes();
-    store(ctx, IP6_PAYLOAD_LEN, &[len[0], len[1], next, hop_limit])
+fn rewritten_tail(
+    ctx: &TcContext,
+    delta: i32,
+    next: u8,
+    address: Readdress,
+) -> Result<[u8; IP6_TAIL_LEN], Failed> {
+    let mut tail = packet::read::<[u8; IP6_TAIL_LEN]>(ctx, IP6_TAIL).ok_or(Failed)?;
+    let len = i32::from(u16::from_be_bytes([tail[0], tail[1]])) + delta;
+    if !(0..=i32::from(u16::MAX)).contains(&len) {
+        return Err(Failed);
+    }
+    tail[..2].copy_from_slice(&(len as u16).to_be_bytes());
+    tail[2] = next;
+    match address {
+        Readdress::Source(addr) => tail[4..20].copy_from_slice(addr),
+        Readdress::Destination(addr) => tail[20..36].copy_from_slice(addr),
+    }
+    Ok(tail)
 }
 
 /// Inserts the 24-byte extension header `header` right after the IPv6 header; `kind` becomes the
-/// IPv6 next header (the header's own first byte must carry the old one).
+/// IPv6 next header (the header's own first byte must carry the old one), and `address` is
+/// rewritten. One store writes the IPv6 header's changed part and the new header together
+/// (each store is a helper call that also updates `CHECKSUM_COMPLETE`).
 #[inline(always)]
-pub fn insert_ext(ctx: &TcContext, header: &[u8; 24], kind: u8) -> Result<(), Failed> {
-    let (payload_len, hop_limit) = length_and_hop_limit(ctx)?;
+pub fn insert_ext(
+    ctx: &TcContext,
+    header: &[u8; 24],
+    kind: u8,
+    address: Readdress,
+) -> Result<(), Failed> {
+    let tail = rewritten_tail(ctx, 24, kind, address)?;
     // FIXED_GSO: segments keep the MSS; the MSS clamp (datapath::mtu) left room for the header.
     ctx.adjust_room(24, BPF_ADJ_ROOM_NET, BPF_F_ADJ_ROOM_FIXED_GSO as u64)
         .map_err(|_| Failed)?;
-    store(ctx, IP6_EXT, header)?;
-    set_length_and_next(ctx, payload_len + 24, kind, hop_limit)
+    let mut bytes = [0u8; IP6_TAIL_LEN + 24];
+    bytes[..IP6_TAIL_LEN].copy_from_slice(&tail);
+    bytes[IP6_TAIL_LEN..].copy_from_slice(header);
+    store(ctx, IP6_TAIL, &bytes)
 }
 
 /// Removes the `len`-byte extension header right after the IPv6 header, whose next header was
-/// `inner`. FIXED_GSO: a GSO packet keeps its segment size — without it the kernel would grow
-/// `gso_size` by `len` (room for more payload per segment), and the receiving TCP, which takes
-/// `gso_size` as the peer's segment size, then ran at half the throughput.
+/// `inner`, and rewrites `address`. FIXED_GSO: a GSO packet keeps its segment size — without it
+/// the kernel would grow `gso_size` by `len` (room for more payload per segment), and the
+/// receiving TCP, which takes `gso_size` as the peer's segment size, then ran at half the
+/// throughput.
 #[inline(always)]
-pub fn remove_ext(ctx: &TcContext, len: u16, inner: u8) -> Result<(), Failed> {
-    let (payload_len, hop_limit) = length_and_hop_limit(ctx)?;
-    if payload_len < len {
-        return Err(Failed);
-    }
-    set_length_and_next(ctx, payload_len - len, inner, hop_limit)?;
+pub fn remove_ext(ctx: &TcContext, len: u16, inner: u8, address: Readdress) -> Result<(), Failed> {
+    let tail = rewritten_tail(ctx, -i32::from(len), inner, address)?;
+    store(ctx, IP6_TAIL, &tail)?;
     ctx.adjust_room(
         -i32::from(len),
         BPF_ADJ_ROOM_NET,
         BPF_F_ADJ_ROOM_FIXED_GSO as u64,
     )
     .map_err(|_| Failed)
+}
+
+/// Overwrites both IPv6 addresses (adjacent: one store).
+#[inline(always)]
+pub fn set_addresses(ctx: &TcContext, src: &Addr, dst: &Addr) -> Result<(), Failed> {
+    let mut both = [0u8; 32];
+    both[..16].copy_from_slice(src);
+    both[16..].copy_from_slice(dst);
+    store(ctx, IP6_SRC, &both)
 }
 
 /// Wraps the packet in an outer IPv6 header from `src` to `dst` (next header 41).
