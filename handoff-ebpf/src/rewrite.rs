@@ -10,9 +10,9 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_FIXED_GSO,
-        BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
         bpf_adj_room_mode::{BPF_ADJ_ROOM_MAC, BPF_ADJ_ROOM_NET},
-        bpf_fib_lookup,
+        bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
@@ -148,10 +148,12 @@ pub fn decapsulate(ctx: &TcContext) -> Result<(), Failed> {
 }
 
 /// At ingress: sends the packet (whose destination is now `dst`, from `src`) out of the
-/// interface the routing table chooses for it, resolving the next hop's link-layer address —
-/// rewriting the destination in a TC program does not redo routing. The FIB lookup, like
-/// forwarding, needs `forwarding` enabled on the receiving interface (nodes and home agents are
-/// routers for these packets).
+/// interface the routing table chooses for it, to the next hop the lookup found — rewriting the
+/// destination in a TC program does not redo routing. One route lookup per packet: the next hop
+/// goes to the redirect (without it the redirect would look the route up again), and the lookup
+/// skips the neighbour table, which the redirect consults (and fills) itself. The FIB lookup,
+/// like forwarding, needs `forwarding` enabled on the receiving interface (nodes and home
+/// agents are routers for these packets).
 #[inline(always)]
 pub fn forward_from_ingress(ctx: &TcContext, src: &Addr, dst: &Addr, l4_protocol: u8) -> i32 {
     // SAFETY: plain-data struct for which all-zero is a valid value.
@@ -170,14 +172,30 @@ pub fn forward_from_ingress(ctx: &TcContext, src: &Addr, dst: &Addr, l4_protocol
             ctx.skb.skb.cast(),
             &mut params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
         )
     };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return discard(Counter::DropNoRoute);
     }
-    // SAFETY: a null parameter block asks the kernel to resolve the next hop itself.
-    unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+    // The lookup replaced the destination with the next hop (the gateway, or the destination
+    // itself when it is on the link).
+    let mut next_hop = bpf_redir_neigh {
+        nh_family: u32::from(AF_INET6),
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            // SAFETY: the lookup filled the IPv6 member.
+            ipv6_nh: unsafe { params.__bindgen_anon_4.ipv6_dst },
+        },
+    };
+    // SAFETY: next_hop is a valid bpf_redir_neigh of the size passed.
+    unsafe {
+        bpf_redirect_neigh(
+            params.ifindex,
+            &mut next_hop,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        ) as i32
+    }
 }
 
 /// At egress: sends the packet, whose destination changed, out of the same interface with the
