@@ -2,9 +2,10 @@
 //! bidirectional stream moved 20 times around three members, one client's connections on
 //! different members (path D), moves over a lossy client link, an acceptor that dies or stops
 //! answering mid-handoff (the donor rolls back and keeps serving), a contact node whose handoffd
-//! dies and restarts while it redirects a moved connection, an agent without the cluster key,
-//! the curl download at 20 ms of emulated latency, and a client without Mobile IPv6 served
-//! through the redirect (path B).
+//! dies and restarts while it redirects a moved connection, handoffd killed and restarted under
+//! a download it serves (the application keeps the connection, registers again and reports it;
+//! it moves on as any other), an agent without the cluster key, the curl download at 20 ms of
+//! emulated latency, and a client without Mobile IPv6 served through the redirect (path B).
 
 #[path = "support/cluster.rs"]
 #[allow(dead_code, clippy::needless_range_loop)]
@@ -659,6 +660,94 @@ fn privileged_redirected_connection_survives_a_handoffd_restart() {
         false
     );
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+}
+
+/// handoffd on the contact node is killed (SIGKILL: its socket files stay behind) in the middle
+/// of a paced download it serves, and started again half a second later. The file server keeps
+/// the connection (it used to exit: "handoffd closed the application socket"), registers again
+/// once handoffd is back and reports it. The download finishes byte-exact without a reset,
+/// handoffd lists the connection again (as `arrived`: it cannot know), and it moves to node2
+/// and back as any other.
+#[test]
+fn privileged_handoffd_restart_keeps_the_connection() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    const SIZE: usize = 3_000_000;
+    let settings = Settings {
+        files: vec![("big".into(), SIZE), ("small".into(), 100_000)],
+        fileserver_args: strings(&["--rate", "500K"]),
+        ..Settings::default()
+    };
+    let mut cluster =
+        Cluster::start("fapp", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| get(&stream, "big", SIZE, 100, &progress));
+        wait_progress(&progress, 100_000, "download");
+        cluster.kill_handoffd(0);
+        thread::sleep(Duration::from_millis(500));
+        cluster
+            .restart_handoffd(0)
+            .unwrap_or_else(|e| panic!("restart: {e}"));
+        // The file server reports the connections it kept right after registering again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listed = loop {
+            let listed = handoff_json(&cluster, &["conns", "node1", "--json"])["conns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["client"] == conn.as_str())
+                .cloned();
+            if let Some(listed) = listed {
+                break listed;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{conn} not listed on node1 after the restart\n{}",
+                cluster.logs()
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        // After a restart handoffd cannot know whether the connection came from another member.
+        assert_eq!(listed["arrived"], true, "{listed}");
+        let at = progress.load(Ordering::SeqCst);
+        assert!(at < SIZE, "the download ended before the restart was over");
+        eprintln!("after the restart: {at} of {SIZE} body bytes");
+        let report = move_conn(&cluster, &conn, "node1", "node2");
+        eprintln!(
+            "moved after the restart: total {} µs, frozen {} µs",
+            report["total_us"], report["frozen_us"]
+        );
+        assert!(
+            progress.load(Ordering::SeqCst) < SIZE,
+            "the download ended before the move"
+        );
+        reader
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
+    });
+    assert!(conns(&cluster, "node2").contains(&conn));
+    assert!(!conns(&cluster, "node1").contains(&conn));
+    // Back to the restarted member (node2's channel to it works) and one more request there.
+    move_conn(&cluster, &conn, "node2", "node1");
+    get(&stream, "small", 100_000, 100, &progress)
+        .unwrap_or_else(|e| panic!("after the moves: {e}"));
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+    // The file server said once that handoffd was gone, not once per reconnection attempt.
+    let log = std::fs::read_to_string(cluster.dir.join("node1.fileserver.log")).unwrap();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("handoffd is gone"))
+            .count(),
+        1,
+        "{log}"
+    );
 }
 
 // ---- d. an agent without the cluster key ------------------------------------------------------

@@ -532,20 +532,29 @@ impl Cluster {
         )
     }
 
-    /// Kills a node's handoffd (SIGKILL).
+    /// Kills a node's handoffd (SIGKILL); `node` is the index in [`Cluster::nodes`] (0 is
+    /// node1).
     pub fn kill_handoffd(&mut self, node: usize) {
         self.nodes[node].handoffd = None;
     }
 
     /// Starts a node's handoffd again (after [`Cluster::kill_handoffd`]), with the same
-    /// configuration, its log appended to the first run's, and waits for its control socket.
+    /// configuration, its log appended to the first run's, and waits until it answers on its
+    /// control socket. The killed process left its socket files behind: the new one must
+    /// replace them.
     pub fn restart_handoffd(&mut self, node: usize) -> anyhow::Result<()> {
         let name = self.nodes[node].name.clone();
-        let control = self.dir.join(format!("{name}.ctl"));
-        let _ = std::fs::remove_file(&control);
         self.nodes[node].handoffd = Some(self.spawn_handoffd(&name)?);
-        wait_for(&control, Duration::from_secs(10))
-            .with_context(|| self.log_tail(&name, "handoffd"))
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.handoff(&["status", &name])?.status.success() {
+            ensure!(
+                Instant::now() < deadline,
+                "handoffd on {name} does not answer after its restart:\n{}",
+                self.log_tail(&name, "handoffd")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// Starts handoffd on `name` with `<dir>/<name>.toml`, logging to `<dir>/<name>.handoffd.log`
