@@ -9,26 +9,44 @@
 //! Underneath is a Unix `SOCK_SEQPACKET` socket with one JSON message per datagram and the
 //! sockets passed with SCM_RIGHTS, documented in docs/handoffd.md for other languages.
 //!
+//! **When handoffd restarts** (an upgrade, a crash) the application keeps its connections: they
+//! are ordinary sockets of its own. [`Events::next_event`] returns `None`; reporting calls fail
+//! (cleanly: an error, never a signal) but are remembered; the application calls
+//! [`Service::reconnect`] — every 100 ms or so until handoffd is back — which registers the
+//! same service again, reports every connection the application still serves, and puts the new
+//! socket under every clone of the [`Service`]. Nothing else changes: the clones held by the
+//! connections' threads keep working.
+//!
 //! ```no_run
 //! # fn main() -> std::io::Result<()> {
 //! use handoff_user::app::{Event, Service};
 //! let (service, mut events) =
 //!     Service::register("/run/handoffd/app.sock".as_ref(), "fd00:d51:ff00::1".parse().unwrap(), 8080)?;
-//! while let Some(event) = events.next_event()? {
-//!     match event {
-//!         Event::Yield(conn) => { /* tell the connection's worker to call service.yield_conn */ }
-//!         Event::Adopt { conn, stream, state } => { /* resume serving from `state` */ }
+//! loop {
+//!     while let Some(event) = events.next_event()? {
+//!         match event {
+//!             Event::Yield(conn) => { /* tell the connection's worker to call service.yield_conn */ }
+//!             Event::Adopt { conn, stream, state } => { /* resume serving from `state` on */ }
+//!         }
 //!     }
+//!     // handoffd is gone: keep serving, and register again once it is back.
+//!     events = loop {
+//!         match service.reconnect() {
+//!             Ok(events) => break events,
+//!             Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+//!         }
+//!     };
 //! }
-//! # Ok(()) }
+//! # }
 //! ```
 
 use std::{
-    io,
+    collections::HashSet,
+    fmt, io,
     net::{Ipv6Addr, TcpStream},
     os::fd::AsFd as _,
-    path::Path,
-    sync::Arc,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
@@ -41,17 +59,62 @@ use crate::agent::{
 /// The largest application state that fits a message.
 pub const MAX_STATE: usize = 64 << 10;
 
-/// The sending side: cheap to clone and share between the application's threads.
+/// The sending side: cheap to clone and share between the application's threads. Every clone
+/// sends on the current socket to handoffd, also after [`Service::reconnect`] replaced it.
 #[derive(Clone, Debug)]
 pub struct Service {
-    socket: Arc<SeqPacket>,
-    node: Arc<str>,
+    shared: Arc<Shared>,
+}
+
+/// What every clone of a [`Service`] (and its [`Events`]) shares.
+struct Shared {
+    /// handoffd's application socket.
+    agent: PathBuf,
+    /// The service registered (again on reconnection).
+    dsa: Ipv6Addr,
+    port: u16,
+    /// The member's name, as handoffd gave it at registration.
+    node: String,
+    session: Mutex<Session>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service")
+            .field("agent", &self.agent)
+            .field("dsa", &self.dsa)
+            .field("port", &self.port)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The current socket to handoffd and what it was told, under one lock: a reconnection's
+/// report and the swap of the socket happen between two other sends, never across one.
+struct Session {
+    socket: SeqPacket,
+    /// The connections the application serves as handoffd knows them: reported `accepted` or
+    /// adopted, and not yet reported closed, yielded or moved. Reported again on reconnection.
+    conns: HashSet<ConnId>,
+}
+
+impl Session {
+    fn send(&self, request: &AppRequest, stream: Option<&TcpStream>) -> io::Result<()> {
+        send(&self.socket, request, stream)
+    }
+}
+
+fn send(socket: &SeqPacket, request: &AppRequest, stream: Option<&TcpStream>) -> io::Result<()> {
+    let message = serde_json::to_vec(request).map_err(io::Error::other)?;
+    // A socket whose handoffd is gone fails with EPIPE (the send asks for no SIGPIPE).
+    socket.send(&message, stream.map(|s| s.as_fd()))
 }
 
 /// The events handoffd sends; read them on one thread.
 #[derive(Debug)]
 pub struct Events {
     socket: SeqPacket,
+    shared: Arc<Shared>,
 }
 
 /// What handoffd asks of the application.
@@ -70,6 +133,29 @@ pub enum Event {
     },
 }
 
+/// A yield or a move that did not reach handoffd (it is gone, or the state is too large): the
+/// connection is still the application's, with its socket given back, to be served on (or
+/// closed). handoffd still counts it as the application's (a reconnection reports it again).
+#[derive(Debug)]
+pub struct NotHandedOver {
+    /// Why.
+    pub error: io::Error,
+    /// The connection's socket, untouched.
+    pub stream: TcpStream,
+}
+
+impl fmt::Display for NotHandedOver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "connection not handed over: {}", self.error)
+    }
+}
+
+impl std::error::Error for NotHandedOver {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 /// The connection a socket belongs to.
 pub fn conn_id(stream: &TcpStream) -> io::Result<ConnId> {
     Ok(ConnId {
@@ -82,39 +168,87 @@ fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
+/// Connects to handoffd's application socket and registers `dsa`:`port`; returns the socket
+/// and the member's name.
+fn open_session(agent: &Path, dsa: Ipv6Addr, port: u16) -> io::Result<(SeqPacket, String)> {
+    let socket = SeqPacket::connect(agent)?;
+    send(&socket, &AppRequest::Register { dsa, port }, None)?;
+    let reply = socket
+        .recv()?
+        .ok_or_else(|| invalid("handoffd closed the application socket".into()))?;
+    match serde_json::from_slice(&reply.0) {
+        Ok(AppEvent::Registered { node }) => Ok((socket, node)),
+        Ok(AppEvent::Error { message }) => Err(io::Error::other(message)),
+        other => Err(invalid(format!("unexpected answer to register: {other:?}"))),
+    }
+}
+
+fn lock(session: &Mutex<Session>) -> MutexGuard<'_, Session> {
+    // A panic elsewhere while sending leaves the session as consistent as any send does.
+    session
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Service {
     /// Connects to handoffd's application socket and registers `dsa`:`port`.
     pub fn register(agent: &Path, dsa: Ipv6Addr, port: u16) -> io::Result<(Service, Events)> {
-        let socket = SeqPacket::connect(agent)?;
-        let service = Service {
-            socket: Arc::new(socket.try_clone()?),
-            node: Arc::from(""),
+        let (socket, node) = open_session(agent, dsa, port)?;
+        let shared = Arc::new(Shared {
+            agent: agent.to_owned(),
+            dsa,
+            port,
+            node,
+            session: Mutex::new(Session {
+                socket: socket.try_clone()?,
+                conns: HashSet::new(),
+            }),
+        });
+        let events = Events {
+            socket,
+            shared: Arc::clone(&shared),
         };
-        service.send(&AppRequest::Register { dsa, port }, None)?;
-        let reply = socket
-            .recv()?
-            .ok_or_else(|| invalid("handoffd closed the application socket".into()))?;
-        match serde_json::from_slice(&reply.0) {
-            Ok(AppEvent::Registered { node }) => Ok((
-                Service {
-                    node: Arc::from(node),
-                    ..service
+        Ok((Service { shared }, events))
+    }
+
+    /// Registers again after handoffd closed the socket ([`Events::next_event`] returned
+    /// `None`: handoffd stopped or restarted): connects to the same application socket,
+    /// registers the same service, reports every connection the application still serves
+    /// (`accepted` with `resumed`: accepted or adopted, and neither closed, yielded nor moved —
+    /// also those reported while handoffd was away), and from then on every clone of this
+    /// `Service` sends there. Returns the new session's events; the old [`Events`] is done.
+    ///
+    /// One attempt: an error (typically `ConnectionRefused` or `NotFound` while handoffd is
+    /// down) leaves everything as it was; try again a little later. Calling it while the old
+    /// session is still open ends that session first (handoffd then forgets its connections,
+    /// until this call reports them again; it may refuse the registration until it has noticed
+    /// the end: try again).
+    pub fn reconnect(&self) -> io::Result<Events> {
+        let shared = &self.shared;
+        lock(&shared.session).socket.shutdown();
+        let (socket, _node) = open_session(&shared.agent, shared.dsa, shared.port)?;
+        let sender = socket.try_clone()?;
+        let mut session = lock(&shared.session);
+        for &conn in &session.conns {
+            send(
+                &sender,
+                &AppRequest::Accepted {
+                    conn,
+                    resumed: true,
                 },
-                Events { socket },
-            )),
-            Ok(AppEvent::Error { message }) => Err(io::Error::other(message)),
-            other => Err(invalid(format!("unexpected answer to register: {other:?}"))),
+                None,
+            )?;
         }
+        session.socket = sender;
+        Ok(Events {
+            socket,
+            shared: Arc::clone(shared),
+        })
     }
 
     /// The member this application runs on.
     pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    fn send(&self, request: &AppRequest, stream: Option<&TcpStream>) -> io::Result<()> {
-        let message = serde_json::to_vec(request).map_err(io::Error::other)?;
-        self.socket.send(&message, stream.map(|s| s.as_fd()))
+        &self.shared.node
     }
 
     fn encode(state: &[u8]) -> io::Result<String> {
@@ -130,28 +264,60 @@ impl Service {
         Ok(BASE64.encode(state))
     }
 
-    /// Reports an accepted connection (so that handoffd lists and can move it).
+    /// Reports an accepted connection (so that handoffd lists and can move it). An error other
+    /// than the socket's own (`conn_id`) means handoffd is gone: the connection is remembered
+    /// and reported by [`Service::reconnect`]; serve it all the same.
     pub fn accepted(&self, stream: &TcpStream) -> io::Result<ConnId> {
         let conn = conn_id(stream)?;
-        self.send(&AppRequest::Accepted { conn }, None)?;
+        let mut session = lock(&self.shared.session);
+        session.conns.insert(conn);
+        session.send(
+            &AppRequest::Accepted {
+                conn,
+                resumed: false,
+            },
+            None,
+        )?;
         Ok(conn)
     }
 
-    /// Reports a closed connection.
+    /// Reports a closed connection. An error means handoffd is gone; nothing is left to do
+    /// (the connection is forgotten here, so a reconnection does not report it).
     pub fn closed(&self, conn: ConnId) -> io::Result<()> {
-        self.send(&AppRequest::Closed { conn }, None)
+        let mut session = lock(&self.shared.session);
+        session.conns.remove(&conn);
+        session.send(&AppRequest::Closed { conn }, None)
     }
 
-    /// Hands a connection to handoffd after a [`Event::Yield`]; the stream is given up.
-    pub fn yield_conn(&self, stream: TcpStream, state: &[u8]) -> io::Result<()> {
-        let conn = conn_id(&stream)?;
-        let state = Self::encode(state)?;
-        self.send(&AppRequest::Yielded { conn, state }, Some(&stream))
+    /// Sends the socket and `state` with `request`; the connection is handoffd's from then on.
+    fn hand_over(
+        &self,
+        stream: TcpStream,
+        state: &[u8],
+        request: impl FnOnce(ConnId, String) -> AppRequest,
+    ) -> Result<(), NotHandedOver> {
+        let sent = conn_id(&stream).and_then(|conn| {
+            let request = request(conn, Self::encode(state)?);
+            let mut session = lock(&self.shared.session);
+            session.send(&request, Some(&stream))?;
+            session.conns.remove(&conn);
+            Ok(())
+        });
+        sent.map_err(|error| NotHandedOver { error, stream })
+    }
+
+    /// Hands a connection to handoffd after a [`Event::Yield`]; the stream is given up, or
+    /// given back in the error if handoffd cannot take it.
+    pub fn yield_conn(&self, stream: TcpStream, state: &[u8]) -> Result<(), NotHandedOver> {
+        self.hand_over(stream, state, |conn, state| AppRequest::Yielded {
+            conn,
+            state,
+        })
     }
 
     /// Answers a [`Event::Yield`] with "not now": the connection stays.
     pub fn decline(&self, conn: ConnId, reason: &str) -> io::Result<()> {
-        self.send(
+        lock(&self.shared.session).send(
             &AppRequest::Decline {
                 conn,
                 reason: reason.to_owned(),
@@ -160,23 +326,26 @@ impl Service {
         )
     }
 
-    /// Moves a connection to member `node` on the application's own initiative.
-    pub fn move_to(&self, stream: TcpStream, node: &str, state: &[u8]) -> io::Result<()> {
-        let conn = conn_id(&stream)?;
-        let state = Self::encode(state)?;
-        self.send(
-            &AppRequest::Move {
-                conn,
-                to: node.to_owned(),
-                state,
-            },
-            Some(&stream),
-        )
+    /// Moves a connection to member `node` on the application's own initiative; the stream is
+    /// given up, or given back in the error if handoffd cannot take it. A move that fails later
+    /// gives the connection back with [`Event::Adopt`].
+    pub fn move_to(
+        &self,
+        stream: TcpStream,
+        node: &str,
+        state: &[u8],
+    ) -> Result<(), NotHandedOver> {
+        self.hand_over(stream, state, |conn, state| AppRequest::Move {
+            conn,
+            to: node.to_owned(),
+            state,
+        })
     }
 }
 
 impl Events {
-    /// The next event; `None` when handoffd closed the socket.
+    /// The next event; `None` when handoffd closed the socket (it stopped or restarted: see
+    /// [`Service::reconnect`]).
     pub fn next_event(&mut self) -> io::Result<Option<Event>> {
         loop {
             let Some((message, fd)) = self.socket.recv()? else {
@@ -191,6 +360,8 @@ impl Events {
                     let state = BASE64
                         .decode(state)
                         .map_err(|e| invalid(format!("adopt: state is not base64: {e}")))?;
+                    // handoffd lists an adopted connection as the application's.
+                    lock(&self.shared.session).conns.insert(conn);
                     Event::Adopt {
                         conn,
                         stream: TcpStream::from(fd),
@@ -236,4 +407,122 @@ pub fn listen(addr: std::net::SocketAddr, mtu: u32) -> io::Result<std::net::TcpL
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashSet,
+        net::{TcpListener, TcpStream},
+        thread,
+    };
+
+    use super::*;
+    use crate::agent::seqpacket::SeqPacketListener;
+
+    /// A fake handoffd session: answers the registration, then returns the socket.
+    fn fake_handoffd(listener: SeqPacketListener) -> thread::JoinHandle<SeqPacket> {
+        thread::spawn(move || {
+            let session = listener.accept().unwrap();
+            let (message, _) = session.recv().unwrap().unwrap();
+            let request: AppRequest = serde_json::from_slice(&message).unwrap();
+            assert_eq!(
+                request,
+                AppRequest::Register {
+                    dsa: Ipv6Addr::LOCALHOST,
+                    port: 8080
+                }
+            );
+            let registered = AppEvent::Registered {
+                node: "node1".into(),
+            };
+            session
+                .send(&serde_json::to_vec(&registered).unwrap(), None)
+                .unwrap();
+            session
+        })
+    }
+
+    fn request(session: &SeqPacket) -> AppRequest {
+        let (message, _) = session.recv().unwrap().unwrap();
+        serde_json::from_slice(&message).unwrap()
+    }
+
+    /// A connected pair over loopback: (the application's end, the client's end).
+    fn connection(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (listener.accept().unwrap().0, client)
+    }
+
+    #[test]
+    fn reconnect_registers_again_and_reports_the_connections_still_served() {
+        let dir = std::env::temp_dir().join(format!("dsl-app-{}", std::process::id()));
+        let path = dir.join("node1.app");
+        let first = fake_handoffd(SeqPacketListener::bind(&path).unwrap());
+        let (service, mut events) = Service::register(&path, Ipv6Addr::LOCALHOST, 8080).unwrap();
+        let session = first.join().unwrap();
+        assert_eq!(service.node(), "node1");
+        let tcp = TcpListener::bind("[::1]:0").unwrap();
+        let (kept, _c1) = connection(&tcp);
+        let (closed, _c2) = connection(&tcp);
+        let (yielded, _c3) = connection(&tcp);
+        let (kept_id, closed_id) = (conn_id(&kept).unwrap(), conn_id(&closed).unwrap());
+        // A clone, as a connection's thread holds it: it follows the reconnection.
+        let worker = service.clone();
+        assert_eq!(worker.accepted(&kept).unwrap(), kept_id);
+        worker.accepted(&closed).unwrap();
+        let yielded_id = worker.accepted(&yielded).unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                request(&session),
+                AppRequest::Accepted { resumed: false, .. }
+            ));
+        }
+
+        // handoffd dies (its socket file stays behind, as after SIGKILL).
+        drop(session);
+        assert!(events.next_event().unwrap().is_none());
+        // Meanwhile: a connection accepted, one closed, a yield that cannot reach handoffd
+        // (the socket comes back). Every report fails cleanly.
+        let (late, _c4) = connection(&tcp);
+        let late_id = conn_id(&late).unwrap();
+        assert_eq!(
+            worker.accepted(&late).unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+        worker.closed(closed_id).unwrap_err();
+        let back = worker.yield_conn(yielded, b"state").unwrap_err();
+        assert_eq!(back.error.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(conn_id(&back.stream).unwrap(), yielded_id);
+        // Not back yet: the attempt fails and can be repeated.
+        assert_eq!(
+            service.reconnect().unwrap_err().kind(),
+            io::ErrorKind::ConnectionRefused
+        );
+
+        // handoffd is back on the same path (the stale file is replaced).
+        let second = fake_handoffd(SeqPacketListener::bind(&path).unwrap());
+        let mut events = service.reconnect().unwrap();
+        let session = second.join().unwrap();
+        let mut resumed = HashSet::new();
+        for _ in 0..3 {
+            match request(&session) {
+                AppRequest::Accepted {
+                    conn,
+                    resumed: true,
+                } => assert!(resumed.insert(conn)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(resumed, HashSet::from([kept_id, yielded_id, late_id]));
+        // The clone sends on the new socket, and events come on it.
+        worker.closed(kept_id).unwrap();
+        assert_eq!(request(&session), AppRequest::Closed { conn: kept_id });
+        let event = AppEvent::Yield { conn: late_id };
+        session
+            .send(&serde_json::to_vec(&event).unwrap(), None)
+            .unwrap();
+        assert!(matches!(events.next_event().unwrap(), Some(Event::Yield(c)) if c == late_id));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

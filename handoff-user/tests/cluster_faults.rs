@@ -718,6 +718,8 @@ fn privileged_handoffd_restart_keeps_the_connection() {
         let at = progress.load(Ordering::SeqCst);
         assert!(at < SIZE, "the download ended before the restart was over");
         eprintln!("after the restart: {at} of {SIZE} body bytes");
+        // Served on by the same file server, then moved as any other connection.
+        wait_progress(&progress, at + 100_000, "download after the restart");
         let report = move_conn(&cluster, &conn, "node1", "node2");
         eprintln!(
             "moved after the restart: total {} µs, frozen {} µs",

@@ -68,7 +68,7 @@ struct Conn {
     since: Instant,
     moving: bool,
     /// Handed to this member from another one (its redirect entries elsewhere must go when it
-    /// closes).
+    /// closes), or reported again after a restart of this agent (`resumed`), which cannot know.
     arrived: bool,
 }
 
@@ -1320,10 +1320,12 @@ impl Agent {
                 let bytes = serde_json::to_vec(&reply).map_err(|e| e.to_string())?;
                 socket.send(&bytes, None).map_err(|e| e.to_string())
             }
-            AppRequest::Accepted { conn } => {
+            AppRequest::Accepted { conn, resumed } => {
                 // With route optimization a client's packets for the DSA go wherever its one
                 // binding points (the last member that took one of its connections): every
-                // member must know where each connection is served (path D).
+                // member must know where each connection is served (path D). A resumed
+                // connection (reported again after a restart of this agent) is announced too:
+                // it may have arrived from another member, whose redirect then points here.
                 self.broadcast(
                     PeerMessage::Owner {
                         conn,
@@ -1337,7 +1339,9 @@ impl Agent {
                         app,
                         since: Instant::now(),
                         moving: false,
-                        arrived: false,
+                        // After a restart this agent cannot know where a resumed connection
+                        // came from: treated as arrived.
+                        arrived: resumed,
                     },
                 );
                 if self.draining.load(Ordering::Relaxed) {

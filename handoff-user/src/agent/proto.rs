@@ -215,6 +215,12 @@ pub enum AppRequest {
     Accepted {
         /// The connection.
         conn: ConnId,
+        /// Not new: the application still serves it after its socket to handoffd closed (a
+        /// restart of handoffd) and reports it again to the handoffd it reconnected to, which
+        /// cannot know whether the connection arrived from another member. Absent means
+        /// `false` (applications written before it keep working), and `false` is not written.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resumed: bool,
     },
     /// A connection was closed.
     Closed {
@@ -463,6 +469,25 @@ mod tests {
             event,
             r#"{"event":"yield","conn":{"client":"[fd00::1]:40000","local":"[fd00:ff::1]:8080"}}"#
         );
+        let conn = ConnId {
+            client: "[fd00::1]:40000".parse().unwrap(),
+            local: "[fd00:ff::1]:8080".parse().unwrap(),
+        };
+        let accepted =
+            r#"{"op":"accepted","conn":{"client":"[fd00::1]:40000","local":"[fd00:ff::1]:8080"}}"#;
+        let new = AppRequest::Accepted {
+            conn,
+            resumed: false,
+        };
+        assert_eq!(serde_json::from_str::<AppRequest>(accepted).unwrap(), new);
+        assert_eq!(serde_json::to_string(&new).unwrap(), accepted);
+        let resumed = AppRequest::Accepted {
+            conn,
+            resumed: true,
+        };
+        let text = serde_json::to_string(&resumed).unwrap();
+        assert_eq!(text, accepted.replace("}}", r#"},"resumed":true}"#));
+        assert_eq!(serde_json::from_str::<AppRequest>(&text).unwrap(), resumed);
         let drain: ControlRequest = serde_json::from_str(r#"{"op":"drain"}"#).unwrap();
         assert_eq!(
             drain,

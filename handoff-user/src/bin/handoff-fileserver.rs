@@ -1,7 +1,9 @@
 //! `handoff-fileserver`: the demo application. An HTTP/1.1 file server (GET, keep-alive) that
 //! works with handoffd: it yields a connection between two chunks of a response (or between
 //! requests) with the response's byte offset as its state, and resumes a connection it adopts
-//! at that offset.
+//! at that offset. When handoffd goes away (a restart, a crash) it serves on — connections
+//! already open and new ones alike — registers again as soon as handoffd is back and reports
+//! every connection it still serves.
 //!
 //! `handoff-fileserver --agent /run/handoffd/node1.app --listen [fd00:d51:ff00::1]:8080
 //! --root /srv/files [--rate 8M] [--move-after 500000 --move-to node2]`
@@ -25,12 +27,14 @@ use std::{
 use clap::Parser;
 use handoff_user::{
     agent::proto::ConnId,
-    app::{self, Event, Service},
+    app::{self, Event, Events, NotHandedOver, Service},
 };
 use serde::{Deserialize, Serialize};
 
 const CHUNK: usize = 16 << 10;
 const MAX_REQUEST: usize = 16 << 10;
+/// How often the server tries to register again while handoffd is away.
+const RECONNECT_EVERY: Duration = Duration::from_millis(100);
 
 /// The signal that wakes a connection's thread for a yield. Every thread of the server blocks
 /// it, and a connection's thread unblocks it only inside `ppoll`: a yield raised before the
@@ -291,36 +295,29 @@ fn run(args: Args) -> io::Result<()> {
             }
         }
     });
-    while let Some(event) = events.next_event()? {
-        match event {
-            Event::Yield(conn) => {
-                // Raised under the lock: the connection's thread is alive while its signal is
-                // in the map.
-                let raised = server
-                    .yield_flags
-                    .lock()
-                    .unwrap()
-                    .get(&conn)
-                    .map(|flag| flag.raise())
-                    .is_some();
-                if !raised {
-                    server.service.decline(conn, "no such connection here")?;
-                }
+    loop {
+        let ended = match server.serve_events(&mut events) {
+            Ok(()) => "handoffd closed the application socket".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        // Once per absence, not per attempt.
+        tracing::warn!(
+            "handoffd is gone ({ended}): serving on, registering again every {} ms",
+            RECONNECT_EVERY.as_millis()
+        );
+        let away = Instant::now();
+        events = loop {
+            match server.service.reconnect() {
+                Ok(events) => break events,
+                Err(_) => thread::sleep(RECONNECT_EVERY),
             }
-            Event::Adopt {
-                conn,
-                stream,
-                state,
-            } => match serde_json::from_slice::<ConnState>(&state) {
-                Ok(state) => {
-                    let server = Arc::clone(&server);
-                    thread::spawn(move || server.serve(conn, stream, state));
-                }
-                Err(e) => tracing::error!(%conn, "adopted with a state we cannot read: {e}"),
-            },
-        }
+        };
+        tracing::info!(
+            away_ms = away.elapsed().as_millis(),
+            connections = server.yield_flags.lock().unwrap().len(),
+            "registered again with handoffd; connections reported"
+        );
     }
-    Err(io::Error::other("handoffd closed the application socket"))
 }
 
 enum Outcome {
@@ -329,23 +326,61 @@ enum Outcome {
 }
 
 impl Server {
+    /// Acts on handoffd's events until the session ends (handoffd closed the socket, or sent
+    /// what cannot be read).
+    fn serve_events(self: &Arc<Self>, events: &mut Events) -> io::Result<()> {
+        while let Some(event) = events.next_event()? {
+            match event {
+                Event::Yield(conn) => {
+                    // Raised under the lock: the connection's thread is alive while its signal
+                    // is in the map.
+                    let raised = self
+                        .yield_flags
+                        .lock()
+                        .unwrap()
+                        .get(&conn)
+                        .map(|flag| flag.raise())
+                        .is_some();
+                    if !raised && let Err(e) = self.service.decline(conn, "no such connection here")
+                    {
+                        tracing::debug!(%conn, "cannot decline: {e}");
+                    }
+                }
+                Event::Adopt {
+                    conn,
+                    stream,
+                    state,
+                } => match serde_json::from_slice::<ConnState>(&state) {
+                    Ok(state) => {
+                        let server = Arc::clone(self);
+                        thread::spawn(move || server.serve(conn, stream, state));
+                    }
+                    Err(e) => tracing::error!(%conn, "adopted with a state we cannot read: {e}"),
+                },
+            }
+        }
+        Ok(())
+    }
+
     /// A new connection: ready to be asked to yield before handoffd hears of it (a draining
-    /// member asks at once).
+    /// member asks at once). Served also when handoffd cannot hear of it (it is away: the
+    /// library reports the connection when the server registers again).
     fn accept(&self, stream: TcpStream) {
         let Ok(conn) = app::conn_id(&stream) else {
             return;
         };
         let flag = self.watch(conn);
-        if self.service.accepted(&stream).is_ok() {
-            self.run(
-                conn,
-                stream,
-                ConnState::Idle {
-                    pending: Vec::new(),
-                },
-                flag,
-            );
+        if let Err(e) = self.service.accepted(&stream) {
+            tracing::debug!(%conn, "accepted while handoffd is away: {e}");
         }
+        self.run(
+            conn,
+            stream,
+            ConnState::Idle {
+                pending: Vec::new(),
+            },
+            flag,
+        );
     }
 
     /// The yield signal of a connection served by the calling thread.
@@ -363,32 +398,49 @@ impl Server {
         self.run(conn, stream, state, flag);
     }
 
-    fn run(&self, conn: ConnId, stream: TcpStream, state: ConnState, flag: Arc<YieldSignal>) {
-        let outcome = self.run_connection(&stream, state, &flag);
-        self.yield_flags.lock().unwrap().remove(&conn);
-        // The socket goes on (to handoffd, or closes) in blocking mode, as it came.
-        let _ = stream.set_nonblocking(false);
-        match outcome {
-            Ok((Outcome::Yielded, state)) => {
-                let bytes = serde_json::to_vec(&state).expect("states always encode");
-                let moved = match (&state, &self.move_rule) {
-                    (ConnState::Sending { moved: true, .. }, Some((_, to)))
-                        if !flag.is_raised() =>
-                    {
-                        self.service.move_to(stream, to, &bytes)
-                    }
-                    _ => self.service.yield_conn(stream, &bytes),
-                };
-                if let Err(e) = moved {
-                    tracing::warn!(%conn, "cannot hand the connection over: {e}");
+    /// Serves the connection until it closes or handoffd takes it; one that cannot be handed
+    /// over (handoffd is away) is served on from where it was.
+    fn run(
+        &self,
+        conn: ConnId,
+        mut stream: TcpStream,
+        mut state: ConnState,
+        mut flag: Arc<YieldSignal>,
+    ) {
+        loop {
+            let outcome = self.run_connection(&stream, state, &flag);
+            self.yield_flags.lock().unwrap().remove(&conn);
+            // The socket goes on (to handoffd, or closes) in blocking mode, as it came.
+            let _ = stream.set_nonblocking(false);
+            let next = match outcome {
+                Ok((Outcome::Yielded, next)) => next,
+                Ok((Outcome::Closed, _)) => {
+                    // Fails harmlessly while handoffd is away.
+                    let _ = self.service.closed(conn);
+                    return;
                 }
-            }
-            Ok((Outcome::Closed, _)) => {
-                let _ = self.service.closed(conn);
-            }
-            Err(e) => {
-                tracing::info!(%conn, "connection ended: {e}");
-                let _ = self.service.closed(conn);
+                Err(e) => {
+                    tracing::info!(%conn, "connection ended: {e}");
+                    let _ = self.service.closed(conn);
+                    return;
+                }
+            };
+            let bytes = serde_json::to_vec(&next).expect("states always encode");
+            let handed = match (&next, &self.move_rule) {
+                (ConnState::Sending { moved: true, .. }, Some((_, to))) if !flag.is_raised() => {
+                    self.service.move_to(stream, to, &bytes)
+                }
+                _ => self.service.yield_conn(stream, &bytes),
+            };
+            match handed {
+                Ok(()) => return,
+                Err(NotHandedOver {
+                    error,
+                    stream: back,
+                }) => {
+                    tracing::warn!(%conn, "cannot hand the connection over, serving on: {error}");
+                    (stream, state, flag) = (back, next, self.watch(conn));
+                }
             }
         }
     }
