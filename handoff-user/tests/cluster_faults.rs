@@ -663,11 +663,12 @@ fn privileged_redirected_connection_survives_a_handoffd_restart() {
 }
 
 /// handoffd on the contact node is killed (SIGKILL: its socket files stay behind) in the middle
-/// of a paced download it serves, and started again half a second later. The file server keeps
-/// the connection (it used to exit: "handoffd closed the application socket"), registers again
-/// once handoffd is back and reports it. The download finishes byte-exact without a reset,
-/// handoffd lists the connection again (as `arrived`: it cannot know), and it moves to node2
-/// and back as any other.
+/// of a paced download it serves, and started again half a second later; meanwhile the file
+/// server accepts and serves a new connection and serves and closes another. It keeps its
+/// connections (it used to exit: "handoffd closed the application socket"), registers again
+/// once handoffd is back and reports the two that are open. The download finishes byte-exact
+/// without a reset, handoffd lists both connections again (as `arrived`: it cannot know) but
+/// not the closed one, and the download's connection moves to node2 and back as any other.
 #[test]
 fn privileged_handoffd_restart_keeps_the_connection() {
     if !is_root() {
@@ -690,31 +691,50 @@ fn privileged_handoffd_restart_keeps_the_connection() {
         let reader = scope.spawn(|| get(&stream, "big", SIZE, 100, &progress));
         wait_progress(&progress, 100_000, "download");
         cluster.kill_handoffd(0);
-        thread::sleep(Duration::from_millis(500));
+        let down = Instant::now();
+        // While handoffd is down (the data path, pinned, still delivers): a new connection is
+        // accepted and served, and stays open; another one is served and closed.
+        let late = connect(&cluster, "client1");
+        let late_conn = endpoint(&late);
+        let late_progress = AtomicUsize::new(0);
+        get(&late, "small", 100_000, 100, &late_progress)
+            .unwrap_or_else(|e| panic!("a connection opened while handoffd was down: {e}"));
+        let closed = connect(&cluster, "client1");
+        let closed_conn = endpoint(&closed);
+        get(&closed, "small", 100_000, 100, &late_progress)
+            .unwrap_or_else(|e| panic!("a connection opened while handoffd was down: {e}"));
+        drop(closed);
+        thread::sleep(Duration::from_millis(500).saturating_sub(down.elapsed()));
         cluster
             .restart_handoffd(0)
             .unwrap_or_else(|e| panic!("restart: {e}"));
         // The file server reports the connections it kept right after registering again.
         let deadline = Instant::now() + Duration::from_secs(10);
         let listed = loop {
-            let listed = handoff_json(&cluster, &["conns", "node1", "--json"])["conns"]
+            let listed: Vec<Value> = handoff_json(&cluster, &["conns", "node1", "--json"])["conns"]
                 .as_array()
                 .unwrap()
-                .iter()
-                .find(|c| c["client"] == conn.as_str())
-                .cloned();
-            if let Some(listed) = listed {
+                .clone();
+            let has = |c: &str| listed.iter().any(|l| l["client"] == c);
+            if has(&conn) && has(&late_conn) {
+                assert!(
+                    !has(&closed_conn),
+                    "a connection closed meanwhile is listed"
+                );
                 break listed;
             }
             assert!(
                 Instant::now() < deadline,
-                "{conn} not listed on node1 after the restart\n{}",
+                "{conn} and {late_conn} not listed on node1 after the restart: {listed:?}\n{}",
                 cluster.logs()
             );
             thread::sleep(Duration::from_millis(20));
         };
-        // After a restart handoffd cannot know whether the connection came from another member.
-        assert_eq!(listed["arrived"], true, "{listed}");
+        // After a restart handoffd cannot know whether a connection came from another member.
+        assert!(listed.iter().all(|l| l["arrived"] == true), "{listed:?}");
+        // The connection accepted while handoffd was down works on.
+        get(&late, "small", 100_000, 100, &late_progress)
+            .unwrap_or_else(|e| panic!("the late connection after the restart: {e}"));
         let at = progress.load(Ordering::SeqCst);
         assert!(at < SIZE, "the download ended before the restart was over");
         eprintln!("after the restart: {at} of {SIZE} body bytes");
