@@ -11,7 +11,8 @@
 //!
 //! **When handoffd restarts** (an upgrade, a crash) the application keeps its connections: they
 //! are ordinary sockets of its own. [`Events::next_event`] returns `None`; reporting calls fail
-//! (cleanly: an error, never a signal) but are remembered; the application calls
+//! (cleanly: an error, never a signal), but the library keeps track of what they report; the
+//! application calls
 //! [`Service::reconnect`] — every 100 ms or so until handoffd is back — which registers the
 //! same service again, reports every connection the application still serves, and puts the new
 //! socket under every clone of the [`Service`]. Nothing else changes: the clones held by the
