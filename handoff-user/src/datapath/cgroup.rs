@@ -21,16 +21,16 @@ pub(super) struct CgroupRoot {
 }
 
 /// Opens the root of the cgroup v2 hierarchy: the mount point of the first `cgroup2` mount of
-/// this mount namespace whose root is `/` (`/proc/self/mountinfo`). When none is mounted,
+/// the calling thread's mount namespace whose root is `/` (`/proc/thread-self/mountinfo`). When none is mounted,
 /// cgroup2 is mounted at a private directory under `/run`, opened, and unmounted (lazily: the
 /// open directory keeps the hierarchy usable) and the directory removed at once, so nothing is
 /// left behind.
 pub(super) fn open_root() -> Result<CgroupRoot, DatapathError> {
-    let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").map_err(|source| DatapathError::Cgroup {
-            path: PathBuf::from("/proc/self/mountinfo"),
-            source,
-        })?;
+    const MOUNTINFO: &str = "/proc/thread-self/mountinfo";
+    let mountinfo = fs::read_to_string(MOUNTINFO).map_err(|source| DatapathError::Cgroup {
+        path: PathBuf::from(MOUNTINFO),
+        source,
+    })?;
     if let Some(path) = cgroup2_mount(&mountinfo) {
         let dir = File::open(&path).map_err(|source| DatapathError::Cgroup {
             path: path.clone(),
@@ -150,5 +150,41 @@ mod tests {
             cgroup2_mount("31 23 0:28 / /sys rw - sysfs sysfs rw\n"),
             None
         );
+    }
+
+    #[test]
+    fn privileged_mounts_cgroup2_privately_when_none_is_mounted() {
+        use nix::{
+            sched::{CloneFlags, unshare},
+            sys::statfs::{CGROUP2_SUPER_MAGIC, fstatfs},
+        };
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: privileged test needs root");
+            return;
+        }
+        // A thread of its own with a mount namespace of its own, without any cgroup2 mount.
+        std::thread::spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS).expect("unshare");
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .expect("make the mounts private");
+            while let Some(path) =
+                cgroup2_mount(&fs::read_to_string("/proc/thread-self/mountinfo").unwrap())
+            {
+                nix::mount::umount2(&path, MntFlags::MNT_DETACH).expect("unmount cgroup2");
+            }
+            let root = open_root().expect("a private cgroup2 mount");
+            assert!(root.path.starts_with("/run"), "{}", root.path.display());
+            assert!(!root.path.exists(), "mount point left behind");
+            let fs = fstatfs(&root.dir).expect("fstatfs");
+            assert_eq!(fs.filesystem_type(), CGROUP2_SUPER_MAGIC);
+        })
+        .join()
+        .expect("the test thread");
     }
 }
