@@ -75,6 +75,10 @@ pub struct FlowEntry {
     /// For `FLOW_REDIRECT`: the member that owns the connection now; the packet is encapsulated
     /// (IPv6-in-IPv6) from this node's address to it (path B/D).
     pub node: Addr,
+    /// For `FLOW_FROZEN` at an acceptor: the congestion window (segments) the donor's socket
+    /// had, which the `restore_cwnd` program gives the socket re-created for this connection
+    /// when it connects; 0 leaves the kernel's initial window.
+    pub cwnd: u32,
 }
 
 /// Drop every packet of the flow (its socket is under TCP_REPAIR: the kernel must not see the
@@ -163,6 +167,8 @@ pub mod program {
     pub const CN_EGRESS: &str = "cn_egress";
     /// Correspondent (client) ingress: Home Address option validation and removal.
     pub const CN_INGRESS: &str = "cn_ingress";
+    /// Socket operations (cgroup): gives a restored connection its donor's congestion window.
+    pub const RESTORE_CWND: &str = "restore_cwnd";
 }
 
 /// Names of the maps in the eBPF object.
@@ -240,11 +246,16 @@ pub enum Counter {
     BindingErrorLost,
     /// Packets of `FLOW_QUEUED` flows handed to userspace (and dropped from the kernel's path).
     Queued,
+    /// Restored sockets given their donor's congestion window (`FlowEntry::cwnd`) at connect.
+    CwndApplied,
+    /// Restored sockets whose congestion window the kernel refused to set (they keep the
+    /// kernel's initial window).
+    CwndFailed,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 23] = [
         Counter::Passed,
         Counter::Dropped,
         Counter::Skipped,
@@ -266,6 +277,8 @@ impl Counter {
         Counter::DropRewriteFailed,
         Counter::BindingErrorLost,
         Counter::Queued,
+        Counter::CwndApplied,
+        Counter::CwndFailed,
     ];
     /// Number of counters (the length of the per-CPU array).
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -294,6 +307,8 @@ impl Counter {
             Counter::DropRewriteFailed => "drop_rewrite_failed",
             Counter::BindingErrorLost => "binding_error_lost",
             Counter::Queued => "queued",
+            Counter::CwndApplied => "cwnd_applied",
+            Counter::CwndFailed => "cwnd_failed",
         }
     }
 }
@@ -326,7 +341,7 @@ mod tests {
     fn map_types_have_no_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<FlowKey>(), 36);
-        assert_eq!(size_of::<FlowEntry>(), 20);
+        assert_eq!(size_of::<FlowEntry>(), 24);
         assert_eq!(size_of::<QueuedPacket>(), 40);
         assert_eq!(size_of::<BindingKey>(), 32);
         assert_eq!(size_of::<CareOf>(), 16);

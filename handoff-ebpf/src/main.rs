@@ -8,9 +8,13 @@
 //! - `ha_ingress`: the home agent — tunnels packets for registered home addresses.
 //! - `cn_ingress` / `cn_egress`: Mobile IPv6 correspondent support for clients whose kernel has
 //!   none.
+//!
+//! One program is not a TC program: `restore_cwnd` (socket operations, attached to a cgroup)
+//! gives a connection re-created at an acceptor its donor's congestion window.
 #![no_std]
 #![no_main]
 
+mod congestion;
 mod correspondent;
 mod home_agent;
 mod node;
@@ -19,9 +23,9 @@ mod rewrite;
 
 use aya_ebpf::{
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
-    macros::{classifier, map},
+    macros::{classifier, map, sock_ops},
     maps::{Array, HashMap, PerCpuArray, PerfEventArray, RingBuf},
-    programs::TcContext,
+    programs::{SockOpsContext, TcContext},
 };
 use handoff_common::{
     Addr, BindingKey, CareOf, Counter, FLOW_MAP_CAPACITY, FlowEntry, FlowKey, NodeConfig,
@@ -112,6 +116,14 @@ pub fn cn_ingress(ctx: TcContext) -> i32 {
 pub fn cn_egress(ctx: TcContext) -> i32 {
     packet::linearize(&ctx);
     correspondent::egress(&ctx)
+}
+
+/// Socket operations: the donor's congestion window for a restored connection (cgroup program).
+#[sock_ops]
+pub fn restore_cwnd(ctx: SockOpsContext) -> u32 {
+    congestion::restore_cwnd(&ctx);
+    // Socket operations programs answer 1 (the kernel ignores the value on this operation).
+    1
 }
 
 /// Verdict: let the packet continue (TCX: on to the next program, then the stack).

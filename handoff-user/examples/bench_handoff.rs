@@ -43,6 +43,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use cluster::{Binaries, Cluster, DSA, PORT, Settings};
+use handoff_common::Counter;
 use serde_json::{Value, json};
 
 /// The file server's unit of pacing and of yielding (`CHUNK` in handoff-fileserver.rs).
@@ -478,6 +479,13 @@ fn phases(
             .map(|w| us(w[1] - w[0]))
             .collect()
     };
+    // Windows the acceptors' restore_cwnd programs set (or failed to), over both members.
+    let (mut cwnd_applied, mut cwnd_failed) = (0, 0);
+    for n in 1..=2 {
+        let counters = cluster.node_counters(n)?;
+        cwnd_applied += counters.get(Counter::CwndApplied);
+        cwnd_failed += counters.get(Counter::CwndFailed);
+    }
     let baseline_chunks = intervals_outside(&seen.chunks);
     let baseline_reads = intervals_outside(&seen.reads);
     Ok(json!({
@@ -500,6 +508,8 @@ fn phases(
         "send_queue_bytes_max": max_of("send_queue_bytes"),
         "bound": bound,
         "binding_errors": binding_errors,
+        "cwnd_applied": cwnd_applied,
+        "cwnd_failed": cwnd_failed,
         "gap_us": stats(&gaps),
         "added_delay_us": stats(&added),
         "baseline_chunk_interval_us": stats(&baseline_chunks),
@@ -1011,7 +1021,8 @@ fn main() -> anyhow::Result<()> {
     for r in phase_results.iter().filter(|r| r["error"].is_null()) {
         println!(
             "  {}{}: pacing {} µs per 16 KiB chunk, baseline chunk interval p50/p99 {} / {} µs, \
-             read gap p99 {} µs; state ≤ {} B, send queue carried ≤ {} B, {} moves failed",
+             read gap p99 {} µs; state ≤ {} B, send queue carried ≤ {} B, {} moves failed; \
+             donor's congestion window set on {} restores ({} refused)",
             r["setting"].as_str().unwrap_or(""),
             suffix(r),
             f(&r["pacing_interval_us"]),
@@ -1021,6 +1032,8 @@ fn main() -> anyhow::Result<()> {
             r["state_bytes_max"],
             r["send_queue_bytes_max"],
             r["moves_failed"],
+            r["cwnd_applied"],
+            r["cwnd_failed"],
         );
         if let Some(errors) = r["binding_errors"].as_object()
             && !errors.is_empty()

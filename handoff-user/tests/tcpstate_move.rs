@@ -135,6 +135,8 @@ struct Rig {
     opts: RestoreOptions,
     /// A client-side freeze to lift between the next capture and its activation.
     thaw_at_client: Option<(FreezeFilter, FlowKey)>,
+    /// The congestion window of every restored socket, read before its activation.
+    restored_cwnd: Vec<u32>,
 }
 
 impl Rig {
@@ -173,6 +175,7 @@ impl Rig {
             history: Vec::new(),
             opts: RestoreOptions::default(),
             thaw_at_client: None,
+            restored_cwnd: Vec::new(),
         }
     }
 
@@ -232,6 +235,9 @@ impl Rig {
             .run(|| AcceptorRestore::freeze_and_restore(acceptor_filter.maps(), &state, opts))
             .unwrap_or_else(|err| panic!("restore {:?}: {err}", state.state));
         let pending = acceptor.restored().pending_len();
+        let (cwnd, _) = tcpstate::sys::cwnd_and_mss(acceptor.restored().socket())
+            .expect("TCP_INFO of the restored socket");
+        self.restored_cwnd.push(cwnd);
         let key = capture.release(OwnedFd::from(socket));
         if let Some((mut filter, flow)) = self.thaw_at_client.take() {
             filter.maps().thaw(&flow).expect("thaw at the client");
@@ -445,6 +451,98 @@ fn stream_with_moves(
     drop(server);
     rig.check_no_resets();
     std::mem::take(&mut rig.history)
+}
+
+/// Streams from the server until its congestion window is at least `segments`; returns it.
+fn grow_cwnd(app: &mut ServerApp, server: &mut TcpStream, segments: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        app.step(server, 256 * 1024);
+        let (cwnd, _) = tcpstate::sys::cwnd_and_mss(server.as_fd()).expect("TCP_INFO");
+        if cwnd >= segments {
+            return cwnd;
+        }
+        assert!(
+            Instant::now() < deadline && app.written < app.s2c,
+            "congestion window stuck at {cwnd} after {} bytes",
+            app.written
+        );
+    }
+}
+
+/// A bulk transfer grows the donor's window; a move without the `restore_cwnd` program gives
+/// the acceptor's socket the kernel's initial window (the negative control), a move with it
+/// the captured window. The stream then finishes byte-exact without a reset.
+fn restored_socket_keeps_the_donors_window(tag: &str, family: Family) {
+    use handoff_common::Counter;
+    const GROWN: u32 = 30;
+    let mut rig = Rig::new(tag, family, &[]);
+    let listener = rig.listen();
+    let (client, mut server) = rig.connect(&listener);
+    drop(listener);
+    let (s_seed, s2c) = (0x3333, 1u64 << 30);
+    let (w, r) = spawn_client(client, 0x4444, 0, None);
+    let mut app = ServerApp::new(s_seed, s2c);
+
+    grow_cwnd(&mut app, &mut server, GROWN);
+    server = rig.move_conn(server);
+    let captured = rig.history[0].snd_cwnd;
+    assert!(captured >= GROWN, "captured window {captured}");
+    assert_eq!(
+        rig.restored_cwnd[0], 10,
+        "without the program the restored socket has the kernel's initial window"
+    );
+
+    for filter in &mut rig.filters {
+        filter
+            .attach_restore_cwnd()
+            .expect("attach the restore_cwnd program");
+    }
+    grow_cwnd(&mut app, &mut server, GROWN);
+    server = rig.move_conn(server);
+    let captured = rig.history[1].snd_cwnd;
+    assert!(captured >= GROWN, "captured window {captured}");
+    assert_eq!(
+        rig.restored_cwnd[1], captured,
+        "the restored socket starts with the donor's window"
+    );
+    eprintln!(
+        "captured windows {} and {captured} segments; restored {:?}",
+        rig.history[0].snd_cwnd, rig.restored_cwnd
+    );
+    let acceptor = &mut rig.filters[rig.owner];
+    assert_eq!(acceptor.maps().counter(Counter::CwndApplied).unwrap(), 1);
+    assert_eq!(acceptor.maps().counter(Counter::CwndFailed).unwrap(), 0);
+
+    // Finish a shorter stream than announced: stop writing once the moves are done.
+    app.s2c = app.written;
+    while !app.done() {
+        app.step(&mut server, 256 * 1024);
+    }
+    server.set_nonblocking(false).expect("blocking");
+    server.shutdown(Shutdown::Write).expect("server shutdown");
+    w.join().expect("client writer");
+    let report = r.join().expect("client reader");
+    assert_eq!(report.received, app.written);
+    assert_eq!(report.received_hash, digest_of_stream(s_seed, app.written));
+    drop(server);
+    rig.check_no_resets();
+}
+
+#[test]
+fn privileged_restored_socket_keeps_the_donors_congestion_window_ipv6() {
+    if !is_root() {
+        return;
+    }
+    restored_socket_keeps_the_donors_window("cw6", Family::V6);
+}
+
+#[test]
+fn privileged_restored_socket_keeps_the_donors_congestion_window_ipv4() {
+    if !is_root() {
+        return;
+    }
+    restored_socket_keeps_the_donors_window("cw4", Family::V4);
 }
 
 fn queued(state: &ConnState) -> usize {

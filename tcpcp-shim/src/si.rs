@@ -453,6 +453,9 @@ fn parse_socket(si: &[u8]) -> Result<SocketInfo, SiError> {
             rcv_wnd: be32(si, field::RCV_WND),
             rcv_wup: be32(si, field::EXT_RCV_WUP),
         },
+        // TCPCP's format has no congestion window: the restored socket starts with the
+        // kernel's initial window.
+        snd_cwnd: 0,
         recv_queue: recv.bytes,
         unacked: send.bytes,
         unsent,
@@ -769,6 +772,7 @@ mod tests {
                     rcv_wnd: 65_483,
                     rcv_wup: 0xffff_f000,
                 },
+                snd_cwnd: 0,
                 recv_queue: (0..recv).map(|i| i as u8).collect(),
                 unacked: (0..unacked).map(|i| (i * 3) as u8).collect(),
                 unsent: (0..unsent).map(|i| (i * 5) as u8).collect(),

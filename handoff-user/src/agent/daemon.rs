@@ -201,6 +201,18 @@ impl Agent {
                  interrupted handoffs removed"
             );
         }
+        // Optional: without it a handoff still works, the acceptor's socket just starts with
+        // the kernel's initial congestion window.
+        match datapath.attach_restore_cwnd() {
+            Ok(cgroup) => tracing::info!(
+                cgroup = %cgroup.display(),
+                "restored connections start with their donor's congestion window"
+            ),
+            Err(e) => tracing::warn!(
+                "restored connections start with the kernel's initial congestion window: \
+                 cannot attach the restore_cwnd program: {e}"
+            ),
+        }
         let channel =
             TcpListener::bind(SocketAddr::new(config.care_of_address.into(), config.port))
                 .with_context(|| {

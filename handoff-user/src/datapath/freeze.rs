@@ -25,6 +25,13 @@ impl FreezeFilter {
         self.datapath.attach(Program::Freeze, interface)
     }
 
+    /// Also attaches the `restore_cwnd` program, so that sockets restored for flows frozen
+    /// with [`FreezeMap::freeze_with_cwnd`] start with that window (see
+    /// [`Datapath::attach_restore_cwnd`]). Returns the cgroup it is attached to.
+    pub fn attach_restore_cwnd(&mut self) -> Result<std::path::PathBuf, DatapathError> {
+        self.datapath.attach_restore_cwnd()
+    }
+
     /// Runs the program once on `frame` (an Ethernet frame) with `BPF_PROG_TEST_RUN`, without
     /// any interface, and returns its verdict (`TC_ACT_SHOT` = 2 drops, `TC_ACT_PIPE` = 3
     /// passes). The maps are the live ones.

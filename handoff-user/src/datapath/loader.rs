@@ -1,19 +1,23 @@
-//! Loading the eBPF object, attaching its programs to interfaces, and running them on crafted
-//! packets.
+//! Loading the eBPF object, attaching its programs to interfaces (and the socket-operations
+//! program to the cgroup hierarchy), and running them on crafted packets.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, SchedClassifier, TcAttachType,
+        CgroupAttachMode, ProgramError, SchedClassifier, SockOps, TcAttachType,
         links::{FdLink, PinnedLink},
+        sock_ops::SockOpsLinkId,
         tc::{SchedClassifierLink, SchedClassifierLinkId},
     },
 };
 use handoff_common::{map, program};
 
-use super::{DatapathError, EBPF_OBJECT, PinDir, maps::Maps};
+use super::{DatapathError, EBPF_OBJECT, PinDir, cgroup, maps::Maps};
 
 /// One of the TC programs, with the hook it belongs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +124,8 @@ pub(super) fn pin_file(name: &str) -> &'static str {
 pub struct Datapath {
     ebpf: Ebpf,
     links: Vec<(Program, String, SchedClassifierLinkId)>,
+    /// The `restore_cwnd` program's link to the cgroup root, and that root's path.
+    cwnd_link: Option<(PathBuf, SockOpsLinkId)>,
     maps: Maps,
     pins: PinDir,
     persistent: bool,
@@ -144,6 +150,7 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             links: Vec::new(),
+            cwnd_link: None,
             maps,
             pins: pins.clone(),
             persistent: false,
@@ -236,6 +243,40 @@ impl Datapath {
         pins.remove(&files);
     }
 
+    /// Attaches the `restore_cwnd` socket-operations program to the root of the cgroup v2
+    /// hierarchy (see [`super::FreezeMap::freeze_with_cwnd`]): a socket restored for a connection
+    /// frozen here with a window gets that window when it connects. It runs for the sockets of
+    /// the whole host, so several instances (one per network namespace) attach side by side
+    /// (BPF links to a cgroup are multi-attach), each reading its own `FLOWS`; it only acts on a socket whose
+    /// connection its map holds frozen with a window. The attachment is a BPF link owned by this
+    /// process: dropping the data path, or the process ending, detaches it. Attaching again is a
+    /// no-op. Returns the cgroup directory it is attached to.
+    pub fn attach_restore_cwnd(&mut self) -> Result<PathBuf, DatapathError> {
+        if let Some((path, _)) = &self.cwnd_link {
+            return Ok(path.clone());
+        }
+        let root = cgroup::open_root()?;
+        let failed = |source| DatapathError::Program {
+            program: program::RESTORE_CWND,
+            interface: root.path.display().to_string(),
+            source,
+        };
+        let link = self
+            .sock_ops()
+            // A cgroup BPF link is always multi-attach (the kernel refuses the flag on links);
+            // aya creates a link on every kernel from 5.7.
+            .and_then(|loaded| loaded.attach(&root.dir, CgroupAttachMode::Single))
+            .map_err(failed)?;
+        tracing::debug!(
+            program = program::RESTORE_CWND,
+            cgroup = %root.path.display(),
+            pins = %self.pins.path().display(),
+            "attached"
+        );
+        self.cwnd_link = Some((root.path.clone(), link));
+        Ok(root.path)
+    }
+
     /// Runs `program` on `frame` (an Ethernet frame) with `BPF_PROG_TEST_RUN` and the live maps,
     /// `repeat` times. The kernel checks, after the run, that the program left
     /// `CHECKSUM_COMPLETE` right (`BPF_F_TEST_SKB_CHECKSUM_COMPLETE`): a stale checksum fails the
@@ -295,6 +336,19 @@ impl Datapath {
         }
         Ok(classifier)
     }
+
+    /// The `restore_cwnd` program, loaded into the kernel if it was not yet.
+    fn sock_ops(&mut self) -> Result<&mut SockOps, ProgramError> {
+        let sock_ops: &mut SockOps = self
+            .ebpf
+            .program_mut(program::RESTORE_CWND)
+            .ok_or(ProgramError::UnexpectedProgramType)?
+            .try_into()?;
+        if sock_ops.fd().is_err() {
+            sock_ops.load()?;
+        }
+        Ok(sock_ops)
+    }
 }
 
 impl Drop for Datapath {
@@ -303,6 +357,11 @@ impl Drop for Datapath {
             if let Err(err) = self.program(program).and_then(|loaded| loaded.detach(link)) {
                 tracing::warn!(program = program.name(), interface, %err, "cannot detach");
             }
+        }
+        if let Some((cgroup, link)) = self.cwnd_link.take()
+            && let Err(err) = self.sock_ops().and_then(|loaded| loaded.detach(link))
+        {
+            tracing::warn!(program = program::RESTORE_CWND, cgroup = %cgroup.display(), %err, "cannot detach");
         }
         if !self.persistent {
             let files: Vec<&str> = PINNED_MAPS.iter().map(|(_, file, ..)| *file).collect();

@@ -338,23 +338,37 @@ impl FreezeMap {
     /// Drops the packets of `flow` from now on (replacing a redirect). Freezing a frozen flow is
     /// not an error.
     pub fn freeze(&mut self, flow: FlowKey) -> Result<(), DatapathError> {
-        self.set(flow, FLOW_FROZEN, [0; 16])
+        self.set(flow, FLOW_FROZEN, [0; 16], 0)
+    }
+
+    /// Like [`FreezeMap::freeze`], for a connection about to be re-created here: the socket
+    /// restored for it gets congestion window `cwnd` (segments; 0 leaves the kernel's initial
+    /// window) when it connects, if the `restore_cwnd` program is attached
+    /// ([`super::Datapath::attach_restore_cwnd`]).
+    pub fn freeze_with_cwnd(&mut self, flow: FlowKey, cwnd: u32) -> Result<(), DatapathError> {
+        self.set(flow, FLOW_FROZEN, [0; 16], cwnd)
     }
 
     /// Like [`FreezeMap::freeze`], but each packet is also handed to the reader opened with
     /// [`Maps::open_frozen_packets`], so that it can be replayed after the restore.
     pub fn queue(&mut self, flow: FlowKey) -> Result<(), DatapathError> {
-        self.set(flow, FLOW_QUEUED, [0; 16])
+        self.set(flow, FLOW_QUEUED, [0; 16], 0)
     }
 
     /// Sends the packets of `flow` to member `node` from now on (path B/D), replacing a freeze
     /// in one update: the switch at activation.
     pub fn redirect(&mut self, flow: FlowKey, node: Addr) -> Result<(), DatapathError> {
-        self.set(flow, FLOW_REDIRECT, node)
+        self.set(flow, FLOW_REDIRECT, node, 0)
     }
 
-    fn set(&mut self, flow: FlowKey, action: u32, node: Addr) -> Result<(), DatapathError> {
-        let entry = FlowEntry { action, node };
+    fn set(
+        &mut self,
+        flow: FlowKey,
+        action: u32,
+        node: Addr,
+        cwnd: u32,
+    ) -> Result<(), DatapathError> {
+        let entry = FlowEntry { action, node, cwnd };
         set(&mut self.flows, map::FLOWS, flow, Some(entry)).map(|_| ())
     }
 

@@ -1,6 +1,7 @@
 //! The eBPF data path: loading the programs of `handoff-ebpf`, attaching them to interfaces and
 //! managing their pinned maps.
 
+mod cgroup;
 mod freeze;
 mod loader;
 mod maps;
@@ -88,6 +89,15 @@ pub enum DatapathError {
     /// The kernel refused to turn run statistics on.
     #[error("enabling BPF run statistics: {0}")]
     Stats(io::Error),
+    /// The root of the cgroup v2 hierarchy could not be found, mounted or opened (for the
+    /// socket-operations program).
+    #[error("cgroup v2 hierarchy at {path}: {source}")]
+    Cgroup {
+        /// The path that failed.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
     /// The object lacks a program or map that this crate expects (built from other sources).
     #[error("the embedded eBPF object has no {0}")]
     Missing(&'static str),

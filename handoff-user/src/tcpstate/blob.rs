@@ -3,7 +3,7 @@
 //! [`ConnState::emit`] between the view and the plain struct. Parsing never panics and refuses
 //! anything malformed with a precise [`BlobError`] before a socket is touched.
 //!
-//! Layout (version 1; multi-byte fixed fields big-endian, `varint` = unsigned LEB128 of a u32,
+//! Layout (version 2; multi-byte fixed fields big-endian, `varint` = unsigned LEB128 of a u32,
 //! at most 5 bytes, `zigzag` = a signed delta as varint):
 //!
 //! ```text
@@ -15,6 +15,7 @@
 //!          timestamps]
 //!          window: zigzag(recv_seq − snd_wl1) · snd_wnd · max_window · rcv_wnd ·
 //!                  zigzag(recv_seq − rcv_wup)
+//!          snd_cwnd (varint; version 2 only)
 //!          lengths: recv queue · unacked · unsent (varints)
 //!          options: bits u8 (nodelay, cork, keepalive, reuseaddr, linger on) · keepidle ·
 //!                   keepintvl · keepcnt · user_timeout · sndbuf · rcvbuf · mark · priority ·
@@ -22,6 +23,9 @@
 //!          queues: recv queue bytes · unacked bytes · unsent bytes
 //! trailer  CRC32C (Castagnoli) u32 of every byte before it
 //! ```
+//!
+//! Version 1 is the same without `snd_cwnd`; it is still read (as `snd_cwnd` 0, unknown), so a
+//! member running the previous build can still hand connections to this one.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -32,8 +36,10 @@ use super::{
 
 /// First two bytes of every blob.
 pub const MAGIC: [u8; 2] = [0xd5, 0x7c];
-/// The blob version this build writes and reads.
-pub const VERSION: u8 = 1;
+/// The blob version this build writes (it also reads [`VERSION_1`]).
+pub const VERSION: u8 = 2;
+/// The previous version, without the congestion window: still read.
+pub const VERSION_1: u8 = 1;
 
 /// Offsets of the fixed header fields.
 mod field {
@@ -83,7 +89,9 @@ pub enum BlobError {
         found: [u8; 2],
     },
     /// A version this build does not read.
-    #[error("TCP state blob version {found} is not supported (this build reads version {VERSION})")]
+    #[error(
+        "TCP state blob version {found} is not supported (this build reads versions {VERSION_1} and {VERSION})"
+    )]
     UnknownVersion {
         /// The version found.
         found: u8,
@@ -163,7 +171,7 @@ impl<T: AsRef<[u8]>> Blob<T> {
                 found: self.magic(),
             });
         }
-        if self.version() != VERSION {
+        if self.version() != VERSION && self.version() != VERSION_1 {
             return Err(BlobError::UnknownVersion {
                 found: self.version(),
             });
@@ -438,6 +446,11 @@ impl ConnState {
         let max_window = r.varint("max_window")?;
         let rcv_wnd = r.varint("rcv_wnd")?;
         let wup_delta = r.zigzag("rcv_wup")?;
+        let snd_cwnd = if blob.version() == VERSION_1 {
+            0
+        } else {
+            r.varint("snd_cwnd")?
+        };
         if max_window < snd_wnd {
             return Err(invalid("max_window", "smaller than snd_wnd"));
         }
@@ -495,6 +508,7 @@ impl ConnState {
             recv_seq,
             send_seq,
             window,
+            snd_cwnd,
             recv_queue,
             unacked,
             unsent,
@@ -567,12 +581,13 @@ impl ConnState {
         bits
     }
 
-    fn varints(&self) -> [u32; 15] {
+    fn varints(&self) -> [u32; 16] {
         let o = &self.options;
         [
             self.window.snd_wnd,
             self.window.max_window,
             self.window.rcv_wnd,
+            self.snd_cwnd,
             self.recv_queue.len() as u32,
             self.unacked.len() as u32,
             self.unsent.len() as u32,
@@ -652,6 +667,7 @@ impl ConnState {
         w.varint(self.window.max_window);
         w.varint(self.window.rcv_wnd);
         w.zigzag(wup);
+        w.varint(self.snd_cwnd);
         for v in [
             self.recv_queue.len() as u32,
             self.unacked.len() as u32,
@@ -718,6 +734,7 @@ mod tests {
                 rcv_wnd: 65_280,
                 rcv_wup: 0xffff_fff0,
             },
+            snd_cwnd: 10,
             recv_queue: Vec::new(),
             unacked: Vec::new(),
             unsent: Vec::new(),
@@ -759,6 +776,7 @@ mod tests {
             seconds: 5,
         };
         s.options.mark = 0xdead_beef;
+        s.snd_cwnd = 1_000;
         s
     }
 
@@ -791,12 +809,39 @@ mod tests {
         assert!(ConnState::from_bytes(&bytes).unwrap() == state);
     }
 
+    /// Offset of `snd_cwnd` in a blob of `state`: right after the window fields.
+    fn cwnd_offset(state: &ConnState) -> usize {
+        let addr = if state.local.is_ipv6() { 16 } else { 4 };
+        let (wl1, wup) = state.window_deltas();
+        8 + 4
+            + 2 * (addr + 2)
+            + 8
+            + if state.negotiated.timestamps { 8 } else { 0 }
+            + zigzag_len(wl1)
+            + varint_len(state.window.snd_wnd)
+            + varint_len(state.window.max_window)
+            + varint_len(state.window.rcv_wnd)
+            + zigzag_len(wup)
+    }
+
+    /// The version 1 form of `state`'s blob (no `snd_cwnd`), as the previous build wrote it.
+    fn version_1_bytes(state: &ConnState) -> Vec<u8> {
+        let mut bytes = state.to_bytes().unwrap();
+        let at = cwnd_offset(state);
+        bytes.drain(at..at + varint_len(state.snd_cwnd));
+        bytes[2] = VERSION_1;
+        let len = bytes.len() as u32;
+        bytes[4..8].copy_from_slice(&len.to_be_bytes());
+        reseal(&mut bytes);
+        bytes
+    }
+
     #[test]
-    fn golden_bytes_of_version_1() {
+    fn golden_bytes_of_version_2() {
         let bytes = sample().to_bytes().unwrap();
         assert_eq!(
             &bytes[..8],
-            &[0xd5, 0x7c, 1, 0x0f, 0, 0, 0, bytes.len() as u8]
+            &[0xd5, 0x7c, 2, 0x0f, 0, 0, 0, bytes.len() as u8]
         );
         // state, wscale (7 << 4 | 7), mss 1440
         assert_eq!(&bytes[8..12], &[1, 0x77, 0x05, 0xa0]);
@@ -804,14 +849,73 @@ mod tests {
         assert_eq!(&bytes[48..52], &[0xff, 0xff, 0xff, 0xf0]);
         assert_eq!(&bytes[56..60], &[0x12, 0x34, 0x56, 0x78]);
         assert_eq!(&bytes[60..64], &[0x0b, 0xad, 0xca, 0xfe]);
+        // zigzag(0xf0 = 240) · snd_wnd 64,256 · max_window 64,256 · rcv_wnd 65,280 · zigzag(0),
+        // then snd_cwnd 10.
+        assert_eq!(
+            &bytes[64..76],
+            &[
+                0xe0, 0x03, 0x80, 0xf6, 0x03, 0x80, 0xf6, 0x03, 0x80, 0xfe, 0x03, 0x00
+            ]
+        );
+        assert_eq!(cwnd_offset(&sample()), 76);
+        assert_eq!(bytes[76], 10);
         let crc = crc32c::crc32c(&bytes[..bytes.len() - 4]);
         assert_eq!(&bytes[bytes.len() - 4..], &crc.to_be_bytes());
     }
 
     #[test]
-    fn every_truncation_is_refused() {
-        for state in [sample(), sample_v4_with_queues()] {
+    fn congestion_window_round_trips_as_a_varint() {
+        for cwnd in [0, 1, 10, 127, 128, 1_000, 1 << 20, u32::MAX] {
+            let mut state = sample();
+            state.snd_cwnd = cwnd;
             let bytes = state.to_bytes().unwrap();
+            assert_eq!(
+                bytes.len(),
+                sample().to_bytes().unwrap().len() - 1 + varint_len(cwnd)
+            );
+            let at = cwnd_offset(&state);
+            let mut r = Reader {
+                data: &bytes[at..],
+                pos: 0,
+            };
+            assert_eq!(r.varint("snd_cwnd").unwrap(), cwnd);
+            assert_eq!(ConnState::from_bytes(&bytes).unwrap(), state);
+        }
+    }
+
+    #[test]
+    fn version_1_is_read_with_an_unknown_congestion_window() {
+        for state in [sample(), sample_v4_with_queues()] {
+            let bytes = version_1_bytes(&state);
+            assert_eq!(bytes.len(), state.buffer_len() - varint_len(state.snd_cwnd));
+            let parsed = ConnState::from_bytes(&bytes).unwrap();
+            assert_eq!(parsed.snd_cwnd, 0);
+            assert_eq!(
+                parsed,
+                ConnState {
+                    snd_cwnd: 0,
+                    ..state
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_version_2_body_labelled_version_1_is_refused() {
+        // The extra varint is left over where version 1 has its queue lengths and options:
+        // the lengths then disagree with the body.
+        let mut bytes = sample().to_bytes().unwrap();
+        bytes[2] = VERSION_1;
+        reseal(&mut bytes);
+        assert!(ConnState::from_bytes(&bytes).is_err());
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        for bytes in [sample(), sample_v4_with_queues()]
+            .iter()
+            .flat_map(|state| [state.to_bytes().unwrap(), version_1_bytes(state)])
+        {
             for len in 0..bytes.len() {
                 let err = ConnState::from_bytes(&bytes[..len]).unwrap_err();
                 assert!(
@@ -836,12 +940,14 @@ mod tests {
 
     #[test]
     fn unknown_version_is_refused_before_the_checksum() {
-        let mut bytes = sample().to_bytes().unwrap();
-        bytes[2] = 2;
-        assert_eq!(
-            ConnState::from_bytes(&bytes).unwrap_err(),
-            BlobError::UnknownVersion { found: 2 }
-        );
+        for version in [0, 3, 0xff] {
+            let mut bytes = sample().to_bytes().unwrap();
+            bytes[2] = version;
+            assert_eq!(
+                ConnState::from_bytes(&bytes).unwrap_err(),
+                BlobError::UnknownVersion { found: version }
+            );
+        }
     }
 
     #[test]
@@ -1047,19 +1153,9 @@ mod tests {
     fn unknown_option_bits_are_refused() {
         let state = sample();
         let mut bytes = state.to_bytes().unwrap();
-        // The option bits sit right after the three queue lengths (one byte each here).
-        let (wl1, wup) = state.window_deltas();
-        let at = 8
-            + 4
-            + 36
-            + 8
-            + 8
-            + zigzag_len(wl1)
-            + varint_len(state.window.snd_wnd)
-            + varint_len(state.window.max_window)
-            + varint_len(state.window.rcv_wnd)
-            + zigzag_len(wup)
-            + 3;
+        // The option bits sit right after the congestion window and the three queue lengths
+        // (one byte each here).
+        let at = cwnd_offset(&state) + varint_len(state.snd_cwnd) + 3;
         assert_eq!(bytes[at], state.option_bits());
         bytes[at] |= 0x80;
         reseal(&mut bytes);
@@ -1177,6 +1273,7 @@ mod tests_support {
                 rcv_wnd: 65_280,
                 rcv_wup: 0xffff_fff0,
             },
+            snd_cwnd: 10,
             recv_queue: Vec::new(),
             unacked: Vec::new(),
             unsent: Vec::new(),

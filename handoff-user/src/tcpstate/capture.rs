@@ -196,6 +196,7 @@ fn capture_stopped(
         }
     };
     let mss = sys::get_int(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG).op("TCP_MAXSEG")?;
+    let (snd_cwnd, _) = sys::cwnd_and_mss(fd).op("TCP_INFO")?;
     let timestamps = info.options & sys::TCPI_OPT_TIMESTAMPS != 0;
     let (timestamp, captured_at_ms) = if timestamps {
         (
@@ -219,7 +220,7 @@ fn capture_stopped(
     };
     tracing::debug!(
         %local, %peer, ?state, recv = recv_queue.len(), unacked = send_queue.len(),
-        unsent = unsent.len(), "captured"
+        unsent = unsent.len(), snd_cwnd, "captured"
     );
     Ok(ConnState {
         local,
@@ -231,6 +232,7 @@ fn capture_stopped(
         recv_seq,
         send_seq,
         window,
+        snd_cwnd,
         recv_queue,
         unacked: send_queue,
         unsent,

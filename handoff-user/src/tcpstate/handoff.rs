@@ -89,8 +89,7 @@ impl AcceptorRestore {
         state: &ConnState,
         opts: RestoreOptions,
     ) -> Result<AcceptorRestore, TcpStateError> {
-        let key = state.inbound_key();
-        map.freeze(key)?;
+        let key = AcceptorRestore::freeze(map, state)?;
         match restore::restore(state, opts) {
             Ok(restored) => Ok(AcceptorRestore { restored, key }),
             Err(err) => {
@@ -120,10 +119,12 @@ impl AcceptorRestore {
         self.restored
     }
 
-    /// Freezes `state`'s flow ahead of the restore (before the service address moves here).
+    /// Freezes `state`'s flow ahead of the restore (before the service address moves here),
+    /// with the donor's congestion window in the entry: the `restore_cwnd` program, if attached,
+    /// gives it to the socket the restore connects ([`FreezeMap::freeze_with_cwnd`]).
     pub fn freeze(map: &mut FreezeMap, state: &ConnState) -> Result<FlowKey, TcpStateError> {
         let key = state.inbound_key();
-        map.freeze(key)?;
+        map.freeze_with_cwnd(key, state.snd_cwnd)?;
         Ok(key)
     }
 

@@ -17,7 +17,7 @@ mod restore;
 mod state;
 pub mod sys;
 
-pub use blob::{Blob, BlobError, FRAME_LEN, MAGIC, VERSION};
+pub use blob::{Blob, BlobError, FRAME_LEN, MAGIC, VERSION, VERSION_1};
 pub use capture::{addresses, capture, resume, rollback, socket_options};
 pub use restore::{RestoreOptions, Restored, Unacked, restore};
 pub use state::{ConnState, Linger, Negotiated, SocketOptions, TcpState};

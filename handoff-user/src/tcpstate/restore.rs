@@ -4,8 +4,8 @@
 //! buffers → bind → queue sequence numbers → connect (silent in repair mode) → repair options
 //! before any byte is queued → `TCP_TIMESTAMP` → receive queue → FIN/ACK injection for the
 //! half-closed states → `TCP_REPAIR_WINDOW` (after the injections, which may move the window) →
-//! the part of the send queue restored "as sent" (its size decided from the congestion window
-//! and segment size the socket now has) → options that survive repair mode. Activation:
+//! the part of the send queue restored "as sent" (its size decided from the kernel's initial
+//! congestion window and the segment size the socket now has) → options that survive repair mode. Activation:
 //! repair off (with or without a window probe) → `SO_REUSEADDR` → the bytes to (re)send →
 //! our FIN → for CLOSING, the peer's FIN → `TCP_NODELAY`/`TCP_CORK` as the application had them.
 
@@ -25,11 +25,16 @@ use super::{
     sys::{self, RepairOpt, TCP_RECV_QUEUE, TCP_SEND_QUEUE},
 };
 
+/// The kernel's initial congestion window (`TCP_INIT_CWND`, RFC 6928), in segments: the most
+/// [`Unacked::Auto`] resends.
+const TCP_INIT_CWND: u32 = 10;
+
 /// How the sent-but-unacknowledged bytes are restored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Unacked {
-    /// [`Unacked::Resend`] when they fit in the initial congestion window (10 segments), else
-    /// [`Unacked::AsSent`] with a window probe at activation.
+    /// [`Unacked::Resend`] when they fit in the kernel's initial congestion window (at most 10
+    /// segments, whatever window the socket was given), else [`Unacked::AsSent`] with a window
+    /// probe at activation.
     #[default]
     Auto,
     /// Rewind the send sequence to the first unacknowledged byte and queue them as never sent:
@@ -234,8 +239,12 @@ pub fn restore(state: &ConnState, opts: RestoreOptions) -> Result<Restored, TcpS
             // so a tail held back by the congestion window would stall the connection. The
             // initial window and the segment size are known now; the segment size can be
             // below the MSS clamp (measured: 1208 for a clamp of 1440), hence TCP_INFO, and
-            // one segment of slack.
+            // one segment of slack. The socket may have the donor's window by now (the
+            // `restore_cwnd` program sets it at connect): the threshold stays the kernel's
+            // initial window, at most TCP_INIT_CWND, so that only small flights are resent —
+            // not tens of kilobytes of duplicates that the peer mostly has, ahead of new data.
             let (cwnd, mss) = sys::cwnd_and_mss(fd).op("TCP_INFO")?;
+            let cwnd = cwnd.min(TCP_INIT_CWND);
             let options = if n.timestamps { 12 } else { 0 };
             let segment = usize::from(n.mss_clamp)
                 .saturating_sub(options)

@@ -142,6 +142,9 @@ pub struct ConnState {
     pub send_seq: u32,
     /// Window state from `TCP_REPAIR_WINDOW`.
     pub window: RepairWindow,
+    /// Congestion window, segments (`tcpi_snd_cwnd`); 0 = unknown. The acceptor's socket starts
+    /// with it when the `restore_cwnd` program is attached (see docs/tcpstate.md).
+    pub snd_cwnd: u32,
     /// Bytes received and not yet read by the application.
     pub recv_queue: Vec<u8>,
     /// Bytes sent but not acknowledged.

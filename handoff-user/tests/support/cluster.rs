@@ -479,7 +479,16 @@ impl Cluster {
     /// The data-path counters of client `c` (1-based; its correspondent programs, loaded by
     /// its mipv6d with `mobile_ipv6`).
     pub fn client_counters(&self, c: usize) -> anyhow::Result<CounterValues> {
-        let pins = PinDir::for_instance(&pin_instance(&self.tag, 100 + c));
+        self.counters(100 + c)
+    }
+
+    /// The data-path counters of member `n` (1-based; the programs its handoffd loaded).
+    pub fn node_counters(&self, n: usize) -> anyhow::Result<CounterValues> {
+        self.counters(n)
+    }
+
+    fn counters(&self, instance: usize) -> anyhow::Result<CounterValues> {
+        let pins = PinDir::for_instance(&pin_instance(&self.tag, instance));
         Ok(FreezeMap::open(&pins)?.all_counters()?)
     }
 
