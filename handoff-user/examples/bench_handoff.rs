@@ -13,7 +13,9 @@
 //!    schedule. Path B with two-phase commit at every setting; then, at 0 ms and 1 ms/100 Mbit/s
 //!    by default (setting indices 0–4), one-phase commit (`BENCH_ONE_PHASE_SETTINGS`),
 //!    one-phase with `send_queue_wait_ms = 0` (`BENCH_NO_WAIT_SETTINGS`) and route optimization
-//!    (`BENCH_RO_SETTINGS`; none with `BENCH_MIPV6=0`). RO runs wait for each binding report
+//!    (`BENCH_RO_SETTINGS`; none with `BENCH_MIPV6=0`); and, where the inter-site rate is
+//!    limited (`BENCH_RATE_AWARE_SETTINGS`, default 1 ms/100 Mbit/s), two- and one-phase with
+//!    `peer_rate_mbit` set to that rate. RO runs wait for each binding report
 //!    before the next move (`BENCH_RO_WAIT=0`: they do not). `BENCH_SETTINGS` limits the
 //!    path-B rows.
 //! 2. **Drain.** Three members, four clients, N idle keep-alive connections on node1 (a GET
@@ -276,10 +278,14 @@ fn phases(
     binaries: &Binaries,
     setting: &PhaseSetting,
     moves: usize,
-    mobile_ipv6: bool,
-    one_phase: bool,
-    no_queue_wait: bool,
+    variant: Variant,
 ) -> anyhow::Result<Value> {
+    let Variant {
+        route_optimized: mobile_ipv6,
+        one_phase,
+        no_queue_wait,
+        rate_aware,
+    } = variant;
     // The file lasts ~40 s at the paced rate (the client asks again when it ends).
     let size = ((setting.rate_bytes * 40.0) as usize).clamp(4 << 20, 64 << 20);
     let settings = Settings {
@@ -294,19 +300,7 @@ fn phases(
             .to_vec(),
         mobile_ipv6,
         plain_when_unimpaired: plain_when_unimpaired(),
-        handoff_section: format!(
-            "[handoff]\n{}{}",
-            if one_phase {
-                "commit = \"one-phase\"\n"
-            } else {
-                ""
-            },
-            if no_queue_wait {
-                "send_queue_wait_ms = 0\n"
-            } else {
-                ""
-            }
-        ),
+        handoff_section: variant.handoff_section(setting),
         ..Settings::default()
     };
     let cluster = Cluster::start("bho", binaries, &settings)?;
@@ -499,6 +493,7 @@ fn phases(
         "waited_for_binding": mobile_ipv6 && ro_wait,
         "commit": if one_phase { "one-phase" } else { "two-phase" },
         "send_queue_wait_ms": if no_queue_wait { Some(0) } else { None },
+        "peer_rate_mbit": if rate_aware { setting.site_rate_mbit } else { None },
         "moves": moves,
         "moves_failed": failures.len(),
         "failures": failures,
@@ -835,7 +830,48 @@ fn suffix(r: &Value) -> String {
     if r["send_queue_wait_ms"] == 0 {
         text += " W0";
     }
+    if r["peer_rate_mbit"].is_number() {
+        text += " PR";
+    }
     text
+}
+
+/// Which handoffd configuration a phase run measures.
+#[derive(Clone, Copy, Default)]
+struct Variant {
+    /// Mobile IPv6 (the client bound to the acceptor after each move); else path B.
+    route_optimized: bool,
+    /// `commit = "one-phase"`.
+    one_phase: bool,
+    /// `send_queue_wait_ms = 0`.
+    no_queue_wait: bool,
+    /// `peer_rate_mbit` = the inter-site rate: the donor ships the queue when that is quicker.
+    rate_aware: bool,
+}
+
+impl Variant {
+    fn handoff_section(self, setting: &PhaseSetting) -> String {
+        let mut section = String::from("[handoff]\n");
+        if self.one_phase {
+            section += "commit = \"one-phase\"\n";
+        }
+        if self.no_queue_wait {
+            section += "send_queue_wait_ms = 0\n";
+        }
+        if self.rate_aware
+            && let Some(rate) = setting.site_rate_mbit
+        {
+            section += &format!("peer_rate_mbit = {rate:?}\n");
+        }
+        section
+    }
+
+    fn describe(self) -> String {
+        format!(
+            "mobile_ipv6 {}, one-phase {}, no send-queue wait {}, peer rate {}",
+            self.route_optimized, self.one_phase, self.no_queue_wait, self.rate_aware
+        )
+    }
 }
 
 /// The source measured: HEAD and the files changed in the working tree.
@@ -894,55 +930,79 @@ fn main() -> anyhow::Result<()> {
             .filter(|&i| i < PHASE_SETTINGS.len())
             .collect()
     };
-    let mut runs: Vec<(usize, bool, bool, bool)> = (0..PHASE_SETTINGS.len())
+    let mut runs: Vec<(usize, Variant)> = (0..PHASE_SETTINGS.len())
         .filter(|i| only.as_ref().is_none_or(|o| o.contains(i)))
-        .map(|i| (i, false, false, false))
+        .map(|i| (i, Variant::default()))
         .collect();
+    let one_phase = Variant {
+        one_phase: true,
+        ..Variant::default()
+    };
     runs.extend(
         list("BENCH_ONE_PHASE_SETTINGS")
             .iter()
-            .map(|&i| (i, false, true, false)),
+            .map(|&i| (i, one_phase)),
     );
     // One-phase commit without the send-queue wait (`send_queue_wait_ms = 0`: what is queued
     // travels in the state): the shortest pause this code can give.
-    runs.extend(
-        list("BENCH_NO_WAIT_SETTINGS")
-            .iter()
-            .map(|&i| (i, false, true, true)),
-    );
+    runs.extend(list("BENCH_NO_WAIT_SETTINGS").iter().map(|&i| {
+        (
+            i,
+            Variant {
+                no_queue_wait: true,
+                ..one_phase
+            },
+        )
+    }));
+    // The default policy told the members' rate (`peer_rate_mbit`), two- and one-phase; only
+    // where the inter-site rate is limited (BENCH_RATE_AWARE_SETTINGS, default 1 ms/100 Mbit/s).
+    let rate_aware = Variant {
+        rate_aware: true,
+        ..Variant::default()
+    };
+    for i in std::env::var("BENCH_RATE_AWARE_SETTINGS")
+        .unwrap_or_else(|_| "1".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse::<usize>().ok())
+        .filter(|&i| PHASE_SETTINGS.get(i).is_some_and(|s| s.site_rate_mbit.is_some()))
+    {
+        runs.push((i, rate_aware));
+        runs.push((
+            i,
+            Variant {
+                one_phase: true,
+                ..rate_aware
+            },
+        ));
+    }
     if mobile_ipv6 {
-        runs.extend(
-            list("BENCH_RO_SETTINGS")
-                .iter()
-                .map(|&i| (i, true, false, false)),
-        );
+        runs.extend(list("BENCH_RO_SETTINGS").iter().map(|&i| {
+            (
+                i,
+                Variant {
+                    route_optimized: true,
+                    ..Variant::default()
+                },
+            )
+        }));
     }
     let mut phase_results = Vec::new();
-    for (i, route_optimized, one_phase, no_queue_wait) in runs {
+    for (i, variant) in runs {
         let setting = &PHASE_SETTINGS[i];
         eprintln!(
-            "[{:>5.1} s] phases: {} ({moves} moves, --rate {}, mobile_ipv6 {route_optimized}, \
-             one-phase {one_phase}, no send-queue wait {no_queue_wait})",
+            "[{:>5.1} s] phases: {} ({moves} moves, --rate {}, {})",
             started.elapsed().as_secs_f64(),
             setting.label,
-            setting.rate
+            setting.rate,
+            variant.describe()
         );
-        match phases(
-            &binaries,
-            setting,
-            moves,
-            route_optimized,
-            one_phase,
-            no_queue_wait,
-        ) {
+        match phases(&binaries, setting, moves, variant) {
             Ok(result) => phase_results.push(result),
             Err(e) => {
                 eprintln!("phases, {}: {e:#}", setting.label);
                 phase_results.push(json!({
                     "setting": setting.label,
-                    "mobile_ipv6": route_optimized,
-                    "commit": if one_phase { "one-phase" } else { "two-phase" },
-                    "send_queue_wait_ms": if no_queue_wait { Some(0) } else { None },
+                    "variant": variant.describe(),
                     "error": format!("{e:#}"),
                 }));
             }
@@ -979,7 +1039,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "handoff phases (µs, p50 / p99 over both members' history; RO = route optimization, \
          else path B; 1P = one-phase commit, else two-phase; \
-         W0 = send_queue_wait_ms 0)"
+         W0 = send_queue_wait_ms 0; PR = peer_rate_mbit set to the inter-site rate)"
     );
     let columns = [
         ("token", "home_token_us"),

@@ -67,6 +67,13 @@ pub struct HandoffSection {
     /// state).
     #[serde(default = "default_send_queue_wait")]
     pub send_queue_wait_ms: u64,
+    /// The rate at which a state travels between members, in Mbit/s (the slowest link between
+    /// them). When given, the donor stops waiting for the send queue as soon as sending what is
+    /// left with the state takes less time than the wait still expected (the rest of a round
+    /// trip of the connection): on a fast interconnect a stream's queue travels instead of
+    /// costing the client a round trip. Unset: the donor always waits (within the bounds above).
+    #[serde(default)]
+    pub peer_rate_mbit: Option<f64>,
     /// How long the application may take to yield a connection.
     #[serde(default = "default_yield_timeout")]
     pub yield_timeout_ms: u64,
@@ -101,6 +108,7 @@ impl Default for HandoffSection {
     fn default() -> Self {
         HandoffSection {
             send_queue_wait_ms: default_send_queue_wait(),
+            peer_rate_mbit: None,
             yield_timeout_ms: default_yield_timeout(),
             peer_timeout_ms: default_peer_timeout(),
             drain_parallel: default_drain_parallel(),
@@ -113,6 +121,11 @@ impl HandoffSection {
     /// `send_queue_wait_ms` as a duration.
     pub fn send_queue_wait(&self) -> Duration {
         Duration::from_millis(self.send_queue_wait_ms)
+    }
+
+    /// `peer_rate_mbit` in bytes per second.
+    pub fn peer_rate_bytes(&self) -> Option<f64> {
+        self.peer_rate_mbit.map(|mbit| mbit * 1e6 / 8.0)
     }
 
     /// `yield_timeout_ms` as a duration.
@@ -191,6 +204,13 @@ impl Config {
                 "mipv6d_socket needs contact_node (the member that holds home tokens)".into(),
             );
         }
+        if let Some(rate) = self.handoff.peer_rate_mbit
+            && !(rate > 0.0 && rate.is_finite())
+        {
+            return Err(format!(
+                "handoff.peer_rate_mbit = {rate}: a rate in Mbit/s above 0"
+            ));
+        }
         if self.handoff.drain_parallel == 0 {
             return Err("handoff.drain_parallel must be at least 1".into());
         }
@@ -264,5 +284,12 @@ mod tests {
         let tunnel = format!("reverse_tunnel = true\n{MINIMAL}");
         let config: Config = toml::from_str(&tunnel).unwrap();
         assert!(config.check().unwrap_err().contains("home_agent"));
+        let rate = format!("{MINIMAL}\n[handoff]\npeer_rate_mbit = 0.0");
+        let config: Config = toml::from_str(&rate).unwrap();
+        assert!(config.check().unwrap_err().contains("peer_rate_mbit"));
+        let rate = format!("{MINIMAL}\n[handoff]\npeer_rate_mbit = 100.0");
+        let config: Config = toml::from_str(&rate).unwrap();
+        config.check().unwrap();
+        assert_eq!(config.handoff.peer_rate_bytes(), Some(12.5e6));
     }
 }

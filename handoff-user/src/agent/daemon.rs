@@ -1019,7 +1019,11 @@ impl Agent {
             None => self.ask_to_yield(app, conn)?,
         };
         let yielded_ns = monotonic_ns();
-        let unsent = wait_send_queue(&socket, self.config.handoff.send_queue_wait());
+        let unsent = wait_send_queue(
+            &socket,
+            self.config.handoff.send_queue_wait(),
+            self.config.handoff.peer_rate_bytes(),
+        );
         let waited_ns = monotonic_ns();
         let capture = {
             let mut datapath = lock(&self.datapath);
@@ -1751,20 +1755,38 @@ fn log_report(report: &PhaseReport) {
 
 /// Waits until everything sent on `socket` is acknowledged — at most one and a half smoothed
 /// round trips (what acknowledging the bytes in flight takes; longer means loss, and the queue
-/// had better travel) and never beyond `limit`; returns what is left.
-fn wait_send_queue(socket: &OwnedFd, limit: Duration) -> usize {
+/// had better travel) and never beyond `limit` — unless, with the members' rate known, sending
+/// what is queued along with the state is quicker than waiting on ([`ship_rather_than_wait`]).
+/// Returns what is left.
+fn wait_send_queue(socket: &OwnedFd, limit: Duration, peer_rate: Option<f64>) -> usize {
     let rtt = crate::tcpstate::sys::smoothed_rtt(socket.as_fd()).unwrap_or(limit);
     let bound = (rtt * 3 / 2 + Duration::from_millis(1)).min(limit);
-    let deadline = Instant::now() + bound;
+    let start = Instant::now();
     loop {
         let mut queued: libc::c_int = 0;
         // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
         let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-        if rc != 0 || queued <= 0 || Instant::now() >= deadline {
-            return queued.max(0) as usize;
+        let queued = queued.max(0) as usize;
+        let waited = start.elapsed();
+        if rc != 0
+            || queued == 0
+            || waited >= bound
+            || peer_rate.is_some_and(|rate| ship_rather_than_wait(queued, rate, rtt, waited))
+        {
+            return queued;
         }
         thread::sleep(SEND_QUEUE_POLL);
     }
+}
+
+/// Whether `queued` bytes had better travel with the state (at `peer_rate` bytes per second)
+/// than be waited for: the last of them, sent at most when the wait began, is acknowledged
+/// about one round trip (`rtt`) after that, so about `rtt - waited` of waiting is left, against
+/// `queued / peer_rate` of extra transfer. (Both end in the acceptor sending: the transfer's
+/// own latency is paid either way.)
+fn ship_rather_than_wait(queued: usize, peer_rate: f64, rtt: Duration, waited: Duration) -> bool {
+    let shipping = Duration::from_secs_f64(queued as f64 / peer_rate);
+    shipping < rtt.saturating_sub(waited)
 }
 
 /// Makes the kernel resolve the next hop toward `client` now (a datagram with hop limit 1,
@@ -1788,5 +1810,39 @@ fn prime_neighbour(client: SocketAddr) {
     };
     if let Err(e) = probe() {
         tracing::debug!(%client, "neighbour probe: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_streams_window_travels_over_a_fast_interconnect() {
+        // 25 kB in flight (4 MiB/s over a 6 ms round trip); 100 Mbit/s between members: 2 ms
+        // of transfer against ~6 ms of waiting.
+        assert!(ship_rather_than_wait(
+            25_000,
+            12.5e6,
+            6 * MS,
+            Duration::ZERO
+        ));
+        // Most of the round trip already waited: finishing the wait is quicker.
+        assert!(!ship_rather_than_wait(25_000, 12.5e6, 6 * MS, 5 * MS));
+    }
+
+    #[test]
+    fn a_large_queue_over_a_slow_interconnect_is_waited_for() {
+        // The seed's Figure 2 case: 90 kB at 1 Mbit/s is 720 ms of transfer.
+        assert!(!ship_rather_than_wait(
+            90_000,
+            125e3,
+            6 * MS,
+            Duration::ZERO
+        ));
+        // A small rest at that rate travels.
+        assert!(ship_rather_than_wait(500, 125e3, 6 * MS, Duration::ZERO));
     }
 }
