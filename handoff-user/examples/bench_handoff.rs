@@ -964,7 +964,11 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "1".into())
         .split(',')
         .filter_map(|s| s.trim().parse::<usize>().ok())
-        .filter(|&i| PHASE_SETTINGS.get(i).is_some_and(|s| s.site_rate_mbit.is_some()))
+        .filter(|&i| {
+            PHASE_SETTINGS
+                .get(i)
+                .is_some_and(|s| s.site_rate_mbit.is_some())
+        })
     {
         runs.push((i, rate_aware));
         runs.push((
