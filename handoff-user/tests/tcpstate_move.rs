@@ -137,6 +137,9 @@ struct Rig {
     thaw_at_client: Option<(FreezeFilter, FlowKey)>,
     /// The congestion window of every restored socket, read before its activation.
     restored_cwnd: Vec<u32>,
+    /// Changes the parsed state before the acceptor restores it (for cases a live capture does
+    /// not give at will).
+    tamper: Option<fn(&mut ConnState)>,
 }
 
 impl Rig {
@@ -176,6 +179,7 @@ impl Rig {
             opts: RestoreOptions::default(),
             thaw_at_client: None,
             restored_cwnd: Vec::new(),
+            tamper: None,
         }
     }
 
@@ -228,8 +232,11 @@ impl Rig {
         let captured = t0.elapsed();
         let blob = capture.state.to_bytes().expect("emit the blob");
         // The state travels as bytes: the acceptor parses before it touches a socket.
-        let state = ConnState::from_bytes(&blob).expect("parse the blob");
+        let mut state = ConnState::from_bytes(&blob).expect("parse the blob");
         assert_eq!(state, capture.state);
+        if let Some(tamper) = self.tamper {
+            tamper(&mut state);
+        }
         let opts = self.opts;
         let acceptor = lan.servers[to]
             .run(|| AcceptorRestore::freeze_and_restore(acceptor_filter.maps(), &state, opts))
@@ -704,6 +711,83 @@ fn privileged_move_with_more_than_a_megabyte_queued() {
         assert_eq!(report.received_hash, digest_of_stream(9, s2c));
         rig.check_no_resets();
     }
+}
+
+/// A send queue larger than the re-created socket's send buffer takes (restored "as sent" in
+/// repair mode, where the kernel accounts every buffer's overhead): the restore grows the
+/// buffer instead of failing with EAGAIN. The donor here had 4 MB buffers; the state is told
+/// it had the default, so the acceptor's socket starts with 16 KiB for ~1 MB.
+#[test]
+fn privileged_send_queue_larger_than_the_send_buffer_is_restored() {
+    if !is_root() {
+        return;
+    }
+    let family = Family::V6;
+    let mut rig = Rig::new("sndbuf", family, &[]);
+    rig.tamper = Some(|state| state.options.sndbuf = 0);
+    let addr = SocketAddr::new(Lan::service(family), 0);
+    let listener = rig.lan.servers[0]
+        .run(|| {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            socket.set_send_buffer_size(4 << 20)?;
+            socket.bind(&addr.into())?;
+            socket.listen(8)?;
+            io::Result::Ok(TcpListener::from(socket))
+        })
+        .expect("listen");
+    let (client, mut server) = rig.connect(&listener);
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel();
+    let s2c = 1_500_000u64;
+    let (w, r) = spawn_client(client, 3, 0, Some(gate_rx));
+    let mut app = ServerApp::new(5, s2c);
+    server.set_nonblocking(true).expect("nonblocking");
+    let mut buf = vec![0u8; 64 * 1024];
+    while app.written < s2c {
+        let n = (s2c - app.written).min(buf.len() as u64) as usize;
+        fill(5, app.written, &mut buf[..n]);
+        match server.write(&buf[..n]) {
+            Ok(k) => app.written += k as u64,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Should the activation's write of the pending bytes block (no room), it would wait for
+    // the client to read: a watchdog opens the gate after 5 s so that the test fails, not hangs.
+    let watchdog_gate = gate_tx.clone();
+    thread::spawn(move || {
+        thread::sleep(Duration::from_secs(5));
+        let _ = watchdog_gate.send(());
+    });
+    let started = Instant::now();
+    server = rig.move_conn(server);
+    let took = started.elapsed();
+    let state = rig.history.last().expect("moved");
+    eprintln!(
+        "moved with {} unacked and {} unsent bytes in {took:?}",
+        state.unacked.len(),
+        state.unsent.len()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the move waited for the client to read ({took:?}): no room for the queue"
+    );
+    assert!(state.unacked.len() + state.unsent.len() >= 512 << 10);
+    let _ = gate_tx.send(());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !app.done() {
+        app.step(&mut server, 64 * 1024);
+        assert!(Instant::now() < deadline, "stalled");
+    }
+    server.set_nonblocking(false).expect("blocking");
+    server.shutdown(Shutdown::Write).expect("shutdown");
+    w.join().expect("writer");
+    let report = r.join().expect("reader");
+    assert_eq!(report.received_hash, digest_of_stream(5, s2c));
+    rig.check_no_resets();
 }
 
 /// Waits until the server socket reaches `state` (a `tcpi_state` value).

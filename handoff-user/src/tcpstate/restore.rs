@@ -297,9 +297,13 @@ fn advanced_timestamp(state: &ConnState) -> u32 {
     (state.timestamp.wrapping_add(advance) & !1) | usec
 }
 
+/// Send-buffer room beyond twice the queued bytes, for the first new writes after activation.
+const SEND_QUEUE_MARGIN: usize = 64 << 10;
+
 /// `SO_SNDBUF`/`SO_RCVBUF` as the donor had them, when larger than a fresh socket's: the queues
 /// must fit, and the kernel cannot tell us whether the application or autotuning set them, so
-/// smaller (default) values are left to autotuning.
+/// smaller (default) values are left to autotuning. The send buffer also grows to hold the send
+/// queue as this socket will account it.
 fn restore_buffers(fd: BorrowedFd<'_>, state: &ConnState) -> Result<(), TcpStateError> {
     let (snd_default, rcv_default) = default_buffers(fd)?;
     let o = &state.options;
@@ -313,6 +317,25 @@ fn restore_buffers(fd: BorrowedFd<'_>, state: &ConnState) -> Result<(), TcpState
             (o.sndbuf / 2) as i32,
         )
         .op("SO_SNDBUFFORCE")?;
+    }
+    // The send queue is written again in pieces whose buffers cost more than the donor's
+    // (measured: 77 kB unacknowledged did not fit a buffer the donor held it in, and the
+    // repair-mode write failed with EAGAIN; with a default buffer the pending bytes' blocking
+    // write at activation waits for the peer). Room for twice the queue, as the kernel counts
+    // overhead, plus a margin; only when it is short, since a set size turns autotuning off.
+    let queued = state.unacked.len() + state.unsent.len();
+    if queued > 0 {
+        let needed = 2 * queued + SEND_QUEUE_MARGIN;
+        let have = sys::get_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF).op("SO_SNDBUF")? as usize;
+        if have < needed {
+            sys::set_int(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUFFORCE,
+                needed.div_ceil(2).min(i32::MAX as usize) as i32,
+            )
+            .op("SO_SNDBUFFORCE (room for the queue)")?;
+        }
     }
     if o.rcvbuf > rcv_default {
         sys::set_int(
