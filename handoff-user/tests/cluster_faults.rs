@@ -21,9 +21,13 @@ use std::{
 };
 
 use cluster::{Binaries, Cluster, DSA, PORT, Settings, content, is_root};
-use handoff_user::agent::{
-    channel::{self, ClusterKey},
-    proto::PeerMessage,
+use handoff_common::FlowKey;
+use handoff_user::{
+    agent::{
+        channel::{self, ClusterKey},
+        proto::PeerMessage,
+    },
+    datapath::FreezeMap,
 };
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -770,6 +774,75 @@ fn privileged_handoffd_restart_keeps_the_connection() {
         1,
         "{log}"
     );
+}
+
+/// Announcements sent to a member while its handoffd is down are lost; the restarted agent asks
+/// the others about the redirect entries it finds. Three members, two connections moved from
+/// node1 (the contact node) to node2; node1's handoffd is killed; meanwhile one connection
+/// moves on to node3 (its `Owner` never reaches node1) and the other closes (its `Gone`
+/// neither). After the restart node1's entry for the first names node3 and the second's is
+/// gone, and the first connection still serves a request byte-exact.
+#[test]
+fn privileged_restarted_agent_reconciles_its_redirect_entries() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        nodes: 3,
+        files: vec![("small".into(), 100_000)],
+        fileserver_args: strings(&["--rate", "4M"]),
+        ..Settings::default()
+    };
+    let mut cluster =
+        Cluster::start("frec", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let progress = AtomicUsize::new(0);
+    let (moving, closing) = (connect(&cluster, "client1"), connect(&cluster, "client1"));
+    for stream in [&moving, &closing] {
+        get(stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+        move_conn(&cluster, &endpoint(stream), "node1", "node2");
+    }
+    let key = |stream: &TcpStream| {
+        FlowKey::new(stream.local_addr().unwrap(), stream.peer_addr().unwrap())
+    };
+    let (moving_key, closing_key) = (key(&moving), key(&closing));
+    let closing_conn = endpoint(&closing);
+    cluster.kill_handoffd(0);
+    move_conn(&cluster, &endpoint(&moving), "node2", "node3");
+    drop(closing);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while conns(&cluster, "node2").contains(&closing_conn) {
+        assert!(
+            Instant::now() < deadline,
+            "node2 still lists the closed connection"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Before the restart node1 still redirects both to node2.
+    let node2 = cluster.nodes[1].address.octets();
+    let node3 = cluster.nodes[2].address.octets();
+    let flows = FreezeMap::open(&cluster.pins(0)).unwrap();
+    assert_eq!(flows.redirect_target(&moving_key).unwrap(), Some(node2));
+    assert_eq!(flows.redirect_target(&closing_key).unwrap(), Some(node2));
+    cluster.restart_handoffd(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let moving_to = flows.redirect_target(&moving_key).unwrap();
+        let closing_to = flows.redirect_target(&closing_key).unwrap();
+        if moving_to == Some(node3) && closing_to.is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the restart node1 redirects the moved connection to {moving_to:?} (node3 is \
+             {node3:?}) and the closed one to {closing_to:?}\n{}",
+            cluster.log_tail("node1", "handoffd")
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    get(&moving, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
 // ---- d. an agent without the cluster key ------------------------------------------------------

@@ -161,6 +161,18 @@ fn flow(conn: &ConnId) -> FlowKey {
     FlowKey::new(conn.client, conn.local)
 }
 
+/// The connection whose packets `flow` matches (the inverse of [`flow`]).
+fn conn_of(flow: &FlowKey) -> ConnId {
+    let ip = |bytes: [u8; 16]| {
+        let v6 = Ipv6Addr::from(bytes);
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    };
+    ConnId {
+        client: SocketAddr::new(ip(flow.src_addr), flow.src_port),
+        local: SocketAddr::new(ip(flow.dst_addr), flow.dst_port),
+    }
+}
+
 impl Agent {
     /// Loads the data path, configures the host and opens the agent's sockets; the returned
     /// agent serves once [`Agent::serve`] runs.
@@ -289,6 +301,8 @@ impl Agent {
         thread::spawn(move || agent.accept_control(control));
         let agent = Arc::clone(self);
         thread::spawn(move || agent.reap_accepting());
+        let agent = Arc::clone(self);
+        thread::spawn(move || agent.reconcile_redirects());
         // Open the channels now, so that no handshake sits on a handoff's path.
         for peer in self.config.peers.clone() {
             let agent = Arc::clone(self);
@@ -303,6 +317,93 @@ impl Agent {
             address = %self.config.care_of_address,
             dsas = ?self.config.dsas,
             "handoffd serving"
+        );
+    }
+
+    /// At start: redirect entries left by an earlier run may be stale — the `Owner` and `Gone`
+    /// announcements sent while this agent was down are lost. Asks every peer which of those
+    /// connections it serves (retrying a peer not up yet for a few `peer_timeout`s), then
+    /// re-points each entry to the one member that serves its connection, and removes an entry
+    /// no member serves once every peer has answered. An entry that changed meanwhile (an
+    /// announcement arrived) is left as it is.
+    fn reconcile_redirects(self: Arc<Self>) {
+        let entries = match lock(&self.datapath).maps().freeze().redirects() {
+            Ok(entries) if !entries.is_empty() => entries,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!("cannot read the redirect entries: {e}");
+                return;
+            }
+        };
+        let conns: Vec<ConnId> = entries.iter().map(|(flow, _)| conn_of(flow)).collect();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answers_tx, answers) = mpsc::channel();
+        lock(&self.waiting).insert(id, answers_tx);
+        let _waiting = Unregister(&self, id);
+        let question = PeerMessage::WhoServes {
+            id,
+            conns: conns.clone(),
+        };
+        let deadline = Instant::now() + self.config.handoff.peer_timeout() * 5;
+        let mut unasked: Vec<String> = self.config.peers.iter().map(|p| p.node.clone()).collect();
+        let mut served: HashMap<String, std::collections::HashSet<ConnId>> = HashMap::new();
+        while served.len() < self.config.peers.len() && Instant::now() < deadline {
+            unasked.retain(|node| {
+                let asked = self
+                    .peer(node)
+                    .and_then(|sender| Self::send_to(&sender, &question));
+                asked.is_err()
+            });
+            if let Ok(PeerMessage::Serves { node, conns, .. }) =
+                answers.recv_timeout(Duration::from_millis(200))
+            {
+                served.insert(node, conns.into_iter().collect());
+            }
+        }
+        let everyone = served.len() == self.config.peers.len();
+        let (mut kept, mut repointed, mut removed, mut unresolved) = (0, 0, 0, 0);
+        for ((flow, target), conn) in entries.iter().zip(&conns) {
+            let owners: Vec<Ipv6Addr> = served
+                .iter()
+                .filter(|(_, conns)| conns.contains(conn))
+                .filter_map(|(node, _)| self.config.peer(node).map(|p| p.address))
+                .collect();
+            let mut datapath = lock(&self.datapath);
+            let freeze = datapath.maps().freeze();
+            // Only an entry still as it was read: an announcement since is newer news.
+            if freeze.redirect_target(flow).ok().flatten() != Some(*target) {
+                continue;
+            }
+            let outcome = match owners.as_slice() {
+                [owner] if owner.octets() == *target => {
+                    kept += 1;
+                    Ok(())
+                }
+                [owner] => {
+                    repointed += 1;
+                    freeze.redirect(*flow, owner.octets())
+                }
+                [] if everyone => {
+                    removed += 1;
+                    freeze.thaw(flow).map(|_| ())
+                }
+                _ => {
+                    unresolved += 1;
+                    Ok(())
+                }
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(%conn, "cannot update its redirect entry: {e}");
+            }
+        }
+        tracing::info!(
+            kept,
+            repointed,
+            removed,
+            unresolved,
+            answered = served.len(),
+            peers = self.config.peers.len(),
+            "redirect entries from before the restart checked with the members"
         );
     }
 
@@ -520,6 +621,33 @@ impl Agent {
             | PeerMessage::Binding { id, .. }) => {
                 if let Some(waiter) = lock(&self.waiting).get(&id) {
                     let _ = waiter.send(reply);
+                }
+            }
+            PeerMessage::WhoServes { id, conns } => {
+                // One lock at a time (no order to keep with the other users of either).
+                let incoming: Vec<ConnId> =
+                    lock(&self.accepting).values().map(|a| a.conn).collect();
+                let served: Vec<ConnId> = {
+                    let owned = lock(&self.conns);
+                    conns
+                        .into_iter()
+                        .filter(|c| owned.contains_key(c) || incoming.contains(c))
+                        .collect()
+                };
+                let answer = PeerMessage::Serves {
+                    id,
+                    node: self.config.node.clone(),
+                    conns: served,
+                };
+                if let Err(e) = Self::send_to(sender, &answer) {
+                    tracing::warn!(peer = %from, "cannot answer which connections are here: {e}");
+                }
+            }
+            PeerMessage::Serves { id, ref node, .. } => {
+                if node == from
+                    && let Some(waiter) = lock(&self.waiting).get(&id)
+                {
+                    let _ = waiter.send(message);
                 }
             }
             PeerMessage::Owner { conn, owner } => {
@@ -1831,6 +1959,20 @@ mod tests {
         ));
         // Most of the round trip already waited: finishing the wait is quicker.
         assert!(!ship_rather_than_wait(25_000, 12.5e6, 6 * MS, 5 * MS));
+    }
+
+    #[test]
+    fn a_flow_names_its_connection_back() {
+        for (client, local) in [
+            ("[fd00:d51:1:1::1]:40000", "[fd00:d51:ff00::1]:8080"),
+            ("192.0.2.7:40000", "198.51.100.1:80"),
+        ] {
+            let conn = ConnId {
+                client: client.parse().unwrap(),
+                local: local.parse().unwrap(),
+            };
+            assert_eq!(conn_of(&flow(&conn)), conn);
+        }
     }
 
     #[test]

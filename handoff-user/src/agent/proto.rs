@@ -173,6 +173,24 @@ pub enum PeerMessage {
         /// When the socket left repair mode.
         activated_ns: Nanos,
     },
+    /// A member that may have missed announcements (it restarted) asks which of these
+    /// connections — those its redirect entries name — the receiver serves.
+    WhoServes {
+        /// The asker's number for the question.
+        id: u64,
+        /// The connections.
+        conns: Vec<ConnId>,
+    },
+    /// The answer to `WhoServes`: those of the connections that `node`, the sender, serves
+    /// (or is taking over).
+    Serves {
+        /// The question's number.
+        id: u64,
+        /// The answering member.
+        node: String,
+        /// The connections it serves.
+        conns: Vec<ConnId>,
+    },
     /// The connection is now served by the member at `owner`: members that see its packets
     /// redirect them there.
     Owner {

@@ -399,6 +399,30 @@ impl FreezeMap {
         Ok((stale.len(), redirects))
     }
 
+    /// Every redirect entry: the flow and the member it is sent to.
+    pub fn redirects(&self) -> Result<Vec<(FlowKey, Addr)>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.flows.iter() {
+            let (flow, entry) = item.map_err(map_error(map::FLOWS))?;
+            if entry.action == FLOW_REDIRECT {
+                out.push((flow, entry.node));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The member `flow` is redirected to, if it is.
+    pub fn redirect_target(&self, flow: &FlowKey) -> Result<Option<Addr>, DatapathError> {
+        match self.flows.get(flow, 0) {
+            Ok(entry) => Ok((entry.action == FLOW_REDIRECT).then_some(entry.node)),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                map: map::FLOWS,
+                source,
+            }),
+        }
+    }
+
     /// Whether `flow` is frozen.
     pub fn is_frozen(&self, flow: &FlowKey) -> Result<bool, DatapathError> {
         match self.flows.get(flow, 0) {

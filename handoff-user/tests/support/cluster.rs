@@ -541,6 +541,11 @@ impl Cluster {
         )
     }
 
+    /// The pin directory of a node's data path (`node` as in [`Cluster::kill_handoffd`]).
+    pub fn pins(&self, node: usize) -> PinDir {
+        PinDir::for_instance(&pin_instance(&self.tag, node + 1))
+    }
+
     /// Kills a node's handoffd (SIGKILL); `node` is the index in [`Cluster::nodes`] (0 is
     /// node1).
     pub fn kill_handoffd(&mut self, node: usize) {
