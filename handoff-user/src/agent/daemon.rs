@@ -19,7 +19,9 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
-use handoff_common::{FlowKey, NODE_DRAINED, NODE_REVERSE_TUNNEL, NodeConfig, sequence_greater};
+use handoff_common::{
+    Addr, FlowKey, NODE_DRAINED, NODE_REVERSE_TUNNEL, NodeConfig, sequence_greater,
+};
 use serde_json::{Value, json};
 
 use super::{
@@ -322,10 +324,12 @@ impl Agent {
 
     /// At start: redirect entries left by an earlier run may be stale — the `Owner` and `Gone`
     /// announcements sent while this agent was down are lost. Asks every peer which of those
-    /// connections it serves (retrying a peer not up yet for a few `peer_timeout`s), then
-    /// re-points each entry to the one member that serves its connection, and removes an entry
-    /// no member serves once every peer has answered. An entry that changed meanwhile (an
-    /// announcement arrived) is left as it is.
+    /// connections it serves, then re-points each entry to the one member that serves its
+    /// connection. An entry no member claims is asked about once more a `peer_timeout` later —
+    /// a connection between two members (after the donor let go, before the acceptor listed it)
+    /// is claimed by neither for a moment — and removed only if every peer answered both times
+    /// and none claims it. An entry that changed meanwhile (an announcement arrived) is left as
+    /// it is.
     fn reconcile_redirects(self: Arc<Self>) {
         let entries = match lock(&self.datapath).maps().freeze().redirects() {
             Ok(entries) if !entries.is_empty() => entries,
@@ -335,11 +339,56 @@ impl Agent {
                 return;
             }
         };
+        let (mut kept, mut repointed, mut removed, mut unresolved) = (0, 0, 0, 0);
+        let mut unclaimed = Vec::new();
+        let (served, everyone) = self.who_serves(&entries);
+        for (entry, owners) in entries.iter().zip(served) {
+            match owners.as_slice() {
+                [owner] if owner.octets() == entry.1 => kept += 1,
+                [owner] => {
+                    repointed += 1;
+                    self.update_redirect(entry, Some(*owner));
+                }
+                [] if everyone => unclaimed.push(*entry),
+                _ => unresolved += 1,
+            }
+        }
+        if !unclaimed.is_empty() {
+            thread::sleep(self.config.handoff.peer_timeout());
+            let (served, everyone) = self.who_serves(&unclaimed);
+            for (entry, owners) in unclaimed.iter().zip(served) {
+                match owners.as_slice() {
+                    [owner] => {
+                        repointed += 1;
+                        self.update_redirect(entry, Some(*owner));
+                    }
+                    [] if everyone => {
+                        removed += 1;
+                        self.update_redirect(entry, None);
+                    }
+                    _ => unresolved += 1,
+                }
+            }
+        }
+        tracing::info!(
+            kept,
+            repointed,
+            removed,
+            unresolved,
+            peers = self.config.peers.len(),
+            "redirect entries from before the restart checked with the members"
+        );
+    }
+
+    /// Asks every peer which of the connections of `entries` it serves (a peer not up yet is
+    /// asked again for up to five `peer_timeout`s). Returns, per entry, the addresses of the
+    /// members that claim it, and whether every peer answered.
+    fn who_serves(self: &Arc<Self>, entries: &[(FlowKey, Addr)]) -> (Vec<Vec<Ipv6Addr>>, bool) {
         let conns: Vec<ConnId> = entries.iter().map(|(flow, _)| conn_of(flow)).collect();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (answers_tx, answers) = mpsc::channel();
         lock(&self.waiting).insert(id, answers_tx);
-        let _waiting = Unregister(&self, id);
+        let _waiting = Unregister(self, id);
         let question = PeerMessage::WhoServes {
             id,
             conns: conns.clone(),
@@ -360,51 +409,34 @@ impl Agent {
                 served.insert(node, conns.into_iter().collect());
             }
         }
-        let everyone = served.len() == self.config.peers.len();
-        let (mut kept, mut repointed, mut removed, mut unresolved) = (0, 0, 0, 0);
-        for ((flow, target), conn) in entries.iter().zip(&conns) {
-            let owners: Vec<Ipv6Addr> = served
-                .iter()
-                .filter(|(_, conns)| conns.contains(conn))
-                .filter_map(|(node, _)| self.config.peer(node).map(|p| p.address))
-                .collect();
-            let mut datapath = lock(&self.datapath);
-            let freeze = datapath.maps().freeze();
-            // Only an entry still as it was read: an announcement since is newer news.
-            if freeze.redirect_target(flow).ok().flatten() != Some(*target) {
-                continue;
-            }
-            let outcome = match owners.as_slice() {
-                [owner] if owner.octets() == *target => {
-                    kept += 1;
-                    Ok(())
-                }
-                [owner] => {
-                    repointed += 1;
-                    freeze.redirect(*flow, owner.octets())
-                }
-                [] if everyone => {
-                    removed += 1;
-                    freeze.thaw(flow).map(|_| ())
-                }
-                _ => {
-                    unresolved += 1;
-                    Ok(())
-                }
-            };
-            if let Err(e) = outcome {
-                tracing::warn!(%conn, "cannot update its redirect entry: {e}");
-            }
+        let owners = conns
+            .iter()
+            .map(|conn| {
+                served
+                    .iter()
+                    .filter(|(_, conns)| conns.contains(conn))
+                    .filter_map(|(node, _)| self.config.peer(node).map(|p| p.address))
+                    .collect()
+            })
+            .collect();
+        (owners, served.len() == self.config.peers.len())
+    }
+
+    /// Points the redirect entry `(flow, target)` at `owner`, or removes it (`None`) — only if
+    /// it still names `target`: an announcement since is newer news.
+    fn update_redirect(&self, (flow, target): &(FlowKey, Addr), owner: Option<Ipv6Addr>) {
+        let mut datapath = lock(&self.datapath);
+        let freeze = datapath.maps().freeze();
+        if freeze.redirect_target(flow).ok().flatten() != Some(*target) {
+            return;
         }
-        tracing::info!(
-            kept,
-            repointed,
-            removed,
-            unresolved,
-            answered = served.len(),
-            peers = self.config.peers.len(),
-            "redirect entries from before the restart checked with the members"
-        );
+        let updated = match owner {
+            Some(owner) => freeze.redirect(*flow, owner.octets()),
+            None => freeze.thaw(flow).map(|_| ()),
+        };
+        if let Err(e) = updated {
+            tracing::warn!(conn = %conn_of(flow), "cannot update its redirect entry: {e}");
+        }
     }
 
     /// Removes the sockets' files (at shutdown).
