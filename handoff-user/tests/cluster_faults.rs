@@ -631,6 +631,10 @@ fn privileged_redirected_connection_survives_a_handoffd_restart() {
         let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
         wait_progress(&progress, 100_000, "download");
         move_conn(&cluster, &conn, "node1", "node2");
+        assert_eq!(
+            handoff_json(&cluster, &["status", "node1", "--json"])["redirects"],
+            1
+        );
         // Nothing left to move; node1 stays drained (and so across the restart).
         handoff_json(&cluster, &["drain", "node1", "--json"]);
         cluster.kill_handoffd(0);

@@ -1717,6 +1717,13 @@ impl Agent {
                 })
                 .collect()
         };
+        // Connections this member passes on to others (path B/D): a member to be retired
+        // must see this reach 0 before its data path is removed.
+        let redirects = lock(&self.datapath)
+            .maps()
+            .freeze()
+            .redirects()
+            .map_or_else(|e| Value::String(e.to_string()), |r| Value::from(r.len()));
         let counters = lock(&self.datapath)
             .maps()
             .freeze()
@@ -1737,6 +1744,7 @@ impl Agent {
             "connections": lock(&self.conns).len(),
             "applications": lock(&self.apps).len(),
             "handoffs_waiting_commit": lock(&self.accepting).len(),
+            "redirects": redirects,
             "peers": peers,
             "datapath_counters": match counters { Ok(c) => Value::Object(c), Err(e) => Value::String(e) },
         })
