@@ -849,6 +849,58 @@ fn privileged_restarted_agent_reconciles_its_redirect_entries() {
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
+/// An application datagram handoffd cannot take (over 256 KiB) is refused with an error event,
+/// and the application's session goes on: the next request is answered.
+#[test]
+fn privileged_oversized_application_message_is_refused_and_the_session_goes_on() {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, connect, recv, send, setsockopt,
+        socket, sockopt::SndBuf,
+    };
+    use std::os::fd::AsRawFd as _;
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let cluster = Cluster::start(
+        "fbig",
+        &Binaries::beside_current_exe().unwrap(),
+        &Settings::default(),
+    )
+    .unwrap();
+    let app = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    // A send buffer that holds the datagram (the kernel caps it at twice wmem_max).
+    setsockopt(&app, SndBuf, &(512 << 10)).unwrap();
+    let path = cluster.dir.join("node1.app");
+    connect(app.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+    let big = vec![b' '; handoff_user::agent::seqpacket::MAX_DATAGRAM + 1];
+    send(app.as_raw_fd(), &big, MsgFlags::empty()).unwrap();
+    let register = format!(r#"{{"op":"register","dsa":"{DSA}","port":{}}}"#, PORT + 1);
+    send(app.as_raw_fd(), register.as_bytes(), MsgFlags::empty()).unwrap();
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut next = || {
+        let n = recv(app.as_raw_fd(), &mut buffer, MsgFlags::empty()).unwrap();
+        assert!(n > 0, "handoffd closed the application's session");
+        serde_json::from_slice::<Value>(&buffer[..n]).unwrap()
+    };
+    let refused = next();
+    assert_eq!(refused["event"], "error", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("refused")),
+        "{refused}"
+    );
+    let registered = next();
+    assert_eq!(registered["event"], "registered", "{registered}");
+}
+
 // ---- d. an agent without the cluster key ------------------------------------------------------
 
 #[test]

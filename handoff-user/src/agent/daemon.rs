@@ -1427,6 +1427,13 @@ impl Agent {
             let (message, fd) = match socket.recv() {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
+                // One datagram refused (too large, too many descriptors; already consumed, its
+                // descriptors closed): the application hears why, and its session goes on.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::warn!(app = id, "application message refused: {e}");
+                    self.tell_app(&sender, format!("message refused: {e}"));
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(app = id, "application socket: {e}");
                     break;

@@ -100,7 +100,9 @@ impl SeqPacket {
         Ok(())
     }
 
-    /// Receives one message and the descriptor attached to it; `None` when the peer closed.
+    /// Receives one message and the descriptor attached to it; `None` when the peer closed. A
+    /// datagram over [`MAX_DATAGRAM`] or with more than one descriptor is consumed and refused
+    /// with [`io::ErrorKind::InvalidData`] (its descriptors closed); the socket stays usable.
     pub fn recv(&self) -> io::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
         let mut buffer = vec![0u8; MAX_DATAGRAM];
         let mut cmsg = nix::cmsg_space!([RawFd; 4]);
@@ -180,6 +182,26 @@ mod tests {
         assert!(fd.is_none());
         drop(client);
         assert!(server.recv().unwrap().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_oversized_datagram_is_refused_and_the_next_one_arrives() {
+        let dir = std::env::temp_dir().join(format!("dsl-seqpacket-big-{}", std::process::id()));
+        let path = dir.join("s");
+        let listener = SeqPacketListener::bind(&path).unwrap();
+        let client = SeqPacket::connect(&path).unwrap();
+        let server = listener.accept().unwrap();
+        // Past the sender's own check, as another implementation could send it (with a send
+        // buffer that holds it: the kernel caps it at twice wmem_max, 416 KiB by default).
+        socket::setsockopt(&client.0, socket::sockopt::SndBuf, &(512 << 10)).unwrap();
+        let big = vec![b'x'; MAX_DATAGRAM + 1];
+        socket::send(client.0.as_raw_fd(), &big, MsgFlags::empty()).unwrap();
+        client.send(b"after", None).unwrap();
+        let refused = server.recv().unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
+        let (message, _) = server.recv().unwrap().unwrap();
+        assert_eq!(message, b"after");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
