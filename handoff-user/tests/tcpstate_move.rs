@@ -190,6 +190,26 @@ impl Rig {
             .expect("listen")
     }
 
+    /// A listener with 4 MB send and receive buffers, which accepted sockets inherit (and with
+    /// them a window scale that allows a large receive queue).
+    fn listen_with_big_buffers(&self) -> TcpListener {
+        let addr = SocketAddr::new(Lan::service(self.family), 0);
+        self.lan.servers[0]
+            .run(|| {
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::STREAM,
+                    None,
+                )?;
+                socket.set_recv_buffer_size(4 << 20)?;
+                socket.set_send_buffer_size(4 << 20)?;
+                socket.bind(&addr.into())?;
+                socket.listen(8)?;
+                io::Result::Ok(TcpListener::from(socket))
+            })
+            .expect("listen")
+    }
+
     fn connect(&self, listener: &TcpListener) -> (TcpStream, TcpStream) {
         let addr = listener.local_addr().expect("listener address");
         let client = self
@@ -357,6 +377,21 @@ impl ServerApp {
             received: 0,
             hash: Sha256::new(),
             eof: false,
+        }
+    }
+
+    /// Writes until the socket takes no more (the peer does not read): fills its send queue.
+    fn fill_send_queue(&mut self, socket: &mut TcpStream) {
+        socket.set_nonblocking(true).expect("nonblocking");
+        let mut buf = vec![0u8; 64 * 1024];
+        while self.written < self.s2c {
+            let n = (self.s2c - self.written).min(buf.len() as u64) as usize;
+            fill(self.seed, self.written, &mut buf[..n]);
+            match socket.write(&buf[..n]) {
+                Ok(k) => self.written += k as u64,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => panic!("server write: {e}"),
+            }
         }
     }
 
@@ -636,23 +671,7 @@ fn privileged_move_with_more_than_a_megabyte_queued() {
     }
     for family in [Family::V6, Family::V4] {
         let mut rig = Rig::new("big", family, &[]);
-        let addr = SocketAddr::new(Lan::service(family), 0);
-        // Big buffers on the listener so that the accepted socket inherits them (and its
-        // window scale allows a large receive queue).
-        let listener = rig.lan.servers[0]
-            .run(|| {
-                let socket = socket2::Socket::new(
-                    socket2::Domain::for_address(addr),
-                    socket2::Type::STREAM,
-                    None,
-                )?;
-                socket.set_recv_buffer_size(4 << 20)?;
-                socket.set_send_buffer_size(4 << 20)?;
-                socket.bind(&addr.into())?;
-                socket.listen(8)?;
-                io::Result::Ok(TcpListener::from(socket))
-            })
-            .expect("listen");
+        let listener = rig.listen_with_big_buffers();
         let (client, mut server) = rig.connect(&listener);
         let (gate_tx, gate_rx) = std::sync::mpsc::channel();
         let (c2s, s2c) = (1_300_000u64, 2_000_000u64);
@@ -661,17 +680,7 @@ fn privileged_move_with_more_than_a_megabyte_queued() {
         // read: its receive queue fills with the client's 1.3 MB.
         let mut app = ServerApp::new(9, s2c);
         let deadline = Instant::now() + Duration::from_secs(20);
-        server.set_nonblocking(true).expect("nonblocking");
-        let mut buf = vec![0u8; 64 * 1024];
-        while app.written < s2c {
-            let n = (s2c - app.written).min(buf.len() as u64) as usize;
-            fill(9, app.written, &mut buf[..n]);
-            match server.write(&buf[..n]) {
-                Ok(k) => app.written += k as u64,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
+        app.fill_send_queue(&mut server);
         let wait_for = |server: &TcpStream| loop {
             let inq = tcpstate::sys::inq(server.as_fd()).expect("SIOCINQ");
             if u64::from(inq) >= c2s || Instant::now() > deadline {
@@ -713,10 +722,11 @@ fn privileged_move_with_more_than_a_megabyte_queued() {
     }
 }
 
-/// A send queue larger than the re-created socket's send buffer takes (restored "as sent" in
-/// repair mode, where the kernel accounts every buffer's overhead): the restore grows the
-/// buffer instead of failing with EAGAIN. The donor here had 4 MB buffers; the state is told
-/// it had the default, so the acceptor's socket starts with 16 KiB for ~1 MB.
+/// A send queue larger than the re-created socket's send buffer: the restore makes room for
+/// it. The donor here had 4 MB buffers and ~1.4 MB queued; the state is told it had the default
+/// buffer, so without the room the acceptor's socket would start with 16 KiB — its repair-mode
+/// write can then fail with EAGAIN, or activation's write of the unsent bytes waits for the
+/// peer to read.
 #[test]
 fn privileged_send_queue_larger_than_the_send_buffer_is_restored() {
     if !is_root() {
@@ -725,36 +735,13 @@ fn privileged_send_queue_larger_than_the_send_buffer_is_restored() {
     let family = Family::V6;
     let mut rig = Rig::new("sndbuf", family, &[]);
     rig.tamper = Some(|state| state.options.sndbuf = 0);
-    let addr = SocketAddr::new(Lan::service(family), 0);
-    let listener = rig.lan.servers[0]
-        .run(|| {
-            let socket = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM,
-                None,
-            )?;
-            socket.set_send_buffer_size(4 << 20)?;
-            socket.bind(&addr.into())?;
-            socket.listen(8)?;
-            io::Result::Ok(TcpListener::from(socket))
-        })
-        .expect("listen");
+    let listener = rig.listen_with_big_buffers();
     let (client, mut server) = rig.connect(&listener);
     let (gate_tx, gate_rx) = std::sync::mpsc::channel();
     let s2c = 1_500_000u64;
     let (w, r) = spawn_client(client, 3, 0, Some(gate_rx));
     let mut app = ServerApp::new(5, s2c);
-    server.set_nonblocking(true).expect("nonblocking");
-    let mut buf = vec![0u8; 64 * 1024];
-    while app.written < s2c {
-        let n = (s2c - app.written).min(buf.len() as u64) as usize;
-        fill(5, app.written, &mut buf[..n]);
-        match server.write(&buf[..n]) {
-            Ok(k) => app.written += k as u64,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    app.fill_send_queue(&mut server);
     // Should the activation's write of the pending bytes block (no room), it would wait for
     // the client to read: a watchdog opens the gate after 5 s so that the test fails, not hangs.
     let watchdog_gate = gate_tx.clone();

@@ -1726,22 +1726,24 @@ impl Agent {
         };
         // Connections this member passes on to others (path B/D): a member to be retired
         // must see this reach 0 before its data path is removed.
-        let redirects = lock(&self.datapath)
-            .maps()
-            .freeze()
-            .redirects()
-            .map_or_else(|e| Value::String(e.to_string()), |r| Value::from(r.len()));
-        let counters = lock(&self.datapath)
-            .maps()
-            .freeze()
-            .all_counters()
-            .map(|values| {
-                handoff_common::Counter::ALL
-                    .iter()
-                    .map(|c| (c.name().to_owned(), Value::from(values.get(*c))))
-                    .collect::<serde_json::Map<_, _>>()
-            })
-            .map_err(|e| e.to_string());
+        // The data path's lock only for reading it (the other locks below are taken alone).
+        let (redirects, counters) = {
+            let mut datapath = lock(&self.datapath);
+            let freeze = datapath.maps().freeze();
+            let redirects = freeze
+                .redirects()
+                .map_or_else(|e| Value::String(e.to_string()), |r| Value::from(r.len()));
+            let counters = freeze
+                .all_counters()
+                .map(|values| {
+                    handoff_common::Counter::ALL
+                        .iter()
+                        .map(|c| (c.name().to_owned(), Value::from(values.get(*c))))
+                        .collect::<serde_json::Map<_, _>>()
+                })
+                .map_err(|e| e.to_string());
+            (redirects, counters)
+        };
         json!({
             "ok": true,
             "node": self.config.node,

@@ -597,15 +597,10 @@ impl Drop for Cluster {
             node.handoffd = None;
         }
         self.daemons.clear();
-        // handoffd leaves its maps pinned (so that a restart keeps the redirect entries).
-        for n in 1..=self.nodes.len() {
-            let pins = PinDir::for_instance(&pin_instance(&self.tag, n));
-            if let Ok(entries) = std::fs::read_dir(pins.path()) {
-                for entry in entries.flatten() {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-            let _ = std::fs::remove_dir(pins.path());
+        // handoffd leaves its data path pinned (so that a restart keeps it): remove it as an
+        // operator retiring the node would.
+        for node in 0..self.nodes.len() {
+            Datapath::remove_instance(&self.pins(node));
         }
         if std::env::var_os("DSL_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
