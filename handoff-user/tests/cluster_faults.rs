@@ -2,7 +2,8 @@
 //! bidirectional stream moved 20 times around three members, one client's connections on
 //! different members (path D), moves over a lossy client link, an acceptor that dies or stops
 //! answering mid-handoff (the donor rolls back and keeps serving), a contact node whose handoffd
-//! dies and restarts while it redirects a moved connection, handoffd killed and restarted under
+//! dies and restarts while it redirects a moved connection, stale redirect entries put right
+//! while every member runs, handoffd killed and restarted under
 //! a download it serves (the application keeps the connection, registers again and reports it;
 //! it moves on as any other), an agent without the cluster key, the curl download at 20 ms of
 //! emulated latency, and a client without Mobile IPv6 served through the redirect (path B).
@@ -13,7 +14,7 @@ mod cluster;
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{Ipv6Addr, SocketAddr, TcpStream},
     process::Output,
     sync::atomic::{AtomicUsize, Ordering},
     thread,
@@ -846,6 +847,61 @@ fn privileged_restarted_agent_reconciles_its_redirect_entries() {
         thread::sleep(Duration::from_millis(50));
     }
     get(&moving, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+}
+
+/// While every member runs, an `Owner` or `Gone` announcement can still be lost (a member
+/// unreachable for a moment; it is not sent again). The periodic check with the members puts
+/// such redirect entries right: one that names a member no longer serving its connection is
+/// re-pointed, one of a connection no member serves is removed.
+#[test]
+fn privileged_running_agent_puts_stale_redirect_entries_right() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        nodes: 3,
+        files: vec![("small".into(), 100_000)],
+        handoff_section: "[handoff]\nredirect_check_ms = 300".into(),
+        ..Settings::default()
+    };
+    let cluster =
+        Cluster::start("fchk", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let progress = AtomicUsize::new(0);
+    let stream = connect(&cluster, "client1");
+    get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+    move_conn(&cluster, &endpoint(&stream), "node1", "node3");
+    let moved = FlowKey::new(stream.local_addr().unwrap(), stream.peer_addr().unwrap());
+    let mut closed = moved;
+    closed.src_port = closed.src_port.wrapping_add(1);
+    let node2 = cluster.nodes[1].address.octets();
+    let node3 = cluster.nodes[2].address.octets();
+    // What node1 would hold had it missed an `Owner` (the connection moved on from node2 to
+    // node3) and a `Gone` (a connection closed at node2). The client sends nothing meanwhile:
+    // node2 has no socket for the moved connection and would reset it.
+    let mut flows = FreezeMap::open(&cluster.pins(0)).unwrap();
+    flows.redirect(moved, node2).unwrap();
+    flows.redirect(closed, node2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let moved_to = flows.redirect_target(&moved).unwrap();
+        let closed_to = flows.redirect_target(&closed).unwrap();
+        if moved_to == Some(node3) && closed_to.is_none() {
+            break;
+        }
+        let (moved_to, closed_to) = (moved_to.map(Ipv6Addr::from), closed_to.map(Ipv6Addr::from));
+        assert!(
+            Instant::now() < deadline,
+            "node1 still redirects the moved connection to {moved_to:?} (node3 is {}) and the \
+             closed one to {closed_to:?}\n{}",
+            Ipv6Addr::from(node3),
+            cluster.log_tail("node1", "handoffd")
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 

@@ -83,6 +83,12 @@ pub struct HandoffSection {
     /// Handoffs in flight at once during a drain.
     #[serde(default = "default_drain_parallel")]
     pub drain_parallel: usize,
+    /// How often this member checks its redirect entries with the others (besides once at
+    /// start): an entry whose `Owner` or `Gone` announcement was lost (a member unreachable for
+    /// a moment) is re-pointed to the member that serves its connection, or removed when none
+    /// does. 0: only at start.
+    #[serde(default = "default_redirect_check")]
+    pub redirect_check_ms: u64,
     /// How the donor hands over (docs/handoffd.md, "Commit").
     #[serde(default)]
     pub commit: CommitMode,
@@ -112,6 +118,7 @@ impl Default for HandoffSection {
             yield_timeout_ms: default_yield_timeout(),
             peer_timeout_ms: default_peer_timeout(),
             drain_parallel: default_drain_parallel(),
+            redirect_check_ms: default_redirect_check(),
             commit: CommitMode::default(),
         }
     }
@@ -136,6 +143,11 @@ impl HandoffSection {
     /// `peer_timeout_ms` as a duration.
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_millis(self.peer_timeout_ms)
+    }
+
+    /// `redirect_check_ms` as a duration; `None` for 0 (only at start).
+    pub fn redirect_check(&self) -> Option<Duration> {
+        (self.redirect_check_ms > 0).then(|| Duration::from_millis(self.redirect_check_ms))
     }
 }
 
@@ -173,6 +185,9 @@ fn default_peer_timeout() -> u64 {
 }
 fn default_drain_parallel() -> usize {
     16
+}
+fn default_redirect_check() -> u64 {
+    60_000
 }
 
 impl Config {
@@ -268,7 +283,14 @@ mod tests {
         assert_eq!(config.port, DEFAULT_PORT);
         assert_eq!(config.instance(), "node1");
         assert_eq!(config.handoff.send_queue_wait_ms, 200);
+        assert_eq!(
+            config.handoff.redirect_check(),
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(config.peer("node2").unwrap().port, DEFAULT_PORT);
+        let only_at_start = format!("{MINIMAL}\n[handoff]\nredirect_check_ms = 0");
+        let config: Config = toml::from_str(&only_at_start).unwrap();
+        assert_eq!(config.handoff.redirect_check(), None);
     }
 
     #[test]

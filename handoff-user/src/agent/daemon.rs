@@ -304,7 +304,7 @@ impl Agent {
         let agent = Arc::clone(self);
         thread::spawn(move || agent.reap_accepting());
         let agent = Arc::clone(self);
-        thread::spawn(move || agent.reconcile_redirects());
+        thread::spawn(move || agent.check_redirects_periodically());
         // Open the channels now, so that no handshake sits on a handoff's path.
         for peer in self.config.peers.clone() {
             let agent = Arc::clone(self);
@@ -322,15 +322,31 @@ impl Agent {
         );
     }
 
-    /// At start: redirect entries left by an earlier run may be stale — the `Owner` and `Gone`
-    /// announcements sent while this agent was down are lost. Asks every peer which of those
-    /// connections it serves, then re-points each entry to the one member that serves its
-    /// connection. An entry no member claims is asked about once more a `peer_timeout` later —
-    /// a connection between two members (after the donor let go, before the acceptor listed it)
-    /// is claimed by neither for a moment — and removed only if every peer answered both times
-    /// and none claims it. An entry that changed meanwhile (an announcement arrived) is left as
-    /// it is.
-    fn reconcile_redirects(self: Arc<Self>) {
+    /// Checks the redirect entries with the other members at start, then every
+    /// `redirect_check_ms`. At start, entries left by an earlier run may be stale — the `Owner`
+    /// and `Gone` announcements sent while this agent was down are lost; while it runs, one is
+    /// lost whenever a member cannot be reached for a moment (the announcement is not sent
+    /// again), and a stale entry would stay for good: a connection closed elsewhere leaves its
+    /// entry in `FLOWS` (a map of bounded size), a connection moved on leaves its packets going
+    /// to a member that no longer has it.
+    fn check_redirects_periodically(self: Arc<Self>) {
+        self.check_redirects(true);
+        let Some(interval) = self.config.handoff.redirect_check() else {
+            return;
+        };
+        loop {
+            thread::sleep(interval);
+            self.check_redirects(false);
+        }
+    }
+
+    /// Asks every peer which of the connections of this member's redirect entries it serves,
+    /// then re-points each entry to the one member that serves its connection. An entry no
+    /// member claims is asked about once more a `peer_timeout` later — a connection between two
+    /// members (after the donor let go, before the acceptor listed it) is claimed by neither for
+    /// a moment — and removed only if every peer answered both times and none claims it. An
+    /// entry that changed meanwhile (an announcement arrived) is left as it is.
+    fn check_redirects(self: &Arc<Self>, at_start: bool) {
         let entries = match lock(&self.datapath).maps().freeze().redirects() {
             Ok(entries) if !entries.is_empty() => entries,
             Ok(_) => return,
@@ -358,6 +374,7 @@ impl Agent {
             let (served, everyone) = self.who_serves(&unclaimed);
             for (entry, owners) in unclaimed.iter().zip(served) {
                 match owners.as_slice() {
+                    [owner] if owner.octets() == entry.1 => kept += 1,
                     [owner] => {
                         repointed += 1;
                         self.update_redirect(entry, Some(*owner));
@@ -370,14 +387,29 @@ impl Agent {
                 }
             }
         }
-        tracing::info!(
-            kept,
-            repointed,
-            removed,
-            unresolved,
-            peers = self.config.peers.len(),
-            "redirect entries from before the restart checked with the members"
-        );
+        let peers = self.config.peers.len();
+        if at_start {
+            tracing::info!(
+                kept,
+                repointed,
+                removed,
+                unresolved,
+                peers,
+                "redirect entries from before the restart checked with the members"
+            );
+        } else if repointed + removed + unresolved > 0 {
+            tracing::info!(
+                kept,
+                repointed,
+                removed,
+                unresolved,
+                peers,
+                "redirect entries checked with the members: some were stale (an announcement \
+                 was lost)"
+            );
+        } else {
+            tracing::debug!(kept, peers, "redirect entries checked with the members");
+        }
     }
 
     /// Asks every peer which of the connections of `entries` it serves (a peer not up yet is
