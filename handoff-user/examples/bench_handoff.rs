@@ -17,7 +17,7 @@
 //!    limited (`BENCH_RATE_AWARE_SETTINGS`, default 1 ms/100 Mbit/s), two- and one-phase with
 //!    `peer_rate_mbit` set to that rate. RO runs wait for each binding report
 //!    before the next move (`BENCH_RO_WAIT=0`: they do not). `BENCH_SETTINGS` limits the
-//!    path-B rows.
+//!    path-B rows; `BENCH_STREAM_KIB` sets the stream's rate (KiB/s) for every setting.
 //! 2. **Drain.** Three members, four clients, N idle keep-alive connections on node1 (a GET
 //!    answered, then nothing), `handoff drain node1 --to node2,node3` with `drain_parallel = 64`;
 //!    N from `BENCH_DRAIN` (default `1000,10000`). Path B.
@@ -272,6 +272,22 @@ fn handoff_json(cluster: &Cluster, args: &[&str]) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
+/// The measuring stream's rate: the setting's, or `BENCH_STREAM_KIB` KiB/s for every setting
+/// (the in-flight window, rate × round trip, is what a handoff without the send-queue wait
+/// ships with the state). Returns the file server's `--rate` and bytes per second.
+fn stream_rate(setting: &PhaseSetting) -> anyhow::Result<(String, f64)> {
+    match std::env::var("BENCH_STREAM_KIB") {
+        Ok(kib) => {
+            let kib: u32 = kib
+                .trim()
+                .parse()
+                .context("BENCH_STREAM_KIB: the stream's rate in KiB/s")?;
+            Ok((format!("{kib}K"), f64::from(kib) * 1024.0))
+        }
+        Err(_) => Ok((setting.rate.to_owned(), setting.rate_bytes)),
+    }
+}
+
 /// Phase decomposition and client-perceived gap for one setting.
 #[allow(clippy::needless_update)] // fields added to Settings later keep their defaults
 fn phases(
@@ -286,8 +302,9 @@ fn phases(
         no_queue_wait,
         rate_aware,
     } = variant;
+    let (rate, rate_bytes) = stream_rate(setting)?;
     // The file lasts ~40 s at the paced rate (the client asks again when it ends).
-    let size = ((setting.rate_bytes * 40.0) as usize).clamp(4 << 20, 64 << 20);
+    let size = ((rate_bytes * 40.0) as usize).clamp(4 << 20, 64 << 20);
     let settings = Settings {
         nodes: 2,
         clients: 1,
@@ -295,7 +312,7 @@ fn phases(
         site_rate_mbit: setting.site_rate_mbit,
         files: vec![("big".into(), size)],
         // Small steps: the client sees a steady stream, so the gap is the handoff's own.
-        fileserver_args: ["--rate", setting.rate, "--pace-step", PACE_STEP]
+        fileserver_args: ["--rate", &rate, "--pace-step", PACE_STEP]
             .map(String::from)
             .to_vec(),
         mobile_ipv6,
@@ -310,7 +327,7 @@ fn phases(
         .run(|| TcpStream::connect(SocketAddr::new(DSA.into(), PORT)))?;
     stream.set_read_timeout(Some(Duration::from_millis(200)))?;
     let conn = stream.local_addr()?.to_string();
-    let interval = Duration::from_secs_f64(CHUNK as f64 / setting.rate_bytes);
+    let interval = Duration::from_secs_f64(CHUNK as f64 / rate_bytes);
     let stop = AtomicBool::new(false);
     let seen = Mutex::new(Seen::default());
     // BENCH_RO_WAIT=0: do not wait for the binding (shows whether a quick move back works).
@@ -444,6 +461,10 @@ fn phases(
         }
     }
     let max_of = |name: &str| reports.iter().filter_map(|r| r[name].as_u64()).max();
+    let p50_of = |name: &str| {
+        let values: Vec<f64> = reports.iter().filter_map(|r| r[name].as_f64()).collect();
+        percentile(&values, 0.5)
+    };
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let gaps: Vec<f64> = windows
@@ -487,7 +508,7 @@ fn phases(
         "delay_ms_per_link": setting.delay_ms,
         "site_rate_mbit": setting.site_rate_mbit,
         "donor_to_acceptor_one_way_ms": 2.0 * setting.delay_ms,
-        "fileserver_rate": setting.rate,
+        "fileserver_rate": rate,
         "pacing_interval_us": round(us(interval)),
         "mobile_ipv6": mobile_ipv6,
         "waited_for_binding": mobile_ipv6 && ro_wait,
@@ -501,6 +522,7 @@ fn phases(
         "phases_us": phase_stats,
         "state_bytes_max": max_of("state_bytes"),
         "send_queue_bytes_max": max_of("send_queue_bytes"),
+        "send_queue_bytes_p50": p50_of("send_queue_bytes"),
         "bound": bound,
         "binding_errors": binding_errors,
         "cwnd_applied": cwnd_applied,
@@ -997,7 +1019,7 @@ fn main() -> anyhow::Result<()> {
             "[{:>5.1} s] phases: {} ({moves} moves, --rate {}, {})",
             started.elapsed().as_secs_f64(),
             setting.label,
-            setting.rate,
+            stream_rate(setting)?.0,
             variant.describe()
         );
         match phases(&binaries, setting, moves, variant) {
@@ -1085,8 +1107,8 @@ fn main() -> anyhow::Result<()> {
     for r in phase_results.iter().filter(|r| r["error"].is_null()) {
         println!(
             "  {}{}: pacing {} µs per 16 KiB chunk, baseline chunk interval p50/p99 {} / {} µs, \
-             read gap p99 {} µs; state ≤ {} B, send queue carried ≤ {} B, {} moves failed; \
-             donor's congestion window set on {} restores ({} refused)",
+             read gap p99 {} µs; state ≤ {} B, send queue carried p50 {} B, ≤ {} B, {} moves \
+             failed; donor's congestion window set on {} restores ({} refused)",
             r["setting"].as_str().unwrap_or(""),
             suffix(r),
             f(&r["pacing_interval_us"]),
@@ -1094,6 +1116,7 @@ fn main() -> anyhow::Result<()> {
             f(&r["baseline_chunk_interval_us"]["p99"]),
             f(&r["baseline_read_gap_us"]["p99"]),
             r["state_bytes_max"],
+            r["send_queue_bytes_p50"],
             r["send_queue_bytes_max"],
             r["moves_failed"],
             r["cwnd_applied"],
