@@ -191,6 +191,9 @@ pub mod map {
     pub const STATS: &str = "STATS";
     /// Ring buffer of `BindingErrorEvent`.
     pub const BINDING_ERRORS: &str = "BINDING_ERRORS";
+    /// Array of one `u64`: the cookie of the network namespace whose sockets `restore_cwnd`
+    /// acts on. Not pinned: it belongs to the process that attached the program.
+    pub const NETNS_COOKIE: &str = "NETNS_COOKIE";
 }
 
 /// Capacity of the flow and binding maps: the most connections frozen or redirected at once,

@@ -6,17 +6,22 @@
 //! `BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB`. The acceptor froze the connection's packets in `FLOWS`
 //! before, with the captured window in the entry; `TCP_BPF_IW` sets it while the socket has sent
 //! no data, which a socket in repair mode never has.
+//!
+//! Attached to the root of the cgroup hierarchy, the program runs for the sockets of every
+//! network namespace of the host, where other data paths froze connections of their own (one per
+//! namespace: each server node of a testbed, containers sharing a host): it acts only on sockets
+//! of the namespace its own data path belongs to (`NETNS_COOKIE`), whatever their 4-tuple.
 
 use core::ptr::{addr_of, read_volatile};
 
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_ops},
-    helpers::bpf_setsockopt,
+    helpers::{bpf_get_netns_cookie, bpf_setsockopt},
     programs::SockOpsContext,
 };
 use handoff_common::{Counter, FLOW_FROZEN, FlowKey, ipv4_mapped};
 
-use crate::{FLOWS, count};
+use crate::{FLOWS, NETNS_COOKIE, count};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -24,11 +29,17 @@ const SOL_TCP: i32 = 6;
 /// `TCP_BPF_IW` (`linux/bpf.h`): the initial congestion window, in segments.
 const TCP_BPF_IW: i32 = 1001;
 
-/// On an active open (a restore's connect among them): if the connection is frozen here with a
-/// window, sets it. Every other socket and operation returns at once.
+/// On an active open (a restore's connect among them) in this data path's namespace: if the
+/// connection is frozen here with a window, sets it. Every other socket and operation returns at
+/// once.
 #[inline(always)]
 pub fn restore_cwnd(ctx: &SockOpsContext) {
     if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        return;
+    }
+    // SAFETY: `ctx.ops` is the program's context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
+    if NETNS_COOKIE.get(0).copied() != Some(netns) {
         return;
     }
     let Some(key) = inbound_key(ctx.ops) else {

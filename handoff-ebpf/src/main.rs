@@ -64,6 +64,17 @@ static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// The cookie of the network namespace `restore_cwnd` acts in: the one its data path belongs to.
+/// Userspace writes it before attaching the program, which runs for every namespace of the host.
+///
+/// A map of its own rather than a field of `CONFIG` (whose layout change would force operators to
+/// remove the pinned data path on upgrade) or a read-only global (fixed when `Datapath::load`
+/// creates the maps, while the namespace is the one `attach_restore_cwnd` is called in, as with
+/// every attachment: callers may load in one namespace and attach in another); not pinned, since
+/// it describes this process's attachment, not the maps shared with the node's other agents.
+#[map(name = "NETNS_COOKIE")]
+static NETNS_COOKIE: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Home Address options without a binding, for mipv6d's Binding Errors.
 #[map(name = "BINDING_ERRORS")]
 static BINDING_ERRORS: RingBuf = RingBuf::with_byte_size(16 * 4096, 0);

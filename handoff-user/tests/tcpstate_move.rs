@@ -293,6 +293,16 @@ impl Rig {
         stream
     }
 
+    /// Attaches every server's `restore_cwnd` program from that server's namespace, the one
+    /// whose sockets it acts on.
+    fn attach_restore_cwnd(&mut self) {
+        for (filter, server) in self.filters.iter_mut().zip(&self.lan.servers) {
+            server
+                .run(|| filter.attach_restore_cwnd())
+                .expect("attach the restore_cwnd program");
+        }
+    }
+
     fn check_no_resets(&self) {
         for (i, (netns, before)) in std::iter::once(&self.lan.client)
             .chain(&self.lan.servers)
@@ -535,11 +545,7 @@ fn restored_socket_keeps_the_donors_window(tag: &str, family: Family) {
         "without the program the restored socket has the kernel's initial window"
     );
 
-    for filter in &mut rig.filters {
-        filter
-            .attach_restore_cwnd()
-            .expect("attach the restore_cwnd program");
-    }
+    rig.attach_restore_cwnd();
     grow_cwnd(&mut app, &mut server, GROWN);
     server = rig.move_conn(server);
     let captured = rig.history[1].snd_cwnd;
@@ -585,6 +591,77 @@ fn privileged_restored_socket_keeps_the_donors_congestion_window_ipv4() {
         return;
     }
     restored_socket_keeps_the_donors_window("cw4", Family::V4);
+}
+
+/// A data path of another namespace on the same host (here the client's) froze the very
+/// 4-tuple of a connection with a window of its own, and its `restore_cwnd` runs after the
+/// acceptor's (attached later to the same cgroup): the socket restored in the acceptor's
+/// namespace still gets the window its own data path froze, and the other program leaves it
+/// alone.
+#[test]
+fn privileged_restore_cwnd_acts_only_in_its_own_namespace() {
+    use handoff_common::Counter;
+    const GROWN: u32 = 30;
+    const FOREIGN: u32 = 200;
+    if !is_root() {
+        return;
+    }
+    let mut rig = Rig::new("cwns", Family::V6, &[]);
+    let listener = rig.listen();
+    let (client, mut server) = rig.connect(&listener);
+    drop(listener);
+    let (s_seed, s2c) = (0x5555, 1u64 << 30);
+    let (w, r) = spawn_client(client, 0x6666, 0, None);
+    let mut app = ServerApp::new(s_seed, s2c);
+    rig.attach_restore_cwnd();
+
+    let pins = PinDir::for_instance(&format!(
+        "tcpstate-cwns-other-{}-{}",
+        std::process::id(),
+        INSTANCE.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut other = FreezeFilter::load(&pins).expect("load the other namespace's data path");
+    rig.lan
+        .client
+        .run(|| other.attach_restore_cwnd())
+        .expect("attach the other namespace's restore_cwnd program");
+    let (local, peer) = tcpstate::addresses(server.as_fd()).expect("addresses");
+    other
+        .maps()
+        .freeze_with_cwnd(FlowKey::new(peer, local), FOREIGN)
+        .expect("freeze the same 4-tuple in the other namespace's data path");
+
+    grow_cwnd(&mut app, &mut server, GROWN);
+    server = rig.move_conn(server);
+    let captured = rig.history[0].snd_cwnd;
+    assert!(
+        (GROWN..FOREIGN).contains(&captured),
+        "captured window {captured}"
+    );
+    eprintln!(
+        "captured window {captured} segments, other namespace's entry {FOREIGN}; restored {}",
+        rig.restored_cwnd[0]
+    );
+    assert_eq!(
+        rig.restored_cwnd[0], captured,
+        "the restored socket gets its own data path's window, not another namespace's"
+    );
+    assert_eq!(other.maps().counter(Counter::CwndApplied).unwrap(), 0);
+    let acceptor = &mut rig.filters[rig.owner];
+    assert_eq!(acceptor.maps().counter(Counter::CwndApplied).unwrap(), 1);
+
+    app.s2c = app.written;
+    while !app.done() {
+        app.step(&mut server, 256 * 1024);
+    }
+    server.set_nonblocking(false).expect("blocking");
+    server.shutdown(Shutdown::Write).expect("server shutdown");
+    w.join().expect("client writer");
+    let report = r.join().expect("client reader");
+    assert_eq!(report.received, app.written);
+    assert_eq!(report.received_hash, digest_of_stream(s_seed, app.written));
+    drop(server);
+    rig.check_no_resets();
 }
 
 fn queued(state: &ConnState) -> usize {

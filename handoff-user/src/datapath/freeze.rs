@@ -25,9 +25,10 @@ impl FreezeFilter {
         self.datapath.attach(Program::Freeze, interface)
     }
 
-    /// Also attaches the `restore_cwnd` program, so that sockets restored for flows frozen
-    /// with [`FreezeMap::freeze_with_cwnd`] start with that window (see
-    /// [`Datapath::attach_restore_cwnd`]). Returns the cgroup it is attached to.
+    /// Also attaches the `restore_cwnd` program, so that sockets of the calling thread's
+    /// network namespace restored for flows frozen with [`FreezeMap::freeze_with_cwnd`] start
+    /// with that window (see [`Datapath::attach_restore_cwnd`]). Returns the cgroup it is
+    /// attached to.
     pub fn attach_restore_cwnd(&mut self) -> Result<std::path::PathBuf, DatapathError> {
         self.datapath.attach_restore_cwnd()
     }

@@ -8,6 +8,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::Array,
     programs::{
         CgroupAttachMode, ProgramError, SchedClassifier, SockOps, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -69,7 +70,8 @@ impl Program {
 }
 
 /// Every map of the object with its pin file name and its key and value sizes (as declared in
-/// `handoff-ebpf`; checked against maps already pinned).
+/// `handoff-ebpf`; checked against maps already pinned), except `NETNS_COOKIE`, which is not pinned
+/// (it belongs to this process's `restore_cwnd` attachment).
 const PINNED_MAPS: [(&str, &str, usize, usize); 9] = {
     use handoff_common::{Addr, BindingKey, CareOf, FlowEntry, FlowKey, NodeConfig};
     use std::mem::size_of;
@@ -247,14 +249,27 @@ impl Datapath {
     /// hierarchy (see [`super::FreezeMap::freeze_with_cwnd`]): a socket restored for a connection
     /// frozen here with a window gets that window when it connects. It runs for the sockets of
     /// the whole host, so several instances (one per network namespace) attach side by side
-    /// (BPF links to a cgroup are multi-attach), each reading its own `FLOWS`; it only acts on a socket whose
-    /// connection its map holds frozen with a window. The attachment is a BPF link owned by this
-    /// process: dropping the data path, or the process ending, detaches it. Attaching again is a
-    /// no-op. Returns the cgroup directory it is attached to.
+    /// (BPF links to a cgroup are multi-attach), each reading its own `FLOWS`; it only acts on a
+    /// socket of the calling thread's network namespace (the one this data path belongs to)
+    /// whose connection its map holds frozen with a window. The attachment is a BPF link owned by
+    /// this process: dropping the data path, or the process ending, detaches it. Attaching again
+    /// is a no-op (the namespace stays the first call's). Returns the cgroup directory it is
+    /// attached to.
     pub fn attach_restore_cwnd(&mut self) -> Result<PathBuf, DatapathError> {
         if let Some((path, _)) = &self.cwnd_link {
             return Ok(path.clone());
         }
+        let netns = netns_cookie()?;
+        let cookie_map = self
+            .ebpf
+            .map_mut(map::NETNS_COOKIE)
+            .ok_or(DatapathError::Missing(map::NETNS_COOKIE))?;
+        Array::<_, u64>::try_from(cookie_map)
+            .and_then(|mut cookie| cookie.set(0, netns, 0))
+            .map_err(|source| DatapathError::Map {
+                map: map::NETNS_COOKIE,
+                source,
+            })?;
         let root = cgroup::open_root()?;
         let failed = |source| DatapathError::Program {
             program: program::RESTORE_CWND,
@@ -270,6 +285,7 @@ impl Datapath {
         tracing::debug!(
             program = program::RESTORE_CWND,
             cgroup = %root.path.display(),
+            netns,
             pins = %self.pins.path().display(),
             "attached"
         );
@@ -391,6 +407,28 @@ fn check_pinned_maps(pins: &PinDir) -> Result<(), DatapathError> {
         }
     }
     Ok(())
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux ≥ 5.14), read
+/// on a throwaway socket: what `bpf_get_netns_cookie` returns for the sockets of that namespace.
+fn netns_cookie() -> Result<u64, DatapathError> {
+    let socket = std::os::unix::net::UnixDatagram::unbound().map_err(DatapathError::NetnsCookie)?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` is a live u64 of the length passed, on an open socket.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(DatapathError::NetnsCookie(std::io::Error::last_os_error()));
+    }
+    Ok(cookie)
 }
 
 /// Turns on the kernel's per-program run statistics until the returned descriptor is closed

@@ -98,6 +98,13 @@ pub enum DatapathError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The cookie of the calling thread's network namespace could not be read (for the
+    /// socket-operations program, which acts only on that namespace's sockets).
+    #[error(
+        "reading the network namespace cookie (getsockopt SO_NETNS_COOKIE, Linux 5.14 or later) \
+         for the restore_cwnd program: {0}"
+    )]
+    NetnsCookie(io::Error),
     /// The object lacks a program or map that this crate expects (built from other sources).
     #[error("the embedded eBPF object has no {0}")]
     Missing(&'static str),
