@@ -272,19 +272,27 @@ fn handoff_json(cluster: &Cluster, args: &[&str]) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
-/// The measuring stream's rate: the setting's, or `BENCH_STREAM_KIB` KiB/s for every setting
-/// (the in-flight window, rate × round trip, is what a handoff without the send-queue wait
-/// ships with the state). Returns the file server's `--rate` and bytes per second.
-fn stream_rate(setting: &PhaseSetting) -> anyhow::Result<(String, f64)> {
+/// The measuring stream: the file server's `--rate` and `--pace-step`, and its bytes per
+/// second. The setting's rate with [`PACE_STEP`], or `BENCH_STREAM_KIB` KiB/s for every setting
+/// (the in-flight window, rate × round trip, is what a handoff without the full send-queue wait
+/// ships with the state) in steps of half a millisecond's worth, so that the pacing's own
+/// silences stay well below the gap.
+fn stream_rate(setting: &PhaseSetting) -> anyhow::Result<(String, String, f64)> {
     match std::env::var("BENCH_STREAM_KIB") {
         Ok(kib) => {
             let kib: u32 = kib
                 .trim()
                 .parse()
                 .context("BENCH_STREAM_KIB: the stream's rate in KiB/s")?;
-            Ok((format!("{kib}K"), f64::from(kib) * 1024.0))
+            let bytes = f64::from(kib) * 1024.0;
+            let step = ((bytes / 2000.0) as usize).clamp(256, CHUNK);
+            Ok((format!("{kib}K"), step.to_string(), bytes))
         }
-        Err(_) => Ok((setting.rate.to_owned(), setting.rate_bytes)),
+        Err(_) => Ok((
+            setting.rate.to_owned(),
+            PACE_STEP.to_owned(),
+            setting.rate_bytes,
+        )),
     }
 }
 
@@ -302,7 +310,7 @@ fn phases(
         no_queue_wait,
         rate_aware,
     } = variant;
-    let (rate, rate_bytes) = stream_rate(setting)?;
+    let (rate, pace_step, rate_bytes) = stream_rate(setting)?;
     // The file lasts ~40 s at the paced rate (the client asks again when it ends).
     let size = ((rate_bytes * 40.0) as usize).clamp(4 << 20, 64 << 20);
     let settings = Settings {
@@ -312,7 +320,7 @@ fn phases(
         site_rate_mbit: setting.site_rate_mbit,
         files: vec![("big".into(), size)],
         // Small steps: the client sees a steady stream, so the gap is the handoff's own.
-        fileserver_args: ["--rate", &rate, "--pace-step", PACE_STEP]
+        fileserver_args: ["--rate", &rate, "--pace-step", &pace_step]
             .map(String::from)
             .to_vec(),
         mobile_ipv6,
@@ -509,6 +517,7 @@ fn phases(
         "site_rate_mbit": setting.site_rate_mbit,
         "donor_to_acceptor_one_way_ms": 2.0 * setting.delay_ms,
         "fileserver_rate": rate,
+        "fileserver_pace_step": pace_step,
         "pacing_interval_us": round(us(interval)),
         "mobile_ipv6": mobile_ipv6,
         "waited_for_binding": mobile_ipv6 && ro_wait,
