@@ -178,6 +178,8 @@ fn check_schema(report: &Value) {
             "total",
             "moved",
             "failed",
+            "retries",
+            "left_out",
             "remaining",
             "elapsed_s",
             "rate",
@@ -193,6 +195,14 @@ fn check_schema(report: &Value) {
     for e in report["errors"].as_array().unwrap() {
         assert_eq!(keys(e), set(&["conn", "to", "error"]));
     }
+    assert!(report["retries"].is_u64(), "{}", report["retries"]);
+    assert!(
+        report["left_out"]
+            .as_array()
+            .is_some_and(|l| l.iter().all(Value::is_string)),
+        "{}",
+        report["left_out"]
+    );
 }
 
 #[test]

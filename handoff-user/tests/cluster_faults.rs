@@ -452,6 +452,66 @@ fn privileged_acceptor_killed_the_connection_stays_on_the_donor() {
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
+/// A drain to every peer while one of them is down: the handoffs to the unreachable member
+/// fail before the connection is touched, that member is left out for the rest of the drain,
+/// and each of its connections goes to the next target instead. Every download moves and
+/// completes byte-exact.
+#[test]
+fn privileged_drain_leaves_out_an_unreachable_member() {
+    const DOWNLOADS: usize = 8;
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        nodes: 3,
+        fileserver_args: strings(&["--rate", "500K"]),
+        ..Settings::default()
+    };
+    let mut cluster =
+        Cluster::start("fout", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let streams: Vec<TcpStream> = (0..DOWNLOADS)
+        .map(|_| connect(&cluster, "client1"))
+        .collect();
+    let progress: Vec<AtomicUsize> = (0..DOWNLOADS).map(|_| AtomicUsize::new(0)).collect();
+    thread::scope(|scope| {
+        let readers: Vec<_> = streams
+            .iter()
+            .zip(&progress)
+            .map(|(stream, progress)| {
+                scope.spawn(move || get(stream, "file", 1_000_000, 100, progress))
+            })
+            .collect();
+        for p in &progress {
+            wait_progress(p, 50_000, "download");
+        }
+        cluster.kill_handoffd(2);
+        let report = handoff_json(&cluster, &["drain", "node1", "--json"]);
+        assert_eq!(report["moved"], DOWNLOADS, "{report:#}");
+        assert_eq!(report["failed"], 0, "{report:#}");
+        assert_eq!(
+            report["left_out"],
+            serde_json::json!(["node3"]),
+            "{report:#}"
+        );
+        assert!(report["retries"].as_u64().unwrap() >= 1, "{report:#}");
+        let moves = report["moves"].as_array().unwrap();
+        assert!(moves.iter().all(|m| m["to"] == "node2"), "{report:#}");
+        for reader in readers {
+            reader
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
+        }
+    });
+    let on_node2 = conns(&cluster, "node2");
+    for stream in &streams {
+        assert!(on_node2.contains(&endpoint(stream)));
+    }
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+}
+
 /// The pid of the handoffd started with `<cluster dir>/<node>.toml`.
 fn handoffd_pid(cluster: &Cluster, node: &str) -> nix::unistd::Pid {
     let config = cluster.dir.join(format!("{node}.toml"));

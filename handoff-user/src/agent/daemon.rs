@@ -1622,16 +1622,19 @@ impl Agent {
             .map_err(|e| format!("recording the drain in the data path: {e}"))
     }
 
-    /// A draining member passes each new connection on at once.
+    /// A draining member passes each new connection on at once (to the next target in turn, or
+    /// the one after if that fails).
     fn move_new_connection(self: &Arc<Self>, conn: ConnId) {
         let targets = lock(&self.drain_targets).clone();
         if targets.is_empty() {
             return;
         }
-        let to = targets[self.round_robin.fetch_add(1, Ordering::Relaxed) % targets.len()].clone();
+        let first = self.round_robin.fetch_add(1, Ordering::Relaxed);
         let agent = Arc::clone(self);
         thread::spawn(move || {
-            if let Err(e) = agent.hand_off(conn, &to, None) {
+            let left_out = Mutex::new(Vec::new());
+            let (to, result, _) = agent.hand_off_to_one_of(conn, &targets, first, &left_out);
+            if let Err(e) = result {
                 tracing::warn!(%conn, %to, "new connection on a drained node not moved: {e}");
             }
         });
@@ -1836,25 +1839,29 @@ impl Agent {
                 .collect();
             return Ok(report);
         }
-        *lock(&self.drain_targets) = targets;
+        *lock(&self.drain_targets) = targets.clone();
         self.set_drained(true)?;
-        let queue = Arc::new(Mutex::new(plan.into_iter()));
+        let queue = Arc::new(Mutex::new(plan.into_iter().enumerate()));
+        let targets = Arc::new(targets);
+        let left_out = Arc::new(Mutex::new(Vec::new()));
         let (done_tx, done) = mpsc::channel();
         let workers = self.config.handoff.drain_parallel.min(report.total.max(1));
         for _ in 0..workers {
             let queue = Arc::clone(&queue);
             let done_tx = done_tx.clone();
             let agent = Arc::clone(self);
+            let targets = Arc::clone(&targets);
+            let left_out = Arc::clone(&left_out);
             thread::spawn(move || {
                 loop {
                     if deadline.is_some_and(|d| start.elapsed() >= d) {
                         break;
                     }
-                    let Some((conn, to)) = lock(&queue).next() else {
+                    let Some((i, (conn, _))) = lock(&queue).next() else {
                         break;
                     };
-                    let result = agent.hand_off(conn, &to, None);
-                    if done_tx.send((conn, to, result)).is_err() {
+                    let outcome = agent.hand_off_to_one_of(conn, &targets, i, &left_out);
+                    if done_tx.send((conn, outcome)).is_err() {
                         break;
                     }
                 }
@@ -1864,17 +1871,22 @@ impl Agent {
         let mut last_progress = Instant::now();
         loop {
             match done.recv_timeout(PROGRESS_EVERY) {
-                Ok((conn, to, Ok(phases))) => {
-                    report.moved += 1;
-                    report.moves.push(DrainMove {
-                        conn,
-                        to,
-                        total_us: phases.total_us,
-                    });
-                }
-                Ok((conn, to, Err(error))) => {
-                    report.failed += 1;
-                    report.errors.push(DrainError { conn, to, error });
+                Ok((conn, (to, result, retries))) => {
+                    report.retries += retries;
+                    match result {
+                        Ok(phases) => {
+                            report.moved += 1;
+                            report.moves.push(DrainMove {
+                                conn,
+                                to,
+                                total_us: phases.total_us,
+                            });
+                        }
+                        Err(error) => {
+                            report.failed += 1;
+                            report.errors.push(DrainError { conn, to, error });
+                        }
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -1895,6 +1907,7 @@ impl Agent {
         report.elapsed_s = start.elapsed().as_secs_f64();
         report.rate = report.moved as f64 / report.elapsed_s.max(1e-9);
         report.remaining = lock(&self.conns).len();
+        report.left_out = lock(&left_out).clone();
         tracing::info!(
             moved = report.moved,
             failed = report.failed,
@@ -1904,6 +1917,55 @@ impl Agent {
             report.elapsed_s
         );
         Ok(report)
+    }
+
+    /// Hands `conn` off to `targets[first % len]`, or — when that fails and leaves the
+    /// connection here (rolled back, or refused before it was touched) — to each next target
+    /// in turn, every target at most once. A target whose agent channel is not open after a
+    /// failure could not be reached: it goes into `left_out` and is not tried again, by this
+    /// connection or any other sharing the list. Returns the last target tried (the first if
+    /// none could be), the outcome, and how many attempts were retries.
+    fn hand_off_to_one_of(
+        self: &Arc<Self>,
+        conn: ConnId,
+        targets: &[String],
+        first: usize,
+        left_out: &Mutex<Vec<String>>,
+    ) -> (String, Result<PhaseReport, String>, usize) {
+        let mut last: Option<(String, String)> = None;
+        let mut attempts = 0;
+        for i in 0..targets.len() {
+            let to = &targets[(first + i) % targets.len()];
+            if lock(left_out).contains(to) {
+                continue;
+            }
+            attempts += 1;
+            let error = match self.hand_off(conn, to, None) {
+                Ok(report) => return (to.clone(), Ok(report), attempts - 1),
+                Err(error) => error,
+            };
+            if !lock(&self.peers).contains_key(to) {
+                let mut left_out = lock(left_out);
+                if !left_out.contains(to) {
+                    tracing::warn!(%to, "left out of the drain: cannot be reached ({error})");
+                    left_out.push(to.clone());
+                }
+            }
+            let stays = lock(&self.conns).get(&conn).is_some_and(|c| !c.moving);
+            last = Some((to.clone(), error));
+            if !stays {
+                break;
+            }
+            tracing::info!(%conn, %to, "handoff failed, the connection stays: next target");
+        }
+        match last {
+            Some((to, error)) => (to, Err(error), attempts - 1),
+            None => (
+                targets[first % targets.len()].clone(),
+                Err("every target was left out (none could be reached)".into()),
+                0,
+            ),
+        }
     }
 }
 

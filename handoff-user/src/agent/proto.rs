@@ -407,8 +407,15 @@ pub struct DrainReport {
     pub total: usize,
     /// Connections moved.
     pub moved: usize,
-    /// Handoffs that failed.
+    /// Connections that could not be moved (each failed with every target it was tried on).
     pub failed: usize,
+    /// Handoffs tried again with another target after one failed and left the connection
+    /// here (rolled back, or refused before it was touched).
+    #[serde(default)]
+    pub retries: usize,
+    /// Targets left out of the drain after they could not be reached (no agent channel).
+    #[serde(default)]
+    pub left_out: Vec<String>,
     /// Connections left on this node at the end.
     pub remaining: usize,
     /// Seconds the drain took.
@@ -417,7 +424,7 @@ pub struct DrainReport {
     pub rate: f64,
     /// Where each connection went (or would go, for a dry run).
     pub moves: Vec<DrainMove>,
-    /// Failures, with the reason.
+    /// Connections not moved, with the last target tried and why it failed.
     pub errors: Vec<DrainError>,
 }
 

@@ -216,6 +216,16 @@ fn finish(args: &Args, answer: &Value) -> Result<(), Failure> {
                 for e in &report.errors {
                     println!("failed: {} → {}: {}", e.conn, e.to, e.error);
                 }
+                if !report.left_out.is_empty() {
+                    println!(
+                        "left out (could not be reached): {}; {} handoffs retried with another \
+                         target",
+                        report.left_out.join(", "),
+                        report.retries
+                    );
+                } else if report.retries > 0 {
+                    println!("{} handoffs retried with another target", report.retries);
+                }
                 println!(
                     "{}: moved {} of {} in {:.3} s ({:.0} conn/s), {} failed, {} remain",
                     report.node,
