@@ -1,12 +1,13 @@
 //! End to end in the reference testbed, the hard cases of a live handoff: a long-lived
 //! bidirectional stream moved 20 times around three members, one client's connections on different
 //! members (path D), moves over a lossy client link, an acceptor that dies or stops answering
-//! mid-handoff (the donor rolls back and keeps serving), a contact node whose handoffd dies and
-//! restarts while it redirects a moved connection, stale redirect entries put right while every
-//! member runs, handoffd killed and restarted under a download it serves (the application keeps the
-//! connection, registers again and reports it; it moves on as any other), an agent without the
-//! cluster key, the curl download at 20 ms of emulated latency, and a client without Mobile IPv6
-//! served through the redirect (path B).
+//! mid-handoff (the donor rolls back and keeps serving), a drain while one member is down (it is
+//! left out, its share goes to the others), a contact node whose handoffd dies and restarts while
+//! it redirects a moved connection, stale redirect entries put right while every member runs,
+//! handoffd killed and restarted under a download it serves (the application keeps the connection,
+//! registers again and reports it; it moves on as any other), an agent without the cluster key, the
+//! curl download at 20 ms of emulated latency, and a client without Mobile IPv6 served through the
+//! redirect (path B).
 
 #[path = "support/cluster.rs"]
 #[allow(dead_code, clippy::needless_range_loop)]
