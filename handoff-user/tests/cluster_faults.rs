@@ -842,6 +842,33 @@ fn privileged_handoffd_restart_keeps_the_connection() {
     );
 }
 
+/// Waits (up to 15 s) until node1's redirect entry of `moved` names `owner` and `closed` has
+/// none.
+fn wait_for_entries(
+    cluster: &Cluster,
+    flows: &FreezeMap,
+    (moved, owner): (&FlowKey, [u8; 16]),
+    closed: &FlowKey,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let moved_to = flows.redirect_target(moved).unwrap();
+        let closed_to = flows.redirect_target(closed).unwrap();
+        if moved_to == Some(owner) && closed_to.is_none() {
+            return;
+        }
+        let (moved_to, closed_to) = (moved_to.map(Ipv6Addr::from), closed_to.map(Ipv6Addr::from));
+        assert!(
+            Instant::now() < deadline,
+            "node1 redirects the moved connection to {moved_to:?} (its owner is {}) and the \
+             closed one to {closed_to:?}\n{}",
+            Ipv6Addr::from(owner),
+            cluster.log_tail("node1", "handoffd")
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Announcements sent to a member while its handoffd is down are lost; the restarted agent asks
 /// the others about the redirect entries it finds. Three members, two connections moved from
 /// node1 (the contact node) to node2; node1's handoffd is killed; meanwhile one connection
@@ -892,21 +919,7 @@ fn privileged_restarted_agent_reconciles_its_redirect_entries() {
     assert_eq!(flows.redirect_target(&moving_key).unwrap(), Some(node2));
     assert_eq!(flows.redirect_target(&closing_key).unwrap(), Some(node2));
     cluster.restart_handoffd(0).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let moving_to = flows.redirect_target(&moving_key).unwrap();
-        let closing_to = flows.redirect_target(&closing_key).unwrap();
-        if moving_to == Some(node3) && closing_to.is_none() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after the restart node1 redirects the moved connection to {moving_to:?} (node3 is \
-             {node3:?}) and the closed one to {closing_to:?}\n{}",
-            cluster.log_tail("node1", "handoffd")
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_entries(&cluster, &flows, (&moving_key, node3), &closing_key);
     get(&moving, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
@@ -945,23 +958,7 @@ fn privileged_running_agent_puts_stale_redirect_entries_right() {
     let mut flows = FreezeMap::open(&cluster.pins(0)).unwrap();
     flows.redirect(moved, node2).unwrap();
     flows.redirect(closed, node2).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let moved_to = flows.redirect_target(&moved).unwrap();
-        let closed_to = flows.redirect_target(&closed).unwrap();
-        if moved_to == Some(node3) && closed_to.is_none() {
-            break;
-        }
-        let (moved_to, closed_to) = (moved_to.map(Ipv6Addr::from), closed_to.map(Ipv6Addr::from));
-        assert!(
-            Instant::now() < deadline,
-            "node1 still redirects the moved connection to {moved_to:?} (node3 is {}) and the \
-             closed one to {closed_to:?}\n{}",
-            Ipv6Addr::from(node3),
-            cluster.log_tail("node1", "handoffd")
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_entries(&cluster, &flows, (&moved, node3), &closed);
     get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }

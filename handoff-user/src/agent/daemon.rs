@@ -388,28 +388,15 @@ impl Agent {
             }
         }
         let peers = self.config.peers.len();
-        if at_start {
-            tracing::info!(
-                kept,
-                repointed,
-                removed,
-                unresolved,
-                peers,
-                "redirect entries from before the restart checked with the members"
-            );
+        let what = if at_start {
+            "redirect entries from before the restart checked with the members"
         } else if repointed + removed + unresolved > 0 {
-            tracing::info!(
-                kept,
-                repointed,
-                removed,
-                unresolved,
-                peers,
-                "redirect entries checked with the members: some were stale (an announcement \
-                 was lost)"
-            );
+            "redirect entries checked with the members: some were stale (an announcement was lost)"
         } else {
             tracing::debug!(kept, peers, "redirect entries checked with the members");
-        }
+            return;
+        };
+        tracing::info!(kept, repointed, removed, unresolved, peers, "{what}");
     }
 
     /// Asks every peer which of the connections of `entries` it serves (a peer not up yet is
