@@ -453,6 +453,57 @@ fn privileged_acceptor_killed_the_connection_stays_on_the_donor() {
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
+/// The binding report of the last handoff `node` donated, once it has one (up to 10 s).
+fn bound_report(cluster: &Cluster, node: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let history = handoff_json(cluster, &["history", node, "--last", "1", "--json"]);
+        let report = history[0].clone();
+        if report["binding_us"] != 0.0 || report["binding_error"].is_string() {
+            return report;
+        }
+        assert!(Instant::now() < deadline, "no binding report: {report}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The contact node shares each client's home token with every member, and keeps it fresh
+/// while the client has connections: a donor other than the contact node has the token at
+/// hand, so its handoff does not wait for a `TokenRequest` round trip to the contact node
+/// (20 ms with 5 ms links), and the acceptor's Binding Update with that token is accepted.
+#[test]
+fn privileged_donors_have_the_clients_home_token_at_hand() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        files: vec![("small".into(), 100_000)],
+        delay_ms: 5.0,
+        mobile_ipv6: true,
+        ..Settings::default()
+    };
+    let cluster =
+        Cluster::start("ftok", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+    move_conn(&cluster, &conn, "node1", "node2");
+    let first = bound_report(&cluster, "node1");
+    assert!(first["binding_error"].is_null(), "{first}");
+    get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+    let back = move_conn(&cluster, &conn, "node2", "node1");
+    let token_us = back["home_token_us"].as_f64().unwrap();
+    assert!(
+        token_us < 10_000.0,
+        "node2 waited {token_us} µs for the home token (a round trip to node1 is 20 ms)\n{back}"
+    );
+    let back = bound_report(&cluster, "node2");
+    assert!(back["binding_error"].is_null(), "{back}");
+    get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A drain to every peer while one of them is down: the handoffs to the unreachable member
 /// fail before the connection is touched, that member is left out for the rest of the drain,
 /// and each of its connections goes to the next target instead. Every download moves and

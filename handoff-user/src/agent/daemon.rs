@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use super::{
     channel::{self, ChannelReceiver, ChannelSender, ClusterKey},
     config::{CommitMode, Config},
-    mipv6::{HomeToken, Mipv6d},
+    mipv6::{HomeToken, Mipv6d, TokenCache},
     netcfg,
     proto::{
         AppEvent, AppRequest, ConnId, ConnSelector, ControlRequest, DrainError, DrainMove,
@@ -53,6 +53,8 @@ const SEND_QUEUE_POLL: Duration = Duration::from_micros(100);
 /// A client that did not answer the home test is not asked again for this long (it has no
 /// Mobile IPv6 support; its connections are served through the redirect).
 const NO_MIPV6_HOLD: Duration = Duration::from_secs(60);
+/// How often the contact node looks for home tokens to renew.
+const TOKEN_CHECK: Duration = Duration::from_secs(10);
 /// Handoff reports kept for `handoff history`.
 const HISTORY: usize = 1000;
 /// Drain progress lines are this far apart.
@@ -124,6 +126,9 @@ pub struct Agent {
     sequences: Mutex<HashMap<Ipv6Addr, u16>>,
     /// Clients whose home test failed, and when.
     no_mipv6: Mutex<HashMap<Ipv6Addr, Instant>>,
+    /// Home tokens: on the contact node those it keeps fresh and has shared, on the others
+    /// those it sent (`FreshToken`).
+    tokens: Mutex<TokenCache>,
     /// Messages for every member (`Owner`, `Gone`), sent in order by one thread.
     announcements: Mutex<mpsc::Sender<(PeerMessage, Option<String>)>>,
     draining: AtomicBool,
@@ -261,6 +266,7 @@ impl Agent {
             mipv6d: config.mipv6d_socket.as_deref().map(Mipv6d::new),
             sequences: Mutex::default(),
             no_mipv6: Mutex::default(),
+            tokens: Mutex::default(),
             announcements: Mutex::new(announcements),
             draining: AtomicBool::new(drained),
             // After a restart the targets of the drain are not known: every peer.
@@ -305,6 +311,10 @@ impl Agent {
         thread::spawn(move || agent.reap_accepting());
         let agent = Arc::clone(self);
         thread::spawn(move || agent.check_redirects_periodically());
+        if self.is_contact_node() && self.mipv6d.is_some() {
+            let agent = Arc::clone(self);
+            thread::spawn(move || agent.keep_home_tokens_fresh());
+        }
         // Open the channels now, so that no handshake sits on a handoff's path.
         for peer in self.config.peers.clone() {
             let agent = Arc::clone(self);
@@ -753,6 +763,11 @@ impl Agent {
                     let _ = lock(&self.datapath).maps().freeze().thaw(&flow(&conn));
                 }
             }
+            PeerMessage::FreshToken { dsa, client, token } => {
+                if self.config.contact_node.as_deref() == Some(from) {
+                    lock(&self.tokens).insert(dsa, client, token, Instant::now());
+                }
+            }
         }
     }
 
@@ -991,10 +1006,73 @@ impl Agent {
             return Err(format!("{client} did not answer the home test recently"));
         }
         let token = mipv6d.home_token(dsa, client, self.config.handoff.peer_timeout() / 4);
-        if token.is_err() {
-            lock(&self.no_mipv6).insert(client, Instant::now());
+        match &token {
+            Ok(token) => self.share_token(dsa, client, token),
+            Err(_) => {
+                lock(&self.no_mipv6).insert(client, Instant::now());
+            }
         }
         token
+    }
+
+    fn is_contact_node(&self) -> bool {
+        self.config.contact_node.as_deref() == Some(self.config.node.as_str())
+    }
+
+    /// On the contact node: holds `token` and, if it is news, sends it to every member.
+    fn share_token(&self, dsa: Ipv6Addr, client: Ipv6Addr, token: &HomeToken) {
+        if lock(&self.tokens).insert(dsa, client, token.clone(), Instant::now()) {
+            let token = token.clone();
+            self.broadcast(PeerMessage::FreshToken { dsa, client, token }, None);
+        }
+    }
+
+    /// On the contact node: every `TOKEN_CHECK`, renews the home tokens it shared that are
+    /// [`TOKEN_KEEP_FRESH`](super::mipv6::TOKEN_KEEP_FRESH) old (a home test through the home
+    /// agent) and sends the new ones to every member, as long as the client has a connection in
+    /// the cluster (served here, or redirected to another member). A handoff then never waits
+    /// for a home test, nor — on another member — for a `TokenRequest` round trip.
+    fn keep_home_tokens_fresh(self: Arc<Self>) {
+        let Some(mipv6d) = self.mipv6d.clone() else {
+            return;
+        };
+        loop {
+            thread::sleep(TOKEN_CHECK);
+            let clients = self.clients_in_cluster();
+            let due = {
+                let mut tokens = lock(&self.tokens);
+                tokens.retain(Instant::now(), |client| clients.contains(&client));
+                tokens.due(Instant::now())
+            };
+            for (dsa, client) in due {
+                let timeout = self.config.handoff.peer_timeout() / 4;
+                match mipv6d.renewed_home_token(dsa, client, timeout) {
+                    Ok(token) => self.share_token(dsa, client, &token),
+                    Err(e) => tracing::info!(%client, "home token not renewed: {e}"),
+                }
+            }
+        }
+    }
+
+    /// The IPv6 clients with a connection served here or redirected to another member.
+    fn clients_in_cluster(&self) -> std::collections::HashSet<Ipv6Addr> {
+        let mut clients: std::collections::HashSet<Ipv6Addr> = lock(&self.conns)
+            .keys()
+            .filter_map(|conn| match conn.client.ip() {
+                IpAddr::V6(client) => Some(client),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        match lock(&self.datapath).maps().freeze().redirects() {
+            Ok(entries) => clients.extend(
+                entries
+                    .iter()
+                    .map(|(flow, _)| Ipv6Addr::from(flow.src_addr))
+                    .filter(|client| client.to_ipv4_mapped().is_none()),
+            ),
+            Err(e) => tracing::warn!("cannot read the redirect entries: {e}"),
+        }
+        clients
     }
 
     /// Phase 4 for the donor: the client's home token, from the contact node.
@@ -1011,10 +1089,18 @@ impl Agent {
         if contact == self.config.node {
             return self.local_home_token(dsa, client);
         }
+        if let Some(token) = lock(&self.tokens).get(dsa, client, Instant::now()) {
+            return Ok(token);
+        }
         let sender = self.peer(contact)?;
         Self::send_to(&sender, &PeerMessage::TokenRequest { id, dsa, client })?;
         match replies.recv_timeout(self.config.handoff.peer_timeout()) {
-            Ok(PeerMessage::TokenReply { token, .. }) => token,
+            Ok(PeerMessage::TokenReply { token, .. }) => {
+                if let Ok(token) = &token {
+                    lock(&self.tokens).insert(dsa, client, token.clone(), Instant::now());
+                }
+                token
+            }
             Ok(other) => Err(format!("{contact} answered {other:?}")),
             Err(_) => Err(format!("no home token from {contact}")),
         }
@@ -1776,6 +1862,7 @@ impl Agent {
             "applications": lock(&self.apps).len(),
             "handoffs_waiting_commit": lock(&self.accepting).len(),
             "redirects": redirects,
+            "home_tokens": lock(&self.tokens).len(),
             "peers": peers,
             "datapath_counters": match counters { Ok(c) => Value::Object(c), Err(e) => Value::String(e) },
         })

@@ -2,6 +2,7 @@
 //! contact node, token injection and the Binding Update at the acceptor (phases 4–6).
 
 use std::{
+    collections::HashMap,
     io::{BufRead as _, BufReader, Write as _},
     net::Ipv6Addr,
     os::unix::net::UnixStream,
@@ -36,6 +37,9 @@ pub struct Bound {
 /// Tokens are used for at most 210 s after receipt (RFC 6275 §5.2.7, mipv6d's rule); one older
 /// than this is refreshed first.
 const TOKEN_REFRESH_MS: u64 = 150_000;
+/// The contact node refreshes the tokens it keeps fresh once they are this old, well before a
+/// handoff would refuse them (`TOKEN_REFRESH_MS`).
+pub const TOKEN_KEEP_FRESH: Duration = Duration::from_secs(90);
 const TOKEN_POLL: Duration = Duration::from_millis(1);
 
 /// A member's mipv6d (mobile role).
@@ -79,10 +83,31 @@ impl Mipv6d {
         client: Ipv6Addr,
         timeout: Duration,
     ) -> Result<HomeToken, String> {
+        self.home_token_younger_than(dsa, client, TOKEN_REFRESH_MS, timeout)
+    }
+
+    /// [`Mipv6d::home_token`], refreshing a token as old as [`TOKEN_KEEP_FRESH`] already.
+    pub fn renewed_home_token(
+        &self,
+        dsa: Ipv6Addr,
+        client: Ipv6Addr,
+        timeout: Duration,
+    ) -> Result<HomeToken, String> {
+        let keep_fresh_ms = TOKEN_KEEP_FRESH.as_millis() as u64;
+        self.home_token_younger_than(dsa, client, keep_fresh_ms, timeout)
+    }
+
+    fn home_token_younger_than(
+        &self,
+        dsa: Ipv6Addr,
+        client: Ipv6Addr,
+        max_age_ms: u64,
+        timeout: Duration,
+    ) -> Result<HomeToken, String> {
         let read = json!({"op": "home_token", "dsa": dsa, "client": client});
         if let Ok(answer) = self.request(&read, timeout)
             && let Ok(token) = serde_json::from_value::<HomeToken>(answer)
-            && token.age_ms < TOKEN_REFRESH_MS
+            && token.age_ms < max_age_ms
         {
             return Ok(token);
         }
@@ -94,7 +119,7 @@ impl Mipv6d {
         loop {
             if let Ok(answer) = self.request(&read, timeout)
                 && let Ok(token) = serde_json::from_value::<HomeToken>(answer)
-                && token.age_ms < TOKEN_REFRESH_MS
+                && token.age_ms < max_age_ms
             {
                 return Ok(token);
             }
@@ -147,5 +172,133 @@ impl Mipv6d {
                 .ok_or("mipv6d's bind answer has no sequence")?,
             elapsed_us: answer["elapsed_us"].as_f64().unwrap_or(0.0),
         })
+    }
+}
+
+/// Clients' home tokens held by a member, each with when it was read: on the contact node the
+/// tokens it keeps fresh and shares, on the others those it was sent (a donor then has the
+/// token at hand instead of asking the contact node during the handoff).
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    tokens: HashMap<(Ipv6Addr, Ipv6Addr), (HomeToken, Instant)>,
+}
+
+impl TokenCache {
+    /// Holds `token` for (`dsa`, `client`), read at `now` (its `age_ms` then). Returns whether
+    /// it differs from the token held before (another nonce index or token).
+    pub fn insert(
+        &mut self,
+        dsa: Ipv6Addr,
+        client: Ipv6Addr,
+        token: HomeToken,
+        now: Instant,
+    ) -> bool {
+        let same =
+            |held: &HomeToken| held.nonce_index == token.nonce_index && held.token == token.token;
+        let changed = !self
+            .tokens
+            .get(&(dsa, client))
+            .is_some_and(|(held, _)| same(held));
+        self.tokens.insert((dsa, client), (token, now));
+        changed
+    }
+
+    /// The token for (`dsa`, `client`) with its age at `now`, if it is still young enough for a
+    /// Binding Update (under 150 s).
+    pub fn get(&self, dsa: Ipv6Addr, client: Ipv6Addr, now: Instant) -> Option<HomeToken> {
+        let (token, read) = self.tokens.get(&(dsa, client))?;
+        let age_ms = age_at(token, *read, now);
+        (age_ms < TOKEN_REFRESH_MS).then(|| HomeToken {
+            age_ms,
+            ..token.clone()
+        })
+    }
+
+    /// The (DSA, client) pairs whose token is [`TOKEN_KEEP_FRESH`] old or older at `now`.
+    pub fn due(&self, now: Instant) -> Vec<(Ipv6Addr, Ipv6Addr)> {
+        let keep_fresh_ms = TOKEN_KEEP_FRESH.as_millis() as u64;
+        self.tokens
+            .iter()
+            .filter(|(_, (token, read))| age_at(token, *read, now) >= keep_fresh_ms)
+            .map(|(pair, _)| *pair)
+            .collect()
+    }
+
+    /// Keeps only the tokens of clients for which `keep` holds, and none past use at `now`.
+    pub fn retain(&mut self, now: Instant, mut keep: impl FnMut(Ipv6Addr) -> bool) {
+        self.tokens.retain(|(_, client), (token, read)| {
+            age_at(token, *read, now) < TOKEN_REFRESH_MS && keep(*client)
+        });
+    }
+
+    /// How many tokens are held.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+/// The age in milliseconds at `now` of `token`, read at `read`.
+fn age_at(token: &HomeToken, read: Instant, now: Instant) -> u64 {
+    token.age_ms + now.saturating_duration_since(read).as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DSA: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xd51, 0xff00, 0, 0, 0, 0, 1);
+    const CLIENT: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xd51, 1, 1, 0, 0, 0, 2);
+
+    fn token(nonce_index: u16, age_ms: u64) -> HomeToken {
+        HomeToken {
+            nonce_index,
+            token: "0123456789abcdef".into(),
+            age_ms,
+        }
+    }
+
+    #[test]
+    fn a_held_token_ages_with_the_clock_and_is_not_used_past_150_s() {
+        let start = Instant::now();
+        let mut cache = TokenCache::default();
+        assert!(cache.insert(DSA, CLIENT, token(7, 10_000), start));
+        let later = start + Duration::from_secs(100);
+        assert_eq!(cache.get(DSA, CLIENT, later), Some(token(7, 110_000)));
+        assert_eq!(
+            cache.get(DSA, CLIENT, start + Duration::from_secs(140)),
+            None
+        );
+        assert_eq!(cache.get(DSA, DSA, start), None);
+    }
+
+    #[test]
+    fn tokens_are_due_for_renewal_at_90_s() {
+        let start = Instant::now();
+        let mut cache = TokenCache::default();
+        cache.insert(DSA, CLIENT, token(7, 0), start);
+        assert!(cache.due(start + Duration::from_secs(89)).is_empty());
+        assert_eq!(cache.due(start + TOKEN_KEEP_FRESH), vec![(DSA, CLIENT)]);
+        // Renewed: the same token read again is no news; a new nonce is.
+        let renewal = start + TOKEN_KEEP_FRESH;
+        assert!(!cache.insert(DSA, CLIENT, token(7, 90_000), renewal));
+        assert!(cache.insert(DSA, CLIENT, token(8, 0), renewal));
+        assert!(cache.due(renewal).is_empty());
+    }
+
+    #[test]
+    fn tokens_of_clients_gone_or_too_old_are_dropped() {
+        let start = Instant::now();
+        let mut cache = TokenCache::default();
+        cache.insert(DSA, CLIENT, token(7, 0), start);
+        cache.insert(DSA, DSA, token(7, 0), start);
+        cache.retain(start, |client| client == CLIENT);
+        assert_eq!(cache.len(), 1);
+        cache.retain(start + Duration::from_secs(150), |_| true);
+        assert!(cache.is_empty());
     }
 }

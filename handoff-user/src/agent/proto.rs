@@ -173,8 +173,9 @@ pub enum PeerMessage {
         /// When the socket left repair mode.
         activated_ns: Nanos,
     },
-    /// A member that may have missed announcements (it restarted) asks which of these
-    /// connections — those its redirect entries name — the receiver serves.
+    /// A member that may have missed announcements (it restarted; or one was lost, checked
+    /// every `redirect_check_ms`) asks which of these connections — those its redirect entries
+    /// name — the receiver serves.
     WhoServes {
         /// The asker's number for the question.
         id: u64,
@@ -214,6 +215,17 @@ pub enum PeerMessage {
     Gone {
         /// The connection.
         conn: ConnId,
+    },
+    /// Contact node → every member: a client's home token for a DSA, obtained for a handoff or
+    /// renewed (the contact node keeps the tokens of clients with connections in the cluster
+    /// fresh). A donor holding it skips the `TokenRequest` round trip.
+    FreshToken {
+        /// The DSA.
+        dsa: Ipv6Addr,
+        /// The client.
+        client: Ipv6Addr,
+        /// The token, its age when sent.
+        token: HomeToken,
     },
 }
 
