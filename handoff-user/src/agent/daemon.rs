@@ -311,7 +311,7 @@ impl Agent {
         thread::spawn(move || agent.reap_accepting());
         let agent = Arc::clone(self);
         thread::spawn(move || agent.check_redirects_periodically());
-        if self.is_contact_node() && self.mipv6d.is_some() {
+        if self.mipv6d.is_some() {
             let agent = Arc::clone(self);
             thread::spawn(move || agent.keep_home_tokens_fresh());
         }
@@ -1027,17 +1027,22 @@ impl Agent {
         }
     }
 
-    /// On the contact node: every `TOKEN_CHECK`, renews the home tokens it shared that are
+    /// Every `TOKEN_CHECK`: on the contact node, renews the home tokens it shared that are
     /// [`TOKEN_KEEP_FRESH`](super::mipv6::TOKEN_KEEP_FRESH) old (a home test through the home
     /// agent) and sends the new ones to every member, as long as the client has a connection in
-    /// the cluster (served here, or redirected to another member). A handoff then never waits
-    /// for a home test, nor — on another member — for a `TokenRequest` round trip.
+    /// the cluster (served here, or redirected to another member); a handoff then never waits
+    /// for a home test, nor — on another member — for a `TokenRequest` round trip. On the
+    /// others, drops the tokens too old to use.
     fn keep_home_tokens_fresh(self: Arc<Self>) {
         let Some(mipv6d) = self.mipv6d.clone() else {
             return;
         };
         loop {
             thread::sleep(TOKEN_CHECK);
+            if !self.is_contact_node() {
+                lock(&self.tokens).retain(Instant::now(), |_| true);
+                continue;
+            }
             let clients = self.clients_in_cluster();
             let due = {
                 let mut tokens = lock(&self.tokens);
