@@ -799,6 +799,8 @@ fn drain(binaries: &Binaries, count: usize) -> anyhow::Result<Value> {
         "moved": moved,
         "moved_all": moved == count,
         "failed": report["failed"],
+        "retries": report["retries"],
+        "left_out": report["left_out"],
         "remaining": report["remaining"],
         "elapsed_s": report["elapsed_s"],
         "rate_conn_per_s": report["rate"],
@@ -1150,12 +1152,13 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         println!(
-            "  {:>6} connections: moved {} failed {} remaining {} in {} s = {} conn/s; handoff \
-             total p50/p99 {} / {} µs; yield p50/p99 {} / {} µs (last 1000); idle: machine {:.0} % \
-             busy, file server {} cores",
+            "  {:>6} connections: moved {} failed {} (retries {}) remaining {} in {} s = {} \
+             conn/s; handoff total p50/p99 {} / {} µs; yield p50/p99 {} / {} µs (last 1000); \
+             idle: machine {:.0} % busy, file server {} cores",
             r["connections"],
             r["moved"],
             r["failed"],
+            r["retries"],
             r["remaining"],
             f(&r["elapsed_s"]),
             f(&r["rate_conn_per_s"]),
