@@ -467,10 +467,28 @@ fn bound_report(cluster: &Cluster, node: &str) -> Value {
     }
 }
 
+/// How many home tests `client`'s mipv6d (correspondent) answered.
+fn home_tests(cluster: &Cluster, client: &str) -> u64 {
+    use std::io::BufRead as _;
+    let path = cluster.dir.join(format!("{client}.mip"));
+    let mut socket = std::os::unix::net::UnixStream::connect(path).expect("mipv6d socket");
+    writeln!(socket, r#"{{"op":"stats"}}"#).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(socket)
+        .read_line(&mut line)
+        .unwrap();
+    let stats: Value = serde_json::from_str(&line).unwrap();
+    stats["home_tests"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{stats}"))
+}
+
 /// The contact node shares each client's home token with every member, and keeps it fresh
 /// while the client has connections: a donor other than the contact node has the token at
 /// hand, so its handoff does not wait for a `TokenRequest` round trip to the contact node
 /// (20 ms with 5 ms links), and the acceptor's Binding Update with that token is accepted.
+/// With `home_token_renew_ms = 1000` the client answers a home test about every second while
+/// its connection lives, and no more once it closed.
 #[test]
 fn privileged_donors_have_the_clients_home_token_at_hand() {
     if !is_root() {
@@ -481,6 +499,7 @@ fn privileged_donors_have_the_clients_home_token_at_hand() {
         files: vec![("small".into(), 100_000)],
         delay_ms: 5.0,
         mobile_ipv6: true,
+        handoff_section: "[handoff]\nhome_token_renew_ms = 1000".into(),
         ..Settings::default()
     };
     let cluster =
@@ -492,6 +511,13 @@ fn privileged_donors_have_the_clients_home_token_at_hand() {
     move_conn(&cluster, &conn, "node1", "node2");
     let first = bound_report(&cluster, "node1");
     assert!(first["binding_error"].is_null(), "{first}");
+    let tests = home_tests(&cluster, "client1");
+    thread::sleep(Duration::from_millis(3500));
+    let renewed = home_tests(&cluster, "client1");
+    assert!(
+        renewed >= tests + 2,
+        "home tests: {tests} after the move, {renewed} 3.5 s later (renewal every second)"
+    );
     get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
     let back = move_conn(&cluster, &conn, "node2", "node1");
     let token_us = back["home_token_us"].as_f64().unwrap();
@@ -502,6 +528,22 @@ fn privileged_donors_have_the_clients_home_token_at_hand() {
     let back = bound_report(&cluster, "node2");
     assert!(back["binding_error"].is_null(), "{back}");
     get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !conns(&cluster, "node1").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "node1 still lists the closed connection"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let closed = home_tests(&cluster, "client1");
+    thread::sleep(Duration::from_millis(3000));
+    let after = home_tests(&cluster, "client1");
+    assert!(
+        after <= closed + 1,
+        "home tests went on after the connection closed: {closed}, then {after} 3 s later"
+    );
 }
 
 /// A drain to every peer while one of them is down: the handoffs to the unreachable member

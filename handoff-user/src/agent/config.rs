@@ -83,6 +83,11 @@ pub struct HandoffSection {
     /// Handoffs in flight at once during a drain.
     #[serde(default = "default_drain_parallel")]
     pub drain_parallel: usize,
+    /// Route optimization, on the contact node: the home tokens it keeps fresh are renewed (a
+    /// home test through the home agent) once they are this old, and sent to every member. A
+    /// handoff uses a token for up to 150 s after it was obtained, so this must be below that.
+    #[serde(default = "default_home_token_renew")]
+    pub home_token_renew_ms: u64,
     /// How often this member checks its redirect entries with the others (besides once at
     /// start): an entry whose `Owner` or `Gone` announcement was lost (a member unreachable for
     /// a moment) is re-pointed to the member that serves its connection, or removed when none
@@ -119,6 +124,7 @@ impl Default for HandoffSection {
             peer_timeout_ms: default_peer_timeout(),
             drain_parallel: default_drain_parallel(),
             redirect_check_ms: default_redirect_check(),
+            home_token_renew_ms: default_home_token_renew(),
             commit: CommitMode::default(),
         }
     }
@@ -143,6 +149,11 @@ impl HandoffSection {
     /// `peer_timeout_ms` as a duration.
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_millis(self.peer_timeout_ms)
+    }
+
+    /// `home_token_renew_ms` as a duration.
+    pub fn home_token_renew(&self) -> Duration {
+        Duration::from_millis(self.home_token_renew_ms)
     }
 
     /// `redirect_check_ms` as a duration; `None` for 0 (only at start).
@@ -189,6 +200,9 @@ fn default_drain_parallel() -> usize {
 fn default_redirect_check() -> u64 {
     60_000
 }
+fn default_home_token_renew() -> u64 {
+    90_000
+}
 
 impl Config {
     /// Reads and checks a configuration file.
@@ -224,6 +238,14 @@ impl Config {
         {
             return Err(format!(
                 "handoff.peer_rate_mbit = {rate}: a rate in Mbit/s above 0"
+            ));
+        }
+        let renew = self.handoff.home_token_renew_ms;
+        if renew == 0 || renew >= super::mipv6::TOKEN_REFRESH_MS {
+            return Err(format!(
+                "handoff.home_token_renew_ms = {renew}: between 1 and {} (a token is used for \
+                 150 s at most)",
+                super::mipv6::TOKEN_REFRESH_MS - 1
             ));
         }
         if self.handoff.drain_parallel == 0 {
@@ -287,6 +309,7 @@ mod tests {
             config.handoff.redirect_check(),
             Some(Duration::from_secs(60))
         );
+        assert_eq!(config.handoff.home_token_renew(), Duration::from_secs(90));
         assert_eq!(config.peer("node2").unwrap().port, DEFAULT_PORT);
         let only_at_start = format!("{MINIMAL}\n[handoff]\nredirect_check_ms = 0");
         let config: Config = toml::from_str(&only_at_start).unwrap();
@@ -313,5 +336,8 @@ mod tests {
         let config: Config = toml::from_str(&rate).unwrap();
         config.check().unwrap();
         assert_eq!(config.handoff.peer_rate_bytes(), Some(12.5e6));
+        let renew = format!("{MINIMAL}\n[handoff]\nhome_token_renew_ms = 150000");
+        let config: Config = toml::from_str(&renew).unwrap();
+        assert!(config.check().unwrap_err().contains("home_token_renew_ms"));
     }
 }

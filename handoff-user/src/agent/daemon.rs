@@ -1027,9 +1027,9 @@ impl Agent {
         }
     }
 
-    /// Every `TOKEN_CHECK`: on the contact node, renews the home tokens it shared that are
-    /// [`TOKEN_KEEP_FRESH`](super::mipv6::TOKEN_KEEP_FRESH) old (a home test through the home
-    /// agent) and sends the new ones to every member, as long as the client has a connection in
+    /// Every `TOKEN_CHECK` (or a quarter of `home_token_renew_ms` if shorter): on the contact
+    /// node, renews the home tokens it shared that are `home_token_renew_ms` old (a home test
+    /// through the home agent) and sends the new ones to every member, as long as the client has a connection in
     /// the cluster (served here, or redirected to another member); a handoff then never waits
     /// for a home test, nor — on another member — for a `TokenRequest` round trip. On the
     /// others, drops the tokens too old to use.
@@ -1037,8 +1037,9 @@ impl Agent {
         let Some(mipv6d) = self.mipv6d.clone() else {
             return;
         };
+        let renew_after = self.config.handoff.home_token_renew();
         loop {
-            thread::sleep(TOKEN_CHECK);
+            thread::sleep(TOKEN_CHECK.min(renew_after / 4));
             if !self.is_contact_node() {
                 lock(&self.tokens).retain(Instant::now(), |_| true);
                 continue;
@@ -1047,11 +1048,11 @@ impl Agent {
             let due = {
                 let mut tokens = lock(&self.tokens);
                 tokens.retain(Instant::now(), |client| clients.contains(&client));
-                tokens.due(Instant::now())
+                tokens.due(Instant::now(), renew_after)
             };
             for (dsa, client) in due {
                 let timeout = self.config.handoff.peer_timeout() / 4;
-                match mipv6d.renewed_home_token(dsa, client, timeout) {
+                match mipv6d.renewed_home_token(dsa, client, renew_after, timeout) {
                     Ok(token) => self.share_token(dsa, client, &token),
                     Err(e) => tracing::info!(%client, "home token not renewed: {e}"),
                 }

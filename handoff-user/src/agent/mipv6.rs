@@ -36,10 +36,7 @@ pub struct Bound {
 
 /// Tokens are used for at most 210 s after receipt (RFC 6275 §5.2.7, mipv6d's rule); one older
 /// than this is refreshed first.
-const TOKEN_REFRESH_MS: u64 = 150_000;
-/// The contact node refreshes the tokens it keeps fresh once they are this old, well before a
-/// handoff would refuse them (`TOKEN_REFRESH_MS`).
-pub const TOKEN_KEEP_FRESH: Duration = Duration::from_secs(90);
+pub const TOKEN_REFRESH_MS: u64 = 150_000;
 const TOKEN_POLL: Duration = Duration::from_millis(1);
 
 /// A member's mipv6d (mobile role).
@@ -86,15 +83,16 @@ impl Mipv6d {
         self.home_token_younger_than(dsa, client, TOKEN_REFRESH_MS, timeout)
     }
 
-    /// [`Mipv6d::home_token`], refreshing a token as old as [`TOKEN_KEEP_FRESH`] already.
+    /// [`Mipv6d::home_token`], refreshing a token as old as `renew_after` already.
     pub fn renewed_home_token(
         &self,
         dsa: Ipv6Addr,
         client: Ipv6Addr,
+        renew_after: Duration,
         timeout: Duration,
     ) -> Result<HomeToken, String> {
-        let keep_fresh_ms = TOKEN_KEEP_FRESH.as_millis() as u64;
-        self.home_token_younger_than(dsa, client, keep_fresh_ms, timeout)
+        let max_age_ms = renew_after.as_millis() as u64;
+        self.home_token_younger_than(dsa, client, max_age_ms, timeout)
     }
 
     fn home_token_younger_than(
@@ -111,10 +109,10 @@ impl Mipv6d {
         {
             return Ok(token);
         }
-        self.request(
-            &json!({"op": "prepare", "dsa": dsa, "client": client}),
-            timeout,
-        )?;
+        // mipv6d holds a token for its whole lifetime (210 s); ask for a new one at this age.
+        let renew =
+            json!({"op": "prepare", "dsa": dsa, "client": client, "renew_after_ms": max_age_ms});
+        self.request(&renew, timeout)?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(answer) = self.request(&read, timeout)
@@ -185,7 +183,9 @@ pub struct TokenCache {
 
 impl TokenCache {
     /// Holds `token` for (`dsa`, `client`), read at `now` (its `age_ms` then). Returns whether
-    /// it differs from the token held before (another nonce index or token).
+    /// it is news: another nonce index or token than the one held, or the same one obtained
+    /// again (a home test gives the same token while the correspondent keeps its nonce), at
+    /// least a second younger than the one held.
     pub fn insert(
         &mut self,
         dsa: Ipv6Addr,
@@ -193,14 +193,16 @@ impl TokenCache {
         token: HomeToken,
         now: Instant,
     ) -> bool {
-        let same =
-            |held: &HomeToken| held.nonce_index == token.nonce_index && held.token == token.token;
-        let changed = !self
-            .tokens
-            .get(&(dsa, client))
-            .is_some_and(|(held, _)| same(held));
+        let news = match self.tokens.get(&(dsa, client)) {
+            Some((held, read)) => {
+                held.nonce_index != token.nonce_index
+                    || held.token != token.token
+                    || age_at(held, *read, now) >= token.age_ms + 1000
+            }
+            None => true,
+        };
         self.tokens.insert((dsa, client), (token, now));
-        changed
+        news
     }
 
     /// The token for (`dsa`, `client`) with its age at `now`, if it is still young enough for a
@@ -214,9 +216,9 @@ impl TokenCache {
         })
     }
 
-    /// The (DSA, client) pairs whose token is [`TOKEN_KEEP_FRESH`] old or older at `now`.
-    pub fn due(&self, now: Instant) -> Vec<(Ipv6Addr, Ipv6Addr)> {
-        let keep_fresh_ms = TOKEN_KEEP_FRESH.as_millis() as u64;
+    /// The (DSA, client) pairs whose token is `renew_after` old or older at `now`.
+    pub fn due(&self, now: Instant, renew_after: Duration) -> Vec<(Ipv6Addr, Ipv6Addr)> {
+        let keep_fresh_ms = renew_after.as_millis() as u64;
         self.tokens
             .iter()
             .filter(|(_, (token, read))| age_at(token, *read, now) >= keep_fresh_ms)
@@ -277,17 +279,19 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_due_for_renewal_at_90_s() {
+    fn tokens_are_due_for_renewal_at_their_age() {
+        const RENEW: Duration = Duration::from_secs(90);
         let start = Instant::now();
         let mut cache = TokenCache::default();
-        cache.insert(DSA, CLIENT, token(7, 0), start);
-        assert!(cache.due(start + Duration::from_secs(89)).is_empty());
-        assert_eq!(cache.due(start + TOKEN_KEEP_FRESH), vec![(DSA, CLIENT)]);
-        // Renewed: the same token read again is no news; a new nonce is.
-        let renewal = start + TOKEN_KEEP_FRESH;
+        cache.insert(DSA, CLIENT, token(7, 5_000), start);
+        assert!(cache.due(start + Duration::from_secs(84), RENEW).is_empty());
+        let renewal = start + Duration::from_secs(85);
+        assert_eq!(cache.due(renewal, RENEW), vec![(DSA, CLIENT)]);
+        // The same token read again is no news; obtained again (younger), or a new nonce, is.
         assert!(!cache.insert(DSA, CLIENT, token(7, 90_000), renewal));
+        assert!(cache.insert(DSA, CLIENT, token(7, 0), renewal));
+        assert!(cache.due(renewal, RENEW).is_empty());
         assert!(cache.insert(DSA, CLIENT, token(8, 0), renewal));
-        assert!(cache.due(renewal).is_empty());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The control protocol (JSON lines on a Unix socket) and what each role answers.
 //!
 //! Requests (one JSON object per line, `op` selects):
-//! - `{"op":"prepare","dsa":A,"client":C}` — mobile role: HoTI/CoTI now (ahead of a handoff).
+//! - `{"op":"prepare","dsa":A,"client":C[,"renew_after_ms":N]}` — mobile role: HoTI/CoTI now
+//!   (ahead of a handoff); with `renew_after_ms`, only a HoTI, if the home token is that old.
 //! - `{"op":"bind","dsa":A,"client":C,"sequence":N?}` — mobile role: register DSA → our CoA at
 //!   the client; `sequence` is the last number the client accepted (handed over with the
 //!   connection). Answered when the BA arrives: sequence, lifetime, elapsed µs.
@@ -47,6 +48,11 @@ pub enum Request {
         dsa: Ipv6Addr,
         /// The client (correspondent).
         client: Ipv6Addr,
+        /// Only renew the home token, and only if it is this old or older, though still valid
+        /// (a contact node keeping the token fresh for other members, who use it for less
+        /// than its lifetime).
+        #[serde(default)]
+        renew_after_ms: Option<u64>,
     },
     /// Register DSA → care-of address at the client.
     Bind {
@@ -462,9 +468,17 @@ fn describe_registration_failure(dsa: Ipv6Addr, home_agent: Ipv6Addr, why: HrFai
 impl ControlTarget for MobileDaemon {
     fn handle_request(&mut self, id: ClientId, request: Request, now: Timestamp) -> Option<Value> {
         match request {
-            Request::Prepare { dsa, client } => {
+            Request::Prepare {
+                dsa,
+                client,
+                renew_after_ms,
+            } => {
                 let cfg = self.config(dsa, client);
-                self.list.entry(cfg).prepare(now);
+                let node = self.list.entry(cfg);
+                match renew_after_ms {
+                    Some(ms) => node.renew_home_token(Duration::from_millis(ms), now),
+                    None => node.prepare(now),
+                }
                 Some(json!({"ok": true}))
             }
             Request::Bind {

@@ -275,6 +275,18 @@ impl MobileNode {
         self.request_tokens(now);
     }
 
+    /// Starts a home test if the home token held is `older_than` old or older, though still
+    /// valid here (the token held stays in use until the new one arrives): other members use a
+    /// shared token for less time than its lifetime, so the contact node renews it earlier.
+    pub fn renew_home_token(&mut self, older_than: Duration, now: Timestamp) {
+        let old = self
+            .home_token
+            .is_none_or(|t| now.saturating_duration_since(t.received) >= older_than);
+        if old && self.home_test.is_none() {
+            self.start_test(true, now);
+        }
+    }
+
     /// Uses a home token obtained by another member (the home token does not depend on the
     /// care-of address). Ignored if older than the one held.
     pub fn inject_home_token(&mut self, token: Token, now: Timestamp) {
@@ -641,24 +653,28 @@ impl MobileNode {
         let need_home = !self.token_valid(self.home_token, now);
         let need_care_of = !self.returning_home() && !self.token_valid(self.care_of_token, now);
         if need_home && self.home_test.is_none() {
-            let cookie = self.stream.next_bytes8();
-            self.home_test = Some(TestInit {
-                cookie,
-                timeout: self.config.initial_timeout,
-                retransmit_at: now + self.config.initial_timeout,
-            });
-            self.send_test_init(true, cookie);
+            self.start_test(true, now);
         }
         if need_care_of && self.care_of_test.is_none() {
-            let cookie = self.stream.next_bytes8();
-            self.care_of_test = Some(TestInit {
-                cookie,
-                timeout: self.config.initial_timeout,
-                retransmit_at: now + self.config.initial_timeout,
-            });
-            self.send_test_init(false, cookie);
+            self.start_test(false, now);
         }
         !need_home && !need_care_of
+    }
+
+    /// Sends a HoTI (`home`) or CoTI and waits for its answer (retransmitted on timeout).
+    fn start_test(&mut self, home: bool, now: Timestamp) {
+        let cookie = self.stream.next_bytes8();
+        let test = Some(TestInit {
+            cookie,
+            timeout: self.config.initial_timeout,
+            retransmit_at: now + self.config.initial_timeout,
+        });
+        if home {
+            self.home_test = test;
+        } else {
+            self.care_of_test = test;
+        }
+        self.send_test_init(home, cookie);
     }
 
     /// Sends the wanted BU as soon as tokens and the rate limit allow.

@@ -444,6 +444,37 @@ fn injected_home_token_needs_only_the_care_of_test() {
 }
 
 #[test]
+fn a_home_token_is_renewed_early_on_request() {
+    let mut cn = new_cn(30);
+    let mut contact = new_mn();
+    contact.prepare(t(0));
+    pump(&mut contact, &mut cn, t(0));
+    let first = contact.home_token().unwrap();
+    // Younger than asked: nothing to do.
+    contact.renew_home_token(Duration::from_secs(90), t(60_000));
+    assert!(drain(&mut contact).is_empty());
+    // Old enough, though valid for 210 s: a home test, and the old token stays in use meanwhile.
+    contact.renew_home_token(Duration::from_secs(90), t(90_000));
+    let sent = drain(&mut contact);
+    assert_eq!(kinds(&sent), vec![MhType::HomeTestInit]);
+    assert_eq!(contact.home_token(), Some(first));
+    contact.renew_home_token(Duration::from_secs(90), t(90_001));
+    assert!(drain(&mut contact).is_empty(), "one home test at a time");
+    for x in sent {
+        cn.handle_datagram(&x.packet, t(90_010));
+    }
+    while let Some(x) = cn.poll_transmit() {
+        let _ = contact.handle_datagram(&x.packet, t(90_020));
+    }
+    let renewed = contact.home_token().unwrap();
+    assert_eq!(renewed.received, t(90_020));
+    assert!(
+        renewed.nonce_index > first.nonce_index,
+        "the correspondent rotated its nonce"
+    );
+}
+
+#[test]
 fn expired_injected_token_is_not_used() {
     let mut mn = new_mn();
     mn.inject_home_token(
