@@ -522,6 +522,31 @@ fn grow_cwnd(app: &mut ServerApp, server: &mut TcpStream, segments: u32) -> u32 
     }
 }
 
+/// Finishes a stream shorter than announced (the server stops writing once the moves are
+/// done) and checks that the client received every byte written, byte-exact, without a reset.
+fn finish_stream(
+    rig: &Rig,
+    mut app: ServerApp,
+    mut server: TcpStream,
+    (writer, reader): (thread::JoinHandle<()>, thread::JoinHandle<ClientReport>),
+) {
+    app.s2c = app.written;
+    while !app.done() {
+        app.step(&mut server, 256 * 1024);
+    }
+    server.set_nonblocking(false).expect("blocking");
+    server.shutdown(Shutdown::Write).expect("server shutdown");
+    writer.join().expect("client writer");
+    let report = reader.join().expect("client reader");
+    assert_eq!(report.received, app.written);
+    assert_eq!(
+        report.received_hash,
+        digest_of_stream(app.seed, app.written)
+    );
+    drop(server);
+    rig.check_no_resets();
+}
+
 /// A bulk transfer grows the donor's window; a move without the `restore_cwnd` program gives
 /// the acceptor's socket the kernel's initial window (the negative control), a move with it
 /// the captured window. The stream then finishes byte-exact without a reset.
@@ -562,19 +587,7 @@ fn restored_socket_keeps_the_donors_window(tag: &str, family: Family) {
     assert_eq!(acceptor.maps().counter(Counter::CwndApplied).unwrap(), 1);
     assert_eq!(acceptor.maps().counter(Counter::CwndFailed).unwrap(), 0);
 
-    // Finish a shorter stream than announced: stop writing once the moves are done.
-    app.s2c = app.written;
-    while !app.done() {
-        app.step(&mut server, 256 * 1024);
-    }
-    server.set_nonblocking(false).expect("blocking");
-    server.shutdown(Shutdown::Write).expect("server shutdown");
-    w.join().expect("client writer");
-    let report = r.join().expect("client reader");
-    assert_eq!(report.received, app.written);
-    assert_eq!(report.received_hash, digest_of_stream(s_seed, app.written));
-    drop(server);
-    rig.check_no_resets();
+    finish_stream(&rig, app, server, (w, r));
 }
 
 #[test]
@@ -650,18 +663,7 @@ fn privileged_restore_cwnd_acts_only_in_its_own_namespace() {
     let acceptor = &mut rig.filters[rig.owner];
     assert_eq!(acceptor.maps().counter(Counter::CwndApplied).unwrap(), 1);
 
-    app.s2c = app.written;
-    while !app.done() {
-        app.step(&mut server, 256 * 1024);
-    }
-    server.set_nonblocking(false).expect("blocking");
-    server.shutdown(Shutdown::Write).expect("server shutdown");
-    w.join().expect("client writer");
-    let report = r.join().expect("client reader");
-    assert_eq!(report.received, app.written);
-    assert_eq!(report.received_hash, digest_of_stream(s_seed, app.written));
-    drop(server);
-    rig.check_no_resets();
+    finish_stream(&rig, app, server, (w, r));
 }
 
 fn queued(state: &ConnState) -> usize {
