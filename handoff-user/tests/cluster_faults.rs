@@ -546,6 +546,58 @@ fn privileged_donors_have_the_clients_home_token_at_hand() {
     );
 }
 
+/// A member that restarts gets the home tokens the contact node holds as soon as its channel
+/// is up (not only at the next renewal, 90 s later by default): node2's handoffd is killed and
+/// restarted, and its next handoff of the client still has the token at hand.
+#[test]
+fn privileged_restarted_member_gets_the_home_tokens() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        files: vec![("small".into(), 100_000)],
+        delay_ms: 5.0,
+        mobile_ipv6: true,
+        ..Settings::default()
+    };
+    let mut cluster =
+        Cluster::start("frtk", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+    move_conn(&cluster, &conn, "node1", "node2");
+    assert!(bound_report(&cluster, "node1")["binding_error"].is_null());
+    cluster.kill_handoffd(1);
+    cluster.restart_handoffd(1).unwrap();
+    // The file server registers again and reports the connection.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !conns(&cluster, "node2").contains(&conn) {
+        assert!(
+            Instant::now() < deadline,
+            "node2 does not list the connection again"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Its channels open at start; the contact node sends its tokens on the new one.
+    loop {
+        let status = handoff_json(&cluster, &["status", "node2", "--json"]);
+        if status["home_tokens"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node2 holds no home token: {status}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let back = move_conn(&cluster, &conn, "node2", "node1");
+    let token_us = back["home_token_us"].as_f64().unwrap();
+    assert!(
+        token_us < 10_000.0,
+        "the restarted node2 waited {token_us} µs for the home token\n{back}"
+    );
+    get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A drain to every peer while one of them is down: the handoffs to the unreachable member
 /// fail before the connection is touched, that member is left out for the rest of the drain,
 /// and each of its connections goes to the next target instead. Every download moves and

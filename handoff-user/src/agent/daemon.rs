@@ -510,6 +510,7 @@ impl Agent {
                             lock(&agent.peers)
                                 .entry(node.clone())
                                 .or_insert_with(|| sender.clone());
+                            agent.send_tokens(&node, &sender);
                             agent.read_peer(node, sender, receiver);
                         }
                         Err(why) => {
@@ -546,6 +547,7 @@ impl Agent {
         }
         tracing::info!(peer = %node, "agent channel up (outgoing)");
         lock(&self.peers).insert(node.to_owned(), sender.clone());
+        self.send_tokens(node, &sender);
         let agent = Arc::clone(self);
         let reader_sender = sender.clone();
         let name = node.to_owned();
@@ -1017,6 +1019,22 @@ impl Agent {
 
     fn is_contact_node(&self) -> bool {
         self.config.contact_node.as_deref() == Some(self.config.node.as_str())
+    }
+
+    /// On the contact node, on a new channel: every token held, so that a member that
+    /// (re)started has them before the next renewal.
+    fn send_tokens(&self, node: &str, sender: &ChannelSender) {
+        if !self.is_contact_node() {
+            return;
+        }
+        let tokens = lock(&self.tokens).all(Instant::now());
+        for (dsa, client, token) in tokens {
+            let message = PeerMessage::FreshToken { dsa, client, token };
+            if let Err(e) = Self::send_to(sender, &message) {
+                tracing::info!(peer = %node, "cannot send the home tokens: {e}");
+                return;
+            }
+        }
     }
 
     /// On the contact node: holds `token` and, if it is news, sends it to every member.

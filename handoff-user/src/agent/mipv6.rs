@@ -182,10 +182,11 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// Holds `token` for (`dsa`, `client`), read at `now` (its `age_ms` then). Returns whether
-    /// it is news: another nonce index or token than the one held, or the same one obtained
-    /// again (a home test gives the same token while the correspondent keeps its nonce), at
-    /// least a second younger than the one held.
+    /// Holds `token` for (`dsa`, `client`), read at `now` (its `age_ms` then), unless the token
+    /// held is more than a second younger (an older one that arrived late). Returns whether it
+    /// is news: another nonce index or token than the one held, or the same one obtained again
+    /// (a home test gives the same token while the correspondent keeps its nonce), at least a
+    /// second younger than the one held.
     pub fn insert(
         &mut self,
         dsa: Ipv6Addr,
@@ -195,14 +196,36 @@ impl TokenCache {
     ) -> bool {
         let news = match self.tokens.get(&(dsa, client)) {
             Some((held, read)) => {
+                let held_age = age_at(held, *read, now);
+                if held_age + 1000 < token.age_ms {
+                    return false;
+                }
                 held.nonce_index != token.nonce_index
                     || held.token != token.token
-                    || age_at(held, *read, now) >= token.age_ms + 1000
+                    || held_age >= token.age_ms + 1000
             }
             None => true,
         };
         self.tokens.insert((dsa, client), (token, now));
         news
+    }
+
+    /// Every token held, with its age at `now`.
+    pub fn all(&self, now: Instant) -> Vec<(Ipv6Addr, Ipv6Addr, HomeToken)> {
+        self.tokens
+            .iter()
+            .map(|((dsa, client), (token, read))| {
+                let age_ms = age_at(token, *read, now);
+                (
+                    *dsa,
+                    *client,
+                    HomeToken {
+                        age_ms,
+                        ..token.clone()
+                    },
+                )
+            })
+            .collect()
     }
 
     /// The token for (`dsa`, `client`) with its age at `now`, if it is still young enough for a
@@ -292,6 +315,10 @@ mod tests {
         assert!(cache.insert(DSA, CLIENT, token(7, 0), renewal));
         assert!(cache.due(renewal, RENEW).is_empty());
         assert!(cache.insert(DSA, CLIENT, token(8, 0), renewal));
+        // An older token arriving late (sent before the renewal) is ignored.
+        assert!(!cache.insert(DSA, CLIENT, token(7, 80_000), renewal));
+        assert_eq!(cache.get(DSA, CLIENT, renewal), Some(token(8, 0)));
+        assert_eq!(cache.all(renewal), vec![(DSA, CLIENT, token(8, 0))]);
     }
 
     #[test]
