@@ -586,7 +586,10 @@ fn privileged_restarted_member_gets_the_home_tokens() {
         if status["home_tokens"] == 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "node2 holds no home token: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "node2 holds no home token: {status}"
+        );
         thread::sleep(Duration::from_millis(20));
     }
     let back = move_conn(&cluster, &conn, "node2", "node1");
@@ -596,6 +599,60 @@ fn privileged_restarted_member_gets_the_home_tokens() {
         "the restarted node2 waited {token_us} µs for the home token\n{back}"
     );
     get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A member whose host stops answering (its handoffd gone, its link down: every connection
+/// attempt waits for the `peer_timeout`) delays only its own announcements. node2 takes five
+/// connections from node1 and they close; node2's `Owner` and `Gone` reach node1 at once, so
+/// node1's redirect entries are gone within a second (when one thread sent every member's
+/// announcements, each waited for node3's timeout: 2 s per message).
+#[test]
+fn privileged_announcements_do_not_wait_for_an_unreachable_member() {
+    const CONNS: usize = 5;
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        nodes: 3,
+        files: vec![("small".into(), 100_000)],
+        ..Settings::default()
+    };
+    let mut cluster =
+        Cluster::start("fann", &Binaries::beside_current_exe().unwrap(), &settings).unwrap();
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let progress = AtomicUsize::new(0);
+    let streams: Vec<TcpStream> = (0..CONNS).map(|_| connect(&cluster, "client1")).collect();
+    for stream in &streams {
+        get(stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+    }
+    cluster.kill_handoffd(2);
+    let down = cluster.testbed.host("node3").unwrap().run(|| {
+        std::process::Command::new("ip")
+            .args(["link", "set", "dev", "eth-ha2", "down"])
+            .status()
+    });
+    assert!(down.unwrap().success(), "ip link set down in node3");
+    for stream in &streams {
+        move_conn(&cluster, &endpoint(stream), "node1", "node2");
+    }
+    drop(streams);
+    let redirects = |node: &str| {
+        handoff_json(&cluster, &["status", node, "--json"])["redirects"]
+            .as_u64()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while redirects("node1") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "node1 still redirects {} connections a second after they closed on node2\n{}",
+            redirects("node1"),
+            cluster.log_tail("node2", "handoffd")
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
 /// A drain to every peer while one of them is down: the handoffs to the unreachable member

@@ -129,7 +129,7 @@ pub struct Agent {
     /// Home tokens: on the contact node those it keeps fresh and has shared, on the others
     /// those it sent (`FreshToken`).
     tokens: Mutex<TokenCache>,
-    /// Messages for every member (`Owner`, `Gone`), sent in order by one thread.
+    /// Messages for every member (`Owner`, `Gone`, …), sent in order to each (see `announce`).
     announcements: Mutex<mpsc::Sender<(PeerMessage, Option<String>)>>,
     draining: AtomicBool,
     drain_targets: Mutex<Vec<String>>,
@@ -773,7 +773,7 @@ impl Agent {
         }
     }
 
-    /// Queues `message` for every member but `except`; one thread sends them in order (an
+    /// Queues `message` for every member but `except`; each member gets them in order (an
     /// `Owner` and the `Gone` of the same connection never overtake each other).
     fn broadcast(&self, message: PeerMessage, except: Option<&str>) {
         let queued = lock(&self.announcements).send((message, except.map(str::to_owned)));
@@ -782,18 +782,40 @@ impl Agent {
         }
     }
 
+    /// Hands each announcement to one queue per member, each sent by a thread of its own: a
+    /// member that cannot be reached (each attempt may wait `peer_timeout` to connect) delays
+    /// only its own announcements.
     fn announce(self: Arc<Self>, queue: mpsc::Receiver<(PeerMessage, Option<String>)>) {
+        let mut queues: HashMap<String, mpsc::Sender<PeerMessage>> = HashMap::new();
         for (message, except) in queue {
             for peer in &self.config.peers {
                 if Some(&peer.node) == except.as_ref() {
                     continue;
                 }
-                let sent = self
-                    .peer(&peer.node)
-                    .and_then(|sender| Self::send_to(&sender, &message));
-                if let Err(e) = sent {
-                    tracing::warn!(peer = %peer.node, "cannot tell {message:?}: {e}");
-                }
+                let to_peer = queues.entry(peer.node.clone()).or_insert_with(|| {
+                    let (to_peer, messages) = mpsc::channel();
+                    let agent = Arc::clone(&self);
+                    let node = peer.node.clone();
+                    thread::spawn(move || agent.announce_to(&node, messages));
+                    to_peer
+                });
+                let _ = to_peer.send(message.clone());
+            }
+        }
+    }
+
+    /// Sends `node` its announcements in order. When one cannot be sent, those queued
+    /// meanwhile are dropped with it rather than each waiting for the member again: the
+    /// periodic redirect check makes up for lost `Owner`/`Gone`, and the contact node sends
+    /// its home tokens on the next channel.
+    fn announce_to(self: &Arc<Self>, node: &str, messages: mpsc::Receiver<PeerMessage>) {
+        while let Ok(message) = messages.recv() {
+            let sent = self
+                .peer(node)
+                .and_then(|sender| Self::send_to(&sender, &message));
+            if let Err(e) = sent {
+                let dropped = messages.try_iter().count();
+                tracing::warn!(peer = %node, dropped, "cannot tell {message:?}: {e}");
             }
         }
     }
