@@ -2042,8 +2042,8 @@ impl Agent {
     /// Hands `conn` off to `targets[first % len]`, or — when that fails and leaves the
     /// connection here (rolled back, or refused before it was touched) — to each next target
     /// in turn, every target at most once. A target whose agent channel is not open after a
-    /// failure could not be reached: it goes into `left_out` and is not tried again, by this
-    /// connection or any other sharing the list. Returns the last target tried (the first if
+    /// failure, and cannot be opened again, could not be reached: it goes into `left_out` and
+    /// is not tried again, by this connection or any other sharing the list. Returns the last target tried (the first if
     /// none could be), the outcome, and how many attempts were retries.
     fn hand_off_to_one_of(
         self: &Arc<Self>,
@@ -2064,7 +2064,10 @@ impl Agent {
                 Ok(report) => return (to.clone(), Ok(report), attempts - 1),
                 Err(error) => error,
             };
-            if !lock(&self.peers).contains_key(to) {
+            // No channel after the failure: the target could not be reached, or its channel
+            // broke during the handoff — one more connection attempt tells which.
+            let unreachable = !lock(&self.peers).contains_key(to) && self.peer(to).is_err();
+            if unreachable {
                 let mut left_out = lock(left_out);
                 if !left_out.contains(to) {
                     tracing::warn!(%to, "left out of the drain: cannot be reached ({error})");
