@@ -366,36 +366,33 @@ impl Agent {
             }
         };
         let (mut kept, mut repointed, mut removed, mut unresolved) = (0, 0, 0, 0);
-        let mut unclaimed = Vec::new();
-        let (served, everyone) = self.who_serves(&entries);
-        for (entry, owners) in entries.iter().zip(served) {
-            match owners.as_slice() {
-                [owner] if owner.octets() == entry.1 => kept += 1,
-                [owner] => {
-                    repointed += 1;
-                    self.update_redirect(entry, Some(*owner));
+        // Two rounds: an entry nobody claims in the first is asked about again in the second.
+        let mut pending = entries;
+        for last in [false, true] {
+            if last {
+                if pending.is_empty() {
+                    break;
                 }
-                [] if everyone => unclaimed.push(*entry),
-                _ => unresolved += 1,
+                thread::sleep(self.config.handoff.peer_timeout());
             }
-        }
-        if !unclaimed.is_empty() {
-            thread::sleep(self.config.handoff.peer_timeout());
-            let (served, everyone) = self.who_serves(&unclaimed);
-            for (entry, owners) in unclaimed.iter().zip(served) {
+            let (served, everyone) = self.who_serves(&pending);
+            let mut unclaimed = Vec::new();
+            for (entry, owners) in pending.iter().zip(served) {
                 match owners.as_slice() {
                     [owner] if owner.octets() == entry.1 => kept += 1,
                     [owner] => {
                         repointed += 1;
                         self.update_redirect(entry, Some(*owner));
                     }
-                    [] if everyone => {
+                    [] if everyone && last => {
                         removed += 1;
                         self.update_redirect(entry, None);
                     }
+                    [] if everyone => unclaimed.push(*entry),
                     _ => unresolved += 1,
                 }
             }
+            pending = unclaimed;
         }
         let peers = self.config.peers.len();
         let what = if at_start {
