@@ -560,6 +560,51 @@ fn privileged_donors_have_the_clients_home_token_at_hand() {
     );
 }
 
+/// The contact node obtains a client's home token as soon as the client's first connection
+/// arrives and shares it: before any handoff both members hold it, and the first handoff of the
+/// client takes it at hand instead of waiting for a home test through the home agent (a round
+/// trip of 30 ms with 5 ms links).
+#[test]
+fn privileged_first_handoff_finds_the_home_token_at_hand() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        files: vec![("small".into(), 100_000)],
+        delay_ms: 5.0,
+        mobile_ipv6: true,
+        ..Settings::default()
+    };
+    let cluster = start("fpre", &settings);
+    let stream = connect(&cluster, "client1");
+    let progress = AtomicUsize::new(0);
+    get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for node in ["node1", "node2"] {
+        loop {
+            let status = handoff_json(&cluster, &["status", node, "--json"]);
+            if status["home_tokens"] == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} holds no home token before any handoff: {status}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let report = move_conn(&cluster, &endpoint(&stream), "node1", "node2");
+    let token_us = report["home_token_us"].as_f64().unwrap();
+    assert!(
+        token_us < 10_000.0,
+        "the first handoff waited {token_us} µs for the home token\n{report}"
+    );
+    let report = bound_report(&cluster, "node1");
+    assert!(report["binding_error"].is_null(), "{report}");
+    get(&stream, "small", 100_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A member that restarts gets the home tokens the contact node holds as soon as its channel
 /// is up (not only at the next renewal, 90 s later by default): node2's handoffd is killed and
 /// restarted, and its next handoff of the client still has the token at hand.

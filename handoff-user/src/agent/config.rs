@@ -88,6 +88,12 @@ pub struct HandoffSection {
     /// handoff uses a token for up to 150 s after it was obtained, so this must be below that.
     #[serde(default = "default_home_token_renew")]
     pub home_token_renew_ms: u64,
+    /// Route optimization: a member obtains a client's home token as soon as a connection of
+    /// the client arrives (a home test by the contact node, once per client; then kept fresh
+    /// while the client has connections), so that its first handoff does not wait for one.
+    /// Off: the first handoff of each client fetches it.
+    #[serde(default = "default_home_token_prefetch")]
+    pub home_token_prefetch: bool,
     /// How often this member checks its redirect entries with the others (besides once at
     /// start): an entry whose `Owner` or `Gone` announcement was lost (a member unreachable for
     /// a moment) is re-pointed to the member that serves its connection, or removed when none
@@ -125,6 +131,7 @@ impl Default for HandoffSection {
             drain_parallel: default_drain_parallel(),
             redirect_check_ms: default_redirect_check(),
             home_token_renew_ms: default_home_token_renew(),
+            home_token_prefetch: default_home_token_prefetch(),
             commit: CommitMode::default(),
         }
     }
@@ -202,6 +209,9 @@ fn default_redirect_check() -> u64 {
 }
 fn default_home_token_renew() -> u64 {
     90_000
+}
+fn default_home_token_prefetch() -> bool {
+    true
 }
 
 impl Config {
@@ -310,6 +320,7 @@ mod tests {
             Some(Duration::from_secs(60))
         );
         assert_eq!(config.handoff.home_token_renew(), Duration::from_secs(90));
+        assert!(config.handoff.home_token_prefetch);
         assert_eq!(config.peer("node2").unwrap().port, DEFAULT_PORT);
         let only_at_start = format!("{MINIMAL}\n[handoff]\nredirect_check_ms = 0");
         let config: Config = toml::from_str(&only_at_start).unwrap();

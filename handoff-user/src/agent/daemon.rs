@@ -129,6 +129,8 @@ pub struct Agent {
     /// Home tokens: on the contact node those it keeps fresh and has shared, on the others
     /// those it sent (`FreshToken`).
     tokens: Mutex<TokenCache>,
+    /// Clients whose home token is being fetched because a connection of theirs arrived.
+    prefetching: Mutex<std::collections::HashSet<(Ipv6Addr, Ipv6Addr)>>,
     /// Messages for every member (`Owner`, `Gone`, …), sent in order to each (see `announce`).
     announcements: Mutex<mpsc::Sender<(PeerMessage, Option<String>)>>,
     draining: AtomicBool,
@@ -267,6 +269,7 @@ impl Agent {
             sequences: Mutex::default(),
             no_mipv6: Mutex::default(),
             tokens: Mutex::default(),
+            prefetching: Mutex::default(),
             announcements: Mutex::new(announcements),
             draining: AtomicBool::new(drained),
             // After a restart the targets of the drain are not known: every peer.
@@ -411,10 +414,7 @@ impl Agent {
     /// members that claim it, and whether every peer answered.
     fn who_serves(self: &Arc<Self>, entries: &[(FlowKey, Addr)]) -> (Vec<Vec<Ipv6Addr>>, bool) {
         let conns: Vec<ConnId> = entries.iter().map(|(flow, _)| conn_of(flow)).collect();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (answers_tx, answers) = mpsc::channel();
-        lock(&self.waiting).insert(id, answers_tx);
-        let _waiting = Unregister(self, id);
+        let (id, answers, _waiting) = self.reply_slot();
         let question = PeerMessage::WhoServes {
             id,
             conns: conns.clone(),
@@ -1021,9 +1021,7 @@ impl Agent {
             .mipv6d
             .as_ref()
             .ok_or_else(|| format!("{} runs no mipv6d", self.config.node))?;
-        if let Some(since) = lock(&self.no_mipv6).get(&client)
-            && since.elapsed() < NO_MIPV6_HOLD
-        {
+        if self.on_hold(client) {
             return Err(format!("{client} did not answer the home test recently"));
         }
         let token = mipv6d.home_token(dsa, client, self.config.handoff.peer_timeout() / 4);
@@ -1034,6 +1032,13 @@ impl Agent {
             }
         }
         token
+    }
+
+    /// Whether `client` failed a home test less than `NO_MIPV6_HOLD` ago (contact node).
+    fn on_hold(&self, client: Ipv6Addr) -> bool {
+        lock(&self.no_mipv6)
+            .get(&client)
+            .is_some_and(|since| since.elapsed() < NO_MIPV6_HOLD)
     }
 
     fn is_contact_node(&self) -> bool {
@@ -1116,6 +1121,46 @@ impl Agent {
             Err(e) => tracing::warn!("cannot read the redirect entries: {e}"),
         }
         clients
+    }
+
+    /// A slot for the answers to one request to the members: the request's id, the receiver
+    /// of the messages that carry it, and the guard that removes the slot.
+    fn reply_slot(&self) -> (u64, mpsc::Receiver<PeerMessage>, Unregister<'_>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answers_tx, answers) = mpsc::channel();
+        lock(&self.waiting).insert(id, answers_tx);
+        (id, answers, Unregister(self, id))
+    }
+
+    /// Route optimization (`home_token_prefetch`): when a connection arrives from a client
+    /// whose home token this member does not hold, obtains it in the background as a donor
+    /// would — the contact node from its mipv6d (a home test), the others from the contact
+    /// node —, and the contact node shares it with every member: even the client's first
+    /// handoff then finds the token at hand. One fetch per client at a time.
+    fn prefetch_home_token(self: &Arc<Self>, conn: ConnId) {
+        let (IpAddr::V6(dsa), IpAddr::V6(client)) = (conn.local.ip(), conn.client.ip()) else {
+            return;
+        };
+        if self.mipv6d.is_none()
+            || !self.config.handoff.home_token_prefetch
+            || lock(&self.tokens)
+                .get(dsa, client, Instant::now())
+                .is_some()
+            || self.on_hold(client)
+            || !lock(&self.prefetching).insert((dsa, client))
+        {
+            return;
+        }
+        let agent = Arc::clone(self);
+        thread::spawn(move || {
+            {
+                let (id, replies, _waiting) = agent.reply_slot();
+                if let Err(e) = agent.home_token(&conn, &replies, id) {
+                    tracing::debug!(%client, "home token not prefetched: {e}");
+                }
+            }
+            lock(&agent.prefetching).remove(&(dsa, client));
+        });
     }
 
     /// Phase 4 for the donor: the client's home token, from the contact node.
@@ -1286,10 +1331,7 @@ impl Agent {
             (None, Ok(_)) => unreachable!("peer() only opens channels to configured members"),
         };
         let (to_address, sender) = owner;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply_tx, replies) = mpsc::channel();
-        lock(&self.waiting).insert(id, reply_tx);
-        let _waiting = Unregister(self, id);
+        let (id, replies, _waiting) = self.reply_slot();
         let one_phase = self.config.handoff.commit == CommitMode::OnePhase;
         let _ = Self::send_to(
             &sender,
@@ -1675,6 +1717,7 @@ impl Agent {
                         arrived: resumed,
                     },
                 );
+                self.prefetch_home_token(conn);
                 if self.draining.load(Ordering::Relaxed) {
                     self.move_new_connection(conn);
                 }
