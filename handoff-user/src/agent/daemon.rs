@@ -1015,12 +1015,16 @@ impl Agent {
         }
     }
 
-    /// The contact node's home token for (dsa, client), from its own mipv6d.
+    /// The contact node's home token for (dsa, client): the one it holds (under 150 s old), or
+    /// else from its own mipv6d.
     fn local_home_token(&self, dsa: Ipv6Addr, client: Ipv6Addr) -> Result<HomeToken, String> {
         let mipv6d = self
             .mipv6d
             .as_ref()
             .ok_or_else(|| format!("{} runs no mipv6d", self.config.node))?;
+        if let Some(token) = lock(&self.tokens).get(dsa, client, Instant::now()) {
+            return Ok(token);
+        }
         if self.on_hold(client) {
             return Err(format!("{client} did not answer the home test recently"));
         }
