@@ -193,6 +193,8 @@ fn stream_reader(mut stream: &TcpStream, stop: &AtomicBool, seen: &Mutex<Seen>) 
                 match stream.read(&mut buffer) {
                     Ok(0) => bail!("closed before a head"),
                     Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    // A signal interrupting a read is no error (read_exact retries it too).
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                         if stop.load(Ordering::Relaxed) {
                             return Ok(());
@@ -237,6 +239,8 @@ fn stream_reader(mut stream: &TcpStream, stop: &AtomicBool, seen: &Mutex<Seen>) 
                 match stream.read(&mut buffer[..(len - offset).min(64 << 10)]) {
                     Ok(0) => bail!("closed after {offset} of {len} body bytes"),
                     Ok(n) => take(&buffer[..n], Instant::now(), &mut offset)?,
+                    // A signal interrupting a read is no error (read_exact retries it too).
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                         if stop.load(Ordering::Relaxed) {
                             return Ok(());
