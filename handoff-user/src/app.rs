@@ -1,10 +1,12 @@
 //! The application API: how a server application works with handoffd.
 //!
 //! An application registers the DSA and port it serves, reports the connections it accepts and
-//! closes, and reacts to two events: **yield** (handoffd wants to move a connection: at the next
-//! safe point, hand over the socket with the application's state) and **adopt** (a connection
+//! closes, and reacts to three events: **yield** (handoffd wants to move a connection: at the
+//! next safe point, hand over the socket with the application's state), **adopt** (a connection
 //! arrives — handed off from another member, or given back after a failed handoff — with the
-//! state it was yielded with). It may also move a connection on its own ([`Service::move_to`]).
+//! state it was yielded with) and **refused** (handoffd could not take the request that handed a
+//! connection over: the socket comes back, without a state). It may also move a connection on
+//! its own ([`Service::move_to`]).
 //!
 //! Underneath is a Unix `SOCK_SEQPACKET` socket with one JSON message per datagram and the
 //! sockets passed with SCM_RIGHTS, documented in docs/handoffd.md for other languages.
@@ -28,6 +30,7 @@
 //!         match event {
 //!             Event::Yield(conn) => { /* tell the connection's worker to call service.yield_conn */ }
 //!             Event::Adopt { conn, stream, state } => { /* resume serving from `state` on */ }
+//!             Event::Refused { conn, stream, message } => { /* serve on, or close and report */ }
 //!         }
 //!     }
 //!     // handoffd is gone: keep serving, and register again once it is back.
@@ -45,7 +48,7 @@ use std::{
     collections::HashSet,
     fmt, io,
     net::{Ipv6Addr, TcpStream},
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
 };
@@ -54,7 +57,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 
 use crate::agent::{
     proto::{AppEvent, AppRequest, ConnId},
-    seqpacket::SeqPacket,
+    seqpacket::{Received, SeqPacket},
 };
 
 /// The largest application state that fits a message.
@@ -111,6 +114,16 @@ fn send(socket: &SeqPacket, request: &AppRequest, stream: Option<&TcpStream>) ->
     socket.send(&message, stream.map(|s| s.as_fd()))
 }
 
+/// The next message from handoffd and its descriptor; `None` when handoffd closed the socket.
+/// handoffd sends nothing a receiver refuses: such a datagram is an error here.
+fn receive(socket: &SeqPacket) -> io::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
+    match socket.recv()? {
+        Some(Received::Message(message, fd)) => Ok(Some((message, fd))),
+        Some(Received::Refused(refused)) => Err(refused.into()),
+        None => Ok(None),
+    }
+}
+
 /// The events handoffd sends; read them on one thread.
 #[derive(Debug)]
 pub struct Events {
@@ -131,6 +144,19 @@ pub enum Event {
         stream: TcpStream,
         /// The state it was yielded with.
         state: Vec<u8>,
+    },
+    /// handoffd refused the request that handed this connection over (a `yielded` or `move`
+    /// it could not read; `message` says why) and gives the socket back: the connection is the
+    /// application's again, as handoffd still counts it. The state handed over does not come
+    /// back (handoffd could not read it): serve on from the application's own record, or close
+    /// the connection and report it with [`Service::closed`].
+    Refused {
+        /// The connection.
+        conn: ConnId,
+        /// Its socket, live.
+        stream: TcpStream,
+        /// handoffd's error message.
+        message: String,
     },
 }
 
@@ -174,12 +200,11 @@ fn invalid(message: String) -> io::Error {
 fn open_session(agent: &Path, dsa: Ipv6Addr, port: u16) -> io::Result<(SeqPacket, String)> {
     let socket = SeqPacket::connect(agent)?;
     send(&socket, &AppRequest::Register { dsa, port }, None)?;
-    let reply = socket
-        .recv()?
+    let reply = receive(&socket)?
         .ok_or_else(|| invalid("handoffd closed the application socket".into()))?;
     match serde_json::from_slice(&reply.0) {
         Ok(AppEvent::Registered { node }) => Ok((socket, node)),
-        Ok(AppEvent::Error { message }) => Err(io::Error::other(message)),
+        Ok(AppEvent::Error { message, .. }) => Err(io::Error::other(message)),
         other => Err(invalid(format!("unexpected answer to register: {other:?}"))),
     }
 }
@@ -308,7 +333,8 @@ impl Service {
     }
 
     /// Hands a connection to handoffd after a [`Event::Yield`]; the stream is given up, or
-    /// given back in the error if handoffd cannot take it.
+    /// given back in the error if handoffd cannot take it (or later with [`Event::Refused`] if
+    /// handoffd refuses the request).
     pub fn yield_conn(&self, stream: TcpStream, state: &[u8]) -> Result<(), NotHandedOver> {
         self.hand_over(stream, state, |conn, state| AppRequest::Yielded {
             conn,
@@ -329,7 +355,8 @@ impl Service {
 
     /// Moves a connection to member `node` on the application's own initiative; the stream is
     /// given up, or given back in the error if handoffd cannot take it. A move that fails later
-    /// gives the connection back with [`Event::Adopt`].
+    /// gives the connection back with [`Event::Adopt`] (or [`Event::Refused`] if handoffd
+    /// refuses the request).
     pub fn move_to(
         &self,
         stream: TcpStream,
@@ -349,7 +376,7 @@ impl Events {
     /// [`Service::reconnect`]).
     pub fn next_event(&mut self) -> io::Result<Option<Event>> {
         loop {
-            let Some((message, fd)) = self.socket.recv()? else {
+            let Some((message, fd)) = receive(&self.socket)? else {
                 return Ok(None);
             };
             let event: AppEvent = serde_json::from_slice(&message)
@@ -357,25 +384,48 @@ impl Events {
             return Ok(Some(match event {
                 AppEvent::Yield { conn } => Event::Yield(conn),
                 AppEvent::Adopt { conn, state } => {
-                    let fd = fd.ok_or_else(|| invalid("adopt without a socket".into()))?;
                     let state = BASE64
                         .decode(state)
                         .map_err(|e| invalid(format!("adopt: state is not base64: {e}")))?;
-                    // handoffd lists an adopted connection as the application's.
-                    lock(&self.shared.session).conns.insert(conn);
                     Event::Adopt {
                         conn,
-                        stream: TcpStream::from(fd),
+                        stream: self.take(conn, fd, "adopt")?,
                         state,
                     }
                 }
-                AppEvent::Error { message } => {
+                AppEvent::Error {
+                    message,
+                    conn: Some(conn),
+                } => {
+                    tracing::warn!(
+                        %conn,
+                        %message,
+                        "handoffd refused a request and gave the connection back"
+                    );
+                    Event::Refused {
+                        conn,
+                        stream: self.take(conn, fd, "error with a connection")?,
+                        message,
+                    }
+                }
+                AppEvent::Error {
+                    message,
+                    conn: None,
+                } => {
                     tracing::warn!(%message, "handoffd refused a request");
                     continue;
                 }
                 AppEvent::Registered { .. } => continue,
             }));
         }
+    }
+
+    /// The socket of a connection handoffd gives the application with `event`, which handoffd
+    /// lists as the application's from then on.
+    fn take(&self, conn: ConnId, fd: Option<OwnedFd>, event: &str) -> io::Result<TcpStream> {
+        let fd = fd.ok_or_else(|| invalid(format!("{event} without a socket")))?;
+        lock(&self.shared.session).conns.insert(conn);
+        Ok(TcpStream::from(fd))
     }
 }
 
@@ -425,7 +475,7 @@ mod tests {
     fn fake_handoffd(listener: SeqPacketListener) -> thread::JoinHandle<SeqPacket> {
         thread::spawn(move || {
             let session = listener.accept().unwrap();
-            let (message, _) = session.recv().unwrap().unwrap();
+            let (message, _) = receive(&session).unwrap().unwrap();
             let request: AppRequest = serde_json::from_slice(&message).unwrap();
             assert_eq!(
                 request,
@@ -444,9 +494,14 @@ mod tests {
         })
     }
 
+    /// The next request, and the socket attached to it.
+    fn request_with_fd(session: &SeqPacket) -> (AppRequest, Option<OwnedFd>) {
+        let (message, fd) = receive(session).unwrap().unwrap();
+        (serde_json::from_slice(&message).unwrap(), fd)
+    }
+
     fn request(session: &SeqPacket) -> AppRequest {
-        let (message, _) = session.recv().unwrap().unwrap();
-        serde_json::from_slice(&message).unwrap()
+        request_with_fd(session).0
     }
 
     /// A connected pair over loopback: (the application's end, the client's end).
@@ -524,6 +579,57 @@ mod tests {
             .send(&serde_json::to_vec(&event).unwrap(), None)
             .unwrap();
         assert!(matches!(events.next_event().unwrap(), Some(Event::Yield(c)) if c == late_id));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// handoffd refuses a `yielded` and gives the socket back with the error: the application
+    /// gets the live stream with [`Event::Refused`], and the connection is counted as its own
+    /// again (a reconnection reports it).
+    #[test]
+    fn a_refused_hand_over_gives_the_stream_back() {
+        use std::io::{Read as _, Write as _};
+        let dir = std::env::temp_dir().join(format!("dsl-app-refused-{}", std::process::id()));
+        let path = dir.join("node1.app");
+        let handoffd = fake_handoffd(SeqPacketListener::bind(&path).unwrap());
+        let (service, mut events) = Service::register(&path, Ipv6Addr::LOCALHOST, 8080).unwrap();
+        let session = handoffd.join().unwrap();
+        let tcp = TcpListener::bind("[::1]:0").unwrap();
+        let (stream, mut client) = connection(&tcp);
+        let conn = service.accepted(&stream).unwrap();
+        request(&session);
+        service.yield_conn(stream, b"state").unwrap();
+        assert!(!lock(&service.shared.session).conns.contains(&conn));
+        let (yielded, fd) = request_with_fd(&session);
+        assert!(matches!(yielded, AppRequest::Yielded { conn: c, .. } if c == conn));
+        let refused = AppEvent::Error {
+            message: "message refused: too large".into(),
+            conn: Some(conn),
+        };
+        session
+            .send(
+                &serde_json::to_vec(&refused).unwrap(),
+                fd.as_ref().map(|fd| fd.as_fd()),
+            )
+            .unwrap();
+        drop(fd);
+        let Some(Event::Refused {
+            conn: back,
+            mut stream,
+            message,
+        }) = events.next_event().unwrap()
+        else {
+            panic!("no refused event");
+        };
+        assert_eq!(
+            (back, message.as_str()),
+            (conn, "message refused: too large")
+        );
+        assert_eq!(conn_id(&stream).unwrap(), conn);
+        assert!(lock(&service.shared.session).conns.contains(&conn));
+        stream.write_all(b"served on").unwrap();
+        let mut got = [0u8; 9];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"served on");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -14,8 +14,9 @@
 mod cluster;
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{IoSlice, IoSliceMut, Read as _, Write as _},
     net::{Ipv6Addr, SocketAddr, TcpStream},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     process::Output,
     sync::atomic::{AtomicUsize, Ordering},
     thread,
@@ -28,6 +29,7 @@ use handoff_user::{
     agent::{
         channel::{self, ClusterKey},
         proto::PeerMessage,
+        seqpacket::MAX_DATAGRAM,
     },
     datapath::FreezeMap,
 };
@@ -1205,20 +1207,13 @@ fn privileged_running_agent_puts_stale_redirect_entries_right() {
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
-/// An application datagram handoffd cannot take (over 256 KiB) is refused with an error event,
-/// and the application's session goes on: the next request is answered.
-#[test]
-fn privileged_oversized_application_message_is_refused_and_the_session_goes_on() {
+/// A raw session on node1's application socket, as an application in another language opens
+/// it, with a send buffer that holds a datagram over `MAX_DATAGRAM` (the kernel caps it at twice
+/// wmem_max).
+fn raw_app_session(cluster: &Cluster) -> OwnedFd {
     use nix::sys::socket::{
-        AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, connect, recv, send, setsockopt,
-        socket, sockopt::SndBuf,
+        AddressFamily, SockFlag, SockType, UnixAddr, connect, setsockopt, socket, sockopt::SndBuf,
     };
-    use std::os::fd::AsRawFd as _;
-    if !is_root() {
-        return;
-    }
-    let _serial = cluster::one_at_a_time();
-    let cluster = start("fbig", &Settings::default());
     let app = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -1226,30 +1221,159 @@ fn privileged_oversized_application_message_is_refused_and_the_session_goes_on()
         None,
     )
     .unwrap();
-    // A send buffer that holds the datagram (the kernel caps it at twice wmem_max).
     setsockopt(&app, SndBuf, &(512 << 10)).unwrap();
     let path = cluster.dir.join("node1.app");
     connect(app.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
-    let big = vec![b' '; handoff_user::agent::seqpacket::MAX_DATAGRAM + 1];
-    send(app.as_raw_fd(), &big, MsgFlags::empty()).unwrap();
-    let register = format!(r#"{{"op":"register","dsa":"{DSA}","port":{}}}"#, PORT + 1);
-    send(app.as_raw_fd(), register.as_bytes(), MsgFlags::empty()).unwrap();
-    let mut buffer = vec![0u8; 64 << 10];
-    let mut next = || {
-        let n = recv(app.as_raw_fd(), &mut buffer, MsgFlags::empty()).unwrap();
-        assert!(n > 0, "handoffd closed the application's session");
-        serde_json::from_slice::<Value>(&buffer[..n]).unwrap()
+    app
+}
+
+/// Sends one datagram on a raw session, with `fds` attached.
+fn send_raw(app: &OwnedFd, message: &[u8], fds: &[RawFd]) {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(fds)]
     };
-    let refused = next();
-    assert_eq!(refused["event"], "error", "{refused}");
+    let iov = [IoSlice::new(message)];
+    sendmsg::<()>(app.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).unwrap();
+}
+
+/// The next event on a raw session, and the descriptor attached to it.
+fn next_raw_event(app: &OwnedFd) -> (Value, Option<OwnedFd>) {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut buffer = vec![0u8; 64 << 10];
+    // Room for more than the one descriptor an event may carry, to see a second one.
+    let mut cmsg = nix::cmsg_space!([RawFd; 2]);
+    let mut iov = [IoSliceMut::new(&mut buffer)];
+    let msg = recvmsg::<()>(
+        app.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    assert!(msg.bytes > 0, "handoffd closed the application's session");
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            // SAFETY: the kernel installed these descriptors for us.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|f| unsafe { OwnedFd::from_raw_fd(f) }),
+            );
+        }
+    }
+    assert!(fds.len() <= 1, "{} descriptors with one event", fds.len());
+    let n = msg.bytes;
+    (serde_json::from_slice(&buffer[..n]).unwrap(), fds.pop())
+}
+
+/// Registers a raw session for a port the file server does not hold; checks the answer.
+fn register_raw(app: &OwnedFd) {
+    let register = format!(r#"{{"op":"register","dsa":"{DSA}","port":{}}}"#, PORT + 1);
+    send_raw(app, register.as_bytes(), &[]);
+    let (registered, _) = next_raw_event(app);
+    assert_eq!(registered["event"], "registered", "{registered}");
+}
+
+fn assert_refused(event: &Value) {
+    assert_eq!(event["event"], "error", "{event}");
     assert!(
-        refused["message"]
+        event["message"]
             .as_str()
             .is_some_and(|m| m.contains("refused")),
+        "{event}"
+    );
+}
+
+/// An application datagram handoffd cannot take (over 256 KiB) is refused with an error event,
+/// and the application's session goes on: the next request is answered.
+#[test]
+fn privileged_oversized_application_message_is_refused_and_the_session_goes_on() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let cluster = start("fbig", &Settings::default());
+    let app = raw_app_session(&cluster);
+    send_raw(&app, &vec![b' '; MAX_DATAGRAM + 1], &[]);
+    let (refused, fd) = next_raw_event(&app);
+    assert_refused(&refused);
+    assert!(refused.get("conn").is_none(), "{refused}");
+    assert!(fd.is_none());
+    register_raw(&app);
+}
+
+/// A `yielded` too large for handoffd (a state over 256 KiB) that carries the connection's socket
+/// is refused, and the socket comes back with the error event, named by its `conn`: the
+/// application, which let go of its own descriptor as the protocol asks, serves on. A second
+/// descriptor that is not a connected TCP socket (a listening one) is closed.
+#[test]
+fn privileged_oversized_yielded_message_gives_the_connection_back() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let cluster = start("fret", &Settings::default());
+    let app = raw_app_session(&cluster);
+    register_raw(&app);
+    // handoffd needs no more than the socket to give it back: a connection over loopback.
+    let listener = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let (client_end, local_end) = (server.peer_addr().unwrap(), server.local_addr().unwrap());
+    let yielded = format!(
+        r#"{{"op":"yielded","conn":{{"client":"{client_end}","local":"{local_end}"}},"state":"{}"}}"#,
+        "A".repeat(MAX_DATAGRAM)
+    );
+    send_raw(&app, yielded.as_bytes(), &[server.as_raw_fd()]);
+    drop(server);
+    let (refused, fd) = next_raw_event(&app);
+    assert_refused(&refused);
+    let mut back = TcpStream::from(
+        fd.unwrap_or_else(|| panic!("the connection's socket did not come back with {refused}")),
+    );
+    assert_eq!(
+        refused["conn"]["client"],
+        client_end.to_string(),
         "{refused}"
     );
-    let registered = next();
-    assert_eq!(registered["event"], "registered", "{registered}");
+    assert_eq!(refused["conn"]["local"], local_end.to_string(), "{refused}");
+    assert_eq!(back.peer_addr().unwrap(), client_end);
+    back.write_all(b"served on").unwrap();
+    let mut got = [0u8; 9];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"served on");
+    client.write_all(b"both ways").unwrap();
+    back.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"both ways");
+
+    // Two descriptors (one too many): the connection comes back, the listening socket does not.
+    let move_message = format!(
+        r#"{{"op":"move","conn":{{"client":"{client_end}","local":"{local_end}"}},"to":"node2","state":""}}"#
+    );
+    send_raw(
+        &app,
+        move_message.as_bytes(),
+        &[back.as_raw_fd(), listener.as_raw_fd()],
+    );
+    drop(back);
+    let (refused, fd) = next_raw_event(&app);
+    assert_refused(&refused);
+    assert_eq!(
+        refused["conn"]["client"],
+        client_end.to_string(),
+        "{refused}"
+    );
+    let mut back = TcpStream::from(fd.expect("the connection's socket came back"));
+    back.write_all(b"again").unwrap();
+    let mut got = [0u8; 5];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"again");
+    // One event for the one connection: the session's next answer is the registration's.
+    register_raw(&app);
 }
 
 // ---- d. an agent without the cluster key ------------------------------------------------------

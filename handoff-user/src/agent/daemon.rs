@@ -33,13 +33,15 @@ use super::{
         AppEvent, AppRequest, ConnId, ConnSelector, ControlRequest, DrainError, DrainMove,
         DrainProgress, DrainReport, PeerMessage, PhaseReport, monotonic_ns,
     },
-    seqpacket::{SeqPacket, SeqPacketListener},
+    seqpacket::{Received, SeqPacket, SeqPacketListener},
 };
 use crate::{
+    app,
     datapath::{Datapath, PinDir, Program},
     tcpstate::{
         ConnState, RestoreOptions,
         handoff::{AcceptorRestore, DonorCapture},
+        sys,
     },
 };
 
@@ -1618,16 +1620,17 @@ impl Agent {
             },
         );
         loop {
-            let (message, fd) = match socket.recv() {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                // One datagram refused (too large, too many descriptors; already consumed, its
-                // descriptors closed): the application hears why, and its session goes on.
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    tracing::warn!(app = id, "application message refused: {e}");
-                    self.tell_app(&sender, format!("message refused: {e}"));
+            let (message, mut fd) = match socket.recv() {
+                Ok(Some(Received::Message(message, fd))) => (message, fd),
+                // One datagram refused (too large, too many descriptors; already consumed):
+                // the application hears why and gets its connections back, and its session
+                // goes on.
+                Ok(Some(Received::Refused(refused))) => {
+                    let message = format!("message refused: {}", refused.reason);
+                    self.refuse(id, &sender, message, refused.fds);
                     continue;
                 }
+                Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(app = id, "application socket: {e}");
                     break;
@@ -1636,12 +1639,13 @@ impl Agent {
             let request = match serde_json::from_slice::<AppRequest>(&message) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.tell_app(&sender, format!("bad request: {e}"));
+                    self.refuse(id, &sender, format!("bad request: {e}"), fd);
                     continue;
                 }
             };
-            if let Err(message) = self.on_app_request(id, &sender, request, fd) {
-                self.tell_app(&sender, message);
+            // A descriptor left by a request carried out is one it does not take: closed.
+            if let Err(message) = self.on_app_request(id, &sender, request, &mut fd) {
+                self.refuse(id, &sender, message, fd);
             }
         }
         lock(&self.apps).remove(&id);
@@ -1649,19 +1653,58 @@ impl Agent {
         tracing::info!(app = id, "application disconnected");
     }
 
-    fn tell_app(&self, socket: &SeqPacket, message: String) {
-        tracing::warn!("application request refused: {message}");
-        if let Ok(bytes) = serde_json::to_vec(&AppEvent::Error { message }) {
-            let _ = socket.send(&bytes, None);
+    /// Refuses an application's request with an `error` event. A refused request takes
+    /// nothing: each connected TCP socket that came with it goes back to the application, one
+    /// `error` event each, naming its connection (`conn`); other descriptors are closed.
+    fn refuse(
+        &self,
+        app: AppId,
+        socket: &SeqPacket,
+        message: String,
+        fds: impl IntoIterator<Item = OwnedFd>,
+    ) {
+        tracing::warn!(app, "application request refused: {message}");
+        let mut events: Vec<(Option<ConnId>, Option<OwnedFd>)> = fds
+            .into_iter()
+            .filter_map(connection_of)
+            .map(|(conn, fd)| (Some(conn), Some(fd)))
+            .collect();
+        if events.is_empty() {
+            events.push((None, None));
+        }
+        for (conn, fd) in events {
+            let event = AppEvent::Error {
+                message: message.clone(),
+                conn,
+            };
+            let sent = serde_json::to_vec(&event)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    socket
+                        .send(&bytes, fd.as_ref().map(|fd| fd.as_fd()))
+                        .map_err(|e| e.to_string())
+                });
+            match (conn, sent) {
+                (Some(conn), Ok(())) => {
+                    tracing::info!(app, %conn, "connection given back to the application")
+                }
+                (Some(conn), Err(e)) => {
+                    tracing::warn!(app, %conn, "connection lost, cannot give it back: {e}")
+                }
+                (None, _) => {}
+            }
         }
     }
 
+    /// Carries out an application's request. `fd`, the descriptor that came with it, is taken
+    /// by the requests that take a socket (`yielded`, `move`) once they are accepted; a
+    /// refused request leaves it for the caller to give back.
     fn on_app_request(
         self: &Arc<Self>,
         app: AppId,
         socket: &SeqPacket,
         request: AppRequest,
-        fd: Option<OwnedFd>,
+        fd: &mut Option<OwnedFd>,
     ) -> Result<(), String> {
         let decode = |state: &str| {
             BASE64
@@ -1734,8 +1777,8 @@ impl Agent {
                 Ok(())
             }
             AppRequest::Yielded { conn, state } => {
-                let fd = fd.ok_or("yielded without the socket")?;
                 let state = decode(&state)?;
+                let fd = fd.take().ok_or("yielded without the socket")?;
                 match lock(&self.yields).remove(&conn) {
                     Some(waiter) => {
                         let _ = waiter.send(YieldAnswer::Yielded(fd, state));
@@ -1754,8 +1797,8 @@ impl Agent {
                 Ok(())
             }
             AppRequest::Move { conn, to, state } => {
-                let fd = fd.ok_or("move without the socket")?;
                 let state = decode(&state)?;
+                let fd = fd.take().ok_or("move without the socket")?;
                 let movable = lock(&self.conns).get(&conn).is_some_and(|c| !c.moving);
                 if !movable {
                     // Not reported as accepted, or already moving: the socket goes back
@@ -2180,6 +2223,18 @@ impl Drop for Unregister<'_> {
     }
 }
 
+/// The connection of `fd` if it is a connected TCP socket (as the application names it:
+/// [`app::conn_id`]), with `fd`; `None` for any other descriptor (dropped: closed).
+fn connection_of(fd: OwnedFd) -> Option<(ConnId, OwnedFd)> {
+    let protocol = sys::get_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()?;
+    if protocol != libc::IPPROTO_TCP {
+        return None;
+    }
+    let stream = std::net::TcpStream::from(fd);
+    let conn = app::conn_id(&stream).ok()?;
+    Some((conn, stream.into()))
+}
+
 fn log_report(report: &PhaseReport) {
     tracing::info!(
         conn = ?report.conn,
@@ -2256,6 +2311,23 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn only_a_connected_tcp_socket_goes_back_to_the_application() {
+        let listener = TcpListener::bind("[::1]:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let conn = app::conn_id(&server).unwrap();
+        let (named, fd) = connection_of(server.into()).expect("a connected TCP socket");
+        assert_eq!(named, conn);
+        assert_eq!(app::conn_id(&fd.into()).unwrap(), conn);
+        let udp = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        udp.connect(listener.local_addr().unwrap()).unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        for other in [listener.into(), udp.into(), file.into()] {
+            assert!(connection_of(other).is_none());
+        }
+    }
 
     #[test]
     fn a_streams_window_travels_over_a_fast_interconnect() {

@@ -297,6 +297,12 @@ pub enum AppEvent {
     Error {
         /// Why.
         message: String,
+        /// The connection whose socket came with the refused request and comes back with this
+        /// datagram (SCM_RIGHTS): it is the application's again. One event per such socket;
+        /// absent (not written) otherwise, so that an application unaware of it sees the
+        /// `error` it always did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conn: Option<ConnId>,
     },
     /// Yield `conn` at the next safe point (answer `yielded` or `decline`).
     Yield {
@@ -510,6 +516,21 @@ mod tests {
             client: "[fd00::1]:40000".parse().unwrap(),
             local: "[fd00:ff::1]:8080".parse().unwrap(),
         };
+        let refused = |conn| {
+            serde_json::to_string(&AppEvent::Error {
+                message: "message refused".into(),
+                conn,
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            refused(None),
+            r#"{"event":"error","message":"message refused"}"#
+        );
+        assert_eq!(
+            refused(Some(conn)),
+            r#"{"event":"error","message":"message refused","conn":{"client":"[fd00::1]:40000","local":"[fd00:ff::1]:8080"}}"#
+        );
         let accepted =
             r#"{"op":"accepted","conn":{"client":"[fd00::1]:40000","local":"[fd00:ff::1]:8080"}}"#;
         let new = AppRequest::Accepted {

@@ -1,6 +1,8 @@
 //! Unix `SOCK_SEQPACKET` sockets carrying one JSON message per datagram, with at most one file
 //! descriptor attached (SCM_RIGHTS): the transport of the application protocol. Datagrams
-//! keep message boundaries, so a socket never arrives without its message or vice versa.
+//! keep message boundaries, so a socket never arrives without its message or vice versa; a
+//! datagram the receiver cannot take comes with the descriptors it carried, never without
+//! them.
 
 use std::{
     io::{self, IoSlice, IoSliceMut},
@@ -19,9 +21,41 @@ use nix::sys::socket::{
 /// The largest datagram (message and application state) accepted.
 pub const MAX_DATAGRAM: usize = 256 << 10;
 
+/// The most descriptors one message can carry (the kernel's `SCM_MAX_FD`): [`SeqPacket::recv`]
+/// has room for all of them, so that a refused datagram comes with every one.
+const SCM_MAX_FD: usize = 253;
+
 /// A connected socket.
 #[derive(Debug)]
 pub struct SeqPacket(OwnedFd);
+
+/// One datagram, as [`SeqPacket::recv`] takes it.
+#[derive(Debug)]
+pub enum Received {
+    /// A message and the descriptor attached to it.
+    Message(Vec<u8>, Option<OwnedFd>),
+    /// A datagram consumed but not taken.
+    Refused(Refused),
+}
+
+/// A datagram [`SeqPacket::recv`] does not take: over [`MAX_DATAGRAM`] (the message is cut),
+/// with its control data truncated (which descriptors alone cannot cause: there is room for
+/// the most one message carries), or with more than one descriptor.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub reason: &'static str,
+    /// The descriptors it carried, for the receiver to give back to the sender or close.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl From<Refused> for io::Error {
+    /// For a receiver that gives nothing back: [`io::ErrorKind::InvalidData`], the descriptors
+    /// closed.
+    fn from(refused: Refused) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, refused.reason)
+    }
+}
 
 /// A listening socket.
 #[derive(Debug)]
@@ -100,13 +134,13 @@ impl SeqPacket {
         Ok(())
     }
 
-    /// Receives one message and the descriptor attached to it; `None` when the peer closed. A
-    /// datagram over [`MAX_DATAGRAM`] or with more than one descriptor is consumed and refused
-    /// with [`io::ErrorKind::InvalidData`] (its descriptors closed); the socket stays usable.
-    pub fn recv(&self) -> io::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
+    /// Receives one datagram; `None` when the peer closed. A datagram over [`MAX_DATAGRAM`],
+    /// with its control data truncated or with more than one descriptor is consumed and
+    /// [`Received::Refused`], with the descriptors it carried; the socket stays usable.
+    pub fn recv(&self) -> io::Result<Option<Received>> {
         let mut buffer = vec![0u8; MAX_DATAGRAM];
-        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-        let (len, fds) = {
+        let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+        let (len, truncated, mut fds) = {
             let mut iov = [IoSliceMut::new(&mut buffer)];
             let msg = socket::recvmsg::<()>(
                 self.0.as_raw_fd(),
@@ -125,25 +159,23 @@ impl SeqPacket {
                     );
                 }
             }
-            if msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "datagram or its descriptors truncated",
-                ));
-            }
-            (msg.bytes, fds)
+            let truncated =
+                msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC);
+            (msg.bytes, truncated, fds)
         };
+        if truncated || fds.len() > 1 {
+            let reason = if truncated {
+                "datagram or its descriptors truncated"
+            } else {
+                "more than one descriptor attached to a message"
+            };
+            return Ok(Some(Received::Refused(Refused { reason, fds })));
+        }
         if len == 0 && fds.is_empty() {
             return Ok(None);
         }
-        if fds.len() > 1 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "more than one descriptor attached to a message",
-            ));
-        }
         buffer.truncate(len);
-        Ok(Some((buffer, fds.into_iter().next())))
+        Ok(Some(Received::Message(buffer, fds.pop())))
     }
 
     /// A second handle on the same socket (one thread reads while others send).
@@ -163,21 +195,48 @@ mod tests {
 
     use super::*;
 
+    /// A connected pair: (client, server).
+    fn pair(tag: &str) -> (SeqPacket, SeqPacket, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("dsl-seqpacket-{tag}-{}", std::process::id()));
+        let listener = SeqPacketListener::bind(&dir.join("s")).unwrap();
+        let client = SeqPacket::connect(&dir.join("s")).unwrap();
+        (client, listener.accept().unwrap(), dir)
+    }
+
+    fn taken(received: Option<Received>) -> (Vec<u8>, Option<OwnedFd>) {
+        match received {
+            Some(Received::Message(message, fd)) => (message, fd),
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    fn refused(received: Option<Received>) -> Refused {
+        match received {
+            Some(Received::Refused(refused)) => refused,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    /// The listening sockets `fds` are, by their addresses.
+    fn listeners(fds: Vec<OwnedFd>) -> Vec<std::net::SocketAddr> {
+        fds.into_iter()
+            .map(|fd| TcpListener::from(fd).local_addr().unwrap())
+            .collect()
+    }
+
     #[test]
     fn messages_and_descriptors_travel_together() {
-        let dir = std::env::temp_dir().join(format!("dsl-seqpacket-{}", std::process::id()));
-        let path = dir.join("s");
-        let listener = SeqPacketListener::bind(&path).unwrap();
-        let client = SeqPacket::connect(&path).unwrap();
-        let server = listener.accept().unwrap();
+        let (client, server, dir) = pair("fd");
         let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
         client.send(b"with fd", Some(tcp.as_fd())).unwrap();
         client.send(b"without", None).unwrap();
-        let (message, fd) = server.recv().unwrap().unwrap();
+        let (message, fd) = taken(server.recv().unwrap());
         assert_eq!(message, b"with fd");
-        let received = std::net::TcpListener::from(fd.unwrap());
-        assert_eq!(received.local_addr().unwrap(), tcp.local_addr().unwrap());
-        let (message, fd) = server.recv().unwrap().unwrap();
+        assert_eq!(
+            listeners(fd.into_iter().collect()),
+            [tcp.local_addr().unwrap()]
+        );
+        let (message, fd) = taken(server.recv().unwrap());
         assert_eq!(message, b"without");
         assert!(fd.is_none());
         drop(client);
@@ -185,22 +244,39 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A datagram too large, or with one descriptor too many, is consumed and refused with the
+    /// descriptors it carried (the receiver can give them back); the next one arrives.
     #[test]
-    fn an_oversized_datagram_is_refused_and_the_next_one_arrives() {
-        let dir = std::env::temp_dir().join(format!("dsl-seqpacket-big-{}", std::process::id()));
-        let path = dir.join("s");
-        let listener = SeqPacketListener::bind(&path).unwrap();
-        let client = SeqPacket::connect(&path).unwrap();
-        let server = listener.accept().unwrap();
+    fn a_refused_datagram_comes_with_its_descriptors_and_the_next_one_arrives() {
+        let (client, server, dir) = pair("big");
+        let (a, b) = (
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
         // Past the sender's own check, as another implementation could send it (with a send
         // buffer that holds it: the kernel caps it at twice wmem_max, 416 KiB by default).
         socket::setsockopt(&client.0, socket::sockopt::SndBuf, &(512 << 10)).unwrap();
         let big = vec![b'x'; MAX_DATAGRAM + 1];
-        socket::send(client.0.as_raw_fd(), &big, MsgFlags::empty()).unwrap();
+        let send_raw = |message: &[u8], fds: &[RawFd]| {
+            let iov = [IoSlice::new(message)];
+            let cmsg = [ControlMessage::ScmRights(fds)];
+            socket::sendmsg::<()>(client.0.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+                .unwrap();
+        };
+        send_raw(&big, &[a.as_raw_fd()]);
+        send_raw(b"two", &[a.as_raw_fd(), b.as_raw_fd()]);
         client.send(b"after", None).unwrap();
-        let refused = server.recv().unwrap_err();
-        assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
-        let (message, _) = server.recv().unwrap().unwrap();
+        let too_large = refused(server.recv().unwrap());
+        assert_eq!(too_large.reason, "datagram or its descriptors truncated");
+        assert_eq!(listeners(too_large.fds), [a_addr]);
+        let too_many = refused(server.recv().unwrap());
+        assert_eq!(
+            too_many.reason,
+            "more than one descriptor attached to a message"
+        );
+        assert_eq!(listeners(too_many.fds), [a_addr, b_addr]);
+        let (message, _) = taken(server.recv().unwrap());
         assert_eq!(message, b"after");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -357,6 +357,22 @@ impl Server {
                     }
                     Err(e) => tracing::error!(%conn, "adopted with a state we cannot read: {e}"),
                 },
+                // The yield or move that handed it over was refused (this server never sends
+                // one handoffd refuses). The state went with it, and the thread that served
+                // the connection has ended: resuming from a guess could send the client wrong
+                // bytes, so the connection is closed, deliberately.
+                Event::Refused {
+                    conn,
+                    stream,
+                    message,
+                } => {
+                    tracing::warn!(
+                        %conn,
+                        "handoffd gave the connection back ({message}); its state is gone: closing it"
+                    );
+                    drop(stream);
+                    let _ = self.service.closed(conn);
+                }
             }
         }
         Ok(())
