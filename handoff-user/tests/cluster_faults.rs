@@ -458,6 +458,61 @@ fn privileged_acceptor_killed_the_connection_stays_on_the_donor() {
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
+/// A stop (SIGTERM or SIGINT: an upgrade, `systemctl restart`) in the middle of a handoff:
+/// the donor's handoffd finishes the handoff in flight before it exits, so the connection
+/// arrives on the acceptor instead of going down with the process (which held its socket),
+/// and the operator's `move` gets its answer. 50 ms links make the handoff last ~0.6 s.
+#[test]
+fn privileged_stopped_donor_finishes_the_handoff_in_flight() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        delay_ms: 50.0,
+        fileserver_args: strings(&["--rate", "200K"]),
+        ..Settings::default()
+    };
+    let mut cluster = start("fstp", &settings);
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
+        wait_progress(&progress, 100_000, "download");
+        let mover = std::process::Command::new(Binaries::beside_current_exe().unwrap().handoff)
+            .arg("--socket-dir")
+            .arg(&cluster.dir)
+            .args(["move", &conn, "--from", "node1", "--to", "node2", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Into the handoff (its send-queue wait or transfer), well before its end.
+        thread::sleep(Duration::from_millis(150));
+        let (status, took) = cluster.stop_handoffd(0).unwrap();
+        assert!(status.success(), "handoffd on node1: {status}");
+        let output = mover.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "the move: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            cluster.logs()
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "the stop took {took:?}, the handoff ~0.6 s"
+        );
+        assert!(conns(&cluster, "node2").contains(&conn));
+        reader
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
+    });
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+}
+
 /// The binding report of the last handoff `node` donated, once it has one (up to 10 s).
 fn bound_report(cluster: &Cluster, node: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);

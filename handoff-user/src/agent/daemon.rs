@@ -136,6 +136,10 @@ pub struct Agent {
     /// Messages for every member (`Owner`, `Gone`, …), sent in order to each (see `announce`).
     announcements: Mutex<mpsc::Sender<(PeerMessage, Option<String>)>>,
     draining: AtomicBool,
+    /// Set by [`Agent::stop`]: no handoff starts any more.
+    stopping: AtomicBool,
+    /// Work of handoffs in flight that a stop waits for ([`Busy`]).
+    busy: AtomicUsize,
     drain_targets: Mutex<Vec<String>>,
     next_id: AtomicU64,
     next_app: AtomicU64,
@@ -274,6 +278,8 @@ impl Agent {
             prefetching: Mutex::default(),
             announcements: Mutex::new(announcements),
             draining: AtomicBool::new(drained),
+            stopping: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
             // After a restart the targets of the drain are not known: every peer.
             drain_targets: Mutex::new(if drained {
                 config.peers.iter().map(|p| p.node.clone()).collect()
@@ -467,6 +473,64 @@ impl Agent {
         }
     }
 
+    /// Stops without losing a connection in the middle of its handoff: from now on no handoff
+    /// starts (moves and drains are refused, a drain in progress takes no more connections,
+    /// transfers from other members are refused), and those in flight — as donor or acceptor,
+    /// up to the application's adoption and the client's binding — are waited for, at most as
+    /// long as one handoff may take. The sockets stay open meanwhile: the handoffs need them.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let handoff = &self.config.handoff;
+        let bound = handoff.yield_timeout()
+            + handoff.send_queue_wait()
+            + handoff.peer_timeout() * (COMMIT_TIMEOUT_FACTOR + 3);
+        let deadline = Instant::now() + bound;
+        let mut told = false;
+        loop {
+            let busy = self.busy.load(Ordering::SeqCst);
+            // Restored sockets waiting for their commit, flows frozen for a one-phase transfer.
+            let parked = lock(&self.accepting).len() + lock(&self.prepared).len();
+            if busy + parked == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    busy,
+                    parked,
+                    "stopping with handoffs still in flight after {bound:?}"
+                );
+                return;
+            }
+            if !told {
+                tracing::info!(
+                    busy,
+                    parked,
+                    "stopping: finishing the handoffs in flight first"
+                );
+                told = true;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Marks work of a handoff already in flight: [`Agent::stop`] waits until it is dropped.
+    fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(Arc::clone(self))
+    }
+
+    /// Marks work that starts a handoff: none once the agent is stopping.
+    fn busy_unless_stopping(self: &Arc<Self>) -> Option<Busy> {
+        // Counted before the flag is read: a stop that sets the flag after this read sees the
+        // count and waits.
+        let busy = self.busy();
+        (!self.stopping.load(Ordering::SeqCst)).then_some(busy)
+    }
+
+    fn stopping_error(&self) -> String {
+        format!("handoffd on {} is stopping", self.config.node)
+    }
+
     /// Removes the sockets' files (at shutdown).
     pub fn remove_socket_files(&self) {
         let _ = std::fs::remove_file(&self.config.app_socket);
@@ -620,6 +684,8 @@ impl Agent {
                 // handoff never holds up the messages of the others (a drain has many in flight).
                 let received_ns = monotonic_ns();
                 let agent = Arc::clone(self);
+                // A stopping agent refuses the transfer (in `restore`), and waits for it.
+                let busy = self.busy();
                 let (from, sender) = (from.to_owned(), sender.clone());
                 let transfer = Transfer {
                     id,
@@ -631,6 +697,7 @@ impl Agent {
                     received_ns,
                 };
                 thread::spawn(move || {
+                    let _busy = busy;
                     let reply = match agent.restore(&from, &sender, transfer) {
                         // One-phase: the donor already redirects; activate at once.
                         Ok(()) if one_phase => return agent.activate(&from, id),
@@ -650,7 +717,11 @@ impl Agent {
             PeerMessage::Commit { id } => {
                 let agent = Arc::clone(self);
                 let from = from.to_owned();
-                thread::spawn(move || agent.activate(&from, id));
+                let busy = self.busy();
+                thread::spawn(move || {
+                    let _busy = busy;
+                    agent.activate(&from, id)
+                });
             }
             PeerMessage::Abort { id } => {
                 let key = (from.to_owned(), id);
@@ -850,6 +921,9 @@ impl Agent {
         lock(&self.prepared).remove(&(donor.to_owned(), id));
         if self.draining.load(Ordering::Relaxed) {
             return Err(format!("{} is draining", self.config.node));
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(self.stopping_error());
         }
         let app = self.app_serving(conn.local).ok_or_else(|| {
             format!(
@@ -1319,6 +1393,12 @@ impl Agent {
             if let Err(e) = self.adopt(app, conn, socket.as_fd(), state) {
                 tracing::error!(%conn, "cannot give the connection back: {e}");
             }
+        };
+        let Some(_busy) = self.busy_unless_stopping() else {
+            if let Some((socket, state)) = &yielded {
+                give_back(socket, state);
+            }
+            return Err(self.stopping_error());
         };
         if to == self.config.node {
             if let Some((socket, state)) = &yielded {
@@ -1870,9 +1950,20 @@ impl Agent {
             if line.trim().is_empty() {
                 continue;
             }
-            let answer = match serde_json::from_str::<ControlRequest>(&line) {
-                Ok(request) => self.on_control(request, &mut out),
-                Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+            let (answer, _busy) = match serde_json::from_str::<ControlRequest>(&line) {
+                Ok(request) => {
+                    // A stop waits until a move's or a drain's answer is written.
+                    let busy = matches!(
+                        request,
+                        ControlRequest::Move { .. } | ControlRequest::Drain { .. }
+                    )
+                    .then(|| self.busy());
+                    (self.on_control(request, &mut out), busy)
+                }
+                Err(e) => (
+                    json!({"ok": false, "error": format!("bad request: {e}")}),
+                    None,
+                ),
             };
             if writeln!(out, "{answer}").is_err() {
                 break;
@@ -2016,6 +2107,9 @@ impl Agent {
         if targets.is_empty() {
             return Err("no member to drain to (no [[peer]] configured)".into());
         }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(self.stopping_error());
+        }
         for target in &targets {
             if self.config.peer(target).is_none() {
                 return Err(format!("{target} is not a member"));
@@ -2061,7 +2155,8 @@ impl Agent {
             let left_out = Arc::clone(&left_out);
             thread::spawn(move || {
                 loop {
-                    if deadline.is_some_and(|d| start.elapsed() >= d) {
+                    let stopping = agent.stopping.load(Ordering::SeqCst);
+                    if stopping || deadline.is_some_and(|d| start.elapsed() >= d) {
                         break;
                     }
                     let Some((i, (conn, _))) = lock(&queue).next() else {
@@ -2204,6 +2299,15 @@ impl Drop for AbortOnDrop {
         if let Some(sender) = &self.sender {
             let _ = Agent::send_to(sender, &PeerMessage::Abort { id: self.id });
         }
+    }
+}
+
+/// Work of a handoff in flight, counted in `Agent::busy` until dropped.
+struct Busy(Arc<Agent>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -1,7 +1,8 @@
 //! handoffd: the node agent of Distributed Servers for Linux.
 //!
 //! `handoffd --config /etc/handoffd/node1.toml`. Exit codes: 0 stopped by SIGTERM/SIGINT (or
-//! `--remove-datapath` done), 1 runtime error, 2 bad configuration.
+//! `--remove-datapath` done), 1 runtime error, 2 bad configuration. On the signal it starts no
+//! handoff and finishes those in flight before it exits; a second signal exits at once.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -69,6 +70,16 @@ fn main() -> ExitCode {
         Ok(signal) => tracing::info!("{signal:?}: stopping"),
         Err(e) => tracing::error!("waiting for signals: {e}"),
     }
+    // A second signal stops at once, handoffs in flight or not.
+    let impatient = std::sync::Arc::clone(&agent);
+    std::thread::spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            tracing::warn!("{signal:?} again: stopping now, handoffs in flight are lost");
+            impatient.remove_socket_files();
+            std::process::exit(0);
+        }
+    });
+    agent.stop();
     agent.remove_socket_files();
     ExitCode::SUCCESS
 }

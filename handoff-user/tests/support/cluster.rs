@@ -552,6 +552,21 @@ impl Cluster {
         self.nodes[node].handoffd = None;
     }
 
+    /// Stops a node's handoffd as an operator does (SIGINT, like SIGTERM) and waits for it to
+    /// exit; returns its exit status and how long the stop took.
+    pub fn stop_handoffd(
+        &mut self,
+        node: usize,
+    ) -> anyhow::Result<(std::process::ExitStatus, Duration)> {
+        let started = Instant::now();
+        let handoffd = self.nodes[node]
+            .handoffd
+            .take()
+            .context("handoffd is not running")?;
+        let status = handoffd.interrupt_and_wait()?;
+        Ok((status, started.elapsed()))
+    }
+
     /// Starts a node's handoffd again (after [`Cluster::kill_handoffd`]), with the same
     /// configuration, its log appended to the first run's, and waits until it answers on its
     /// control socket. The killed process left its socket files behind: the new one must
