@@ -385,6 +385,13 @@ impl Server {
         let Ok(conn) = app::conn_id(&stream) else {
             return;
         };
+        // A paced response is a stream of small writes: each goes out at once, not held until
+        // the previous one is acknowledged (Nagle). The option travels with a handed-off socket.
+        if self.rate.is_some()
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::warn!(%conn, "TCP_NODELAY: {e}");
+        }
         let flag = self.watch(conn);
         if let Err(e) = self.service.accepted(&stream) {
             tracing::debug!(%conn, "accepted while handoffd is away: {e}");
