@@ -4,6 +4,12 @@
 //! nor inject socket state. Connections stay open: the handshake is never on a handoff's
 //! critical path.
 //!
+//! Before the handshake each side sends, in clear, `DSLAGT` and the agent protocol's version
+//! ([`PROTOCOL_VERSION`], 2 bytes big-endian), and reads the other's: a member running another
+//! version is told apart from one without the key, and the handshake happens only between
+//! equals. The version is also bound into the handshake (the prologue). This costs one round
+//! trip more when a channel opens, never on a handoff.
+//!
 //! Framing: each Noise transport message goes on the stream behind a 2-byte big-endian length
 //! (the Noise convention). A channel message is a 4-byte big-endian length and the body, cut
 //! into as many transport messages as needed (a state blob may carry megabytes of queues).
@@ -17,10 +23,15 @@ use std::{
 
 use snow::{Builder, StatelessTransportState};
 
+use super::proto::PROTOCOL_VERSION;
+
 /// Noise protocol name: no static keys, the PSK mixed in before the first message.
 const PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
-/// Bound to this protocol and version: a peer speaking another version fails the handshake.
-const PROLOGUE: &[u8] = b"dsl-handoff agent channel v1";
+/// Bound to this protocol and version (`PROTOCOL_VERSION`): a peer speaking another version
+/// fails the handshake even if it sent this version's preamble.
+const PROLOGUE: &[u8] = b"dsl-handoff agent channel v2";
+/// The start of the preamble, followed by the version.
+const MAGIC: &[u8; 6] = b"DSLAGT";
 const MAX_NOISE: usize = 65535;
 const TAG: usize = 16;
 const MAX_CHUNK: usize = MAX_NOISE - TAG;
@@ -64,10 +75,21 @@ pub enum ChannelError {
     /// The socket failed or closed.
     #[error("{0}")]
     Io(#[from] io::Error),
-    /// The handshake failed: the peer does not hold the cluster key (or speaks another
-    /// protocol version).
-    #[error("authentication failed (wrong cluster key or protocol version): {0}")]
+    /// The handshake failed: the peer does not hold the cluster key.
+    #[error("authentication failed (wrong cluster key): {0}")]
     Authentication(snow::Error),
+    /// The peer runs another version of the agent protocol.
+    #[error(
+        "the peer speaks agent protocol {0}, this build {PROTOCOL_VERSION}: run one build \
+         across the cluster"
+    )]
+    Version(u16),
+    /// The peer's first bytes were not a preamble, or it sent none.
+    #[error(
+        "no agent-protocol preamble from the peer ({0}): not a handoffd, or one older than \
+         agent protocol 2 (run one build across the cluster)"
+    )]
+    NoPreamble(String),
     /// A transport message did not decrypt: tampered with or out of order.
     #[error("message authentication failed: {0}")]
     Decrypt(snow::Error),
@@ -110,6 +132,31 @@ fn builder(key: &ClusterKey) -> Result<Builder<'_>, snow::Error> {
         .psk(0, &key.0)
 }
 
+fn preamble(version: u16) -> [u8; 8] {
+    let mut bytes = [0u8; 8];
+    bytes[..6].copy_from_slice(MAGIC);
+    bytes[6..].copy_from_slice(&version.to_be_bytes());
+    bytes
+}
+
+/// Reads the peer's preamble: fine if it speaks `version` (ours), else the error that says why.
+fn read_preamble(stream: &mut impl Read, version: u16) -> Result<(), ChannelError> {
+    let mut bytes = [0u8; 8];
+    stream
+        .read_exact(&mut bytes)
+        .map_err(|e| ChannelError::NoPreamble(e.to_string()))?;
+    if &bytes[..6] != MAGIC {
+        return Err(ChannelError::NoPreamble(format!(
+            "its first bytes are {:02x?}",
+            &bytes[..6]
+        )));
+    }
+    match u16::from_be_bytes([bytes[6], bytes[7]]) {
+        peer if peer == version => Ok(()),
+        peer => Err(ChannelError::Version(peer)),
+    }
+}
+
 fn write_frame(stream: &mut impl Write, frame: &[u8]) -> io::Result<()> {
     let mut buffer = Vec::with_capacity(frame.len() + 2);
     buffer.extend_from_slice(&(frame.len() as u16).to_be_bytes());
@@ -128,9 +175,24 @@ fn read_frame(stream: &mut impl Read, buffer: &mut [u8; MAX_NOISE]) -> io::Resul
 /// Connects to a peer as the initiator; `hello` is sent encrypted in the first message and the
 /// peer's hello is returned.
 pub fn connect(addr: SocketAddr, key: &ClusterKey, hello: &[u8], timeout: Duration) -> Handshake {
+    connect_as(addr, key, hello, timeout, PROTOCOL_VERSION)
+}
+
+/// [`connect`] announcing `version` (tests speak other versions with it).
+fn connect_as(
+    addr: SocketAddr,
+    key: &ClusterKey,
+    hello: &[u8],
+    timeout: Duration,
+    version: u16,
+) -> Handshake {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    // The versions first, the handshake only between equals: neither side closes with bytes
+    // of the other unread (a reset could destroy the preamble that says why).
+    stream.write_all(&preamble(version))?;
+    read_preamble(&mut stream, version)?;
     let mut noise = builder(key)
         .and_then(|b| b.build_initiator())
         .map_err(ChannelError::Authentication)?;
@@ -153,6 +215,9 @@ pub fn connect(addr: SocketAddr, key: &ClusterKey, hello: &[u8], timeout: Durati
 pub fn accept(mut stream: TcpStream, key: &ClusterKey, hello: &[u8]) -> Handshake {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    // Ours whatever the peer's: a peer of another version then learns which one this is.
+    stream.write_all(&preamble(PROTOCOL_VERSION))?;
+    read_preamble(&mut stream, PROTOCOL_VERSION)?;
     let mut noise = builder(key)
         .and_then(|b| b.build_responder())
         .map_err(ChannelError::Authentication)?;
@@ -340,6 +405,8 @@ mod tests {
         });
         // A hand-driven initiator that flips one ciphertext bit after the handshake.
         let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(&preamble(PROTOCOL_VERSION)).unwrap();
+        read_preamble(&mut stream, PROTOCOL_VERSION).unwrap();
         let mut noise = builder(&key).unwrap().build_initiator().unwrap();
         let mut frame = [0u8; MAX_NOISE];
         let len = noise.write_message(b"c", &mut frame).unwrap();
@@ -357,6 +424,64 @@ mod tests {
             server.join().unwrap(),
             Err(ChannelError::Decrypt(_))
         ));
+    }
+
+    #[test]
+    fn a_peer_of_another_protocol_version_is_told_so_on_both_sides() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = ClusterKey::from_hex(KEY).unwrap();
+        let server_key = key.clone();
+        let server = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            accept(stream, &server_key, b"node2")
+        });
+        let newer = PROTOCOL_VERSION + 1;
+        let client = connect_as(addr, &key, b"node1", Duration::from_secs(1), newer);
+        assert!(
+            matches!(client, Err(ChannelError::Version(v)) if v == PROTOCOL_VERSION),
+            "{client:?}"
+        );
+        let server = server.join().unwrap();
+        assert!(
+            matches!(server, Err(ChannelError::Version(v)) if v == newer),
+            "{server:?}"
+        );
+        let message = server.unwrap_err().to_string();
+        assert!(
+            message.contains(&format!(
+                "agent protocol {newer}, this build {PROTOCOL_VERSION}"
+            )),
+            "{message}"
+        );
+        assert!(
+            PROLOGUE.ends_with(format!("v{PROTOCOL_VERSION}").as_bytes()),
+            "the prologue names another version than PROTOCOL_VERSION"
+        );
+    }
+
+    #[test]
+    fn a_peer_without_a_preamble_is_refused_as_such() {
+        // What a member from before the preamble sends first: a handshake frame.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            accept(stream, &ClusterKey::from_hex(KEY).unwrap(), b"node2")
+        });
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let mut noise = builder(&ClusterKey::from_hex(KEY).unwrap())
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut frame = [0u8; MAX_NOISE];
+        let len = noise.write_message(b"node1", &mut frame).unwrap();
+        write_frame(&mut stream, &frame[..len]).unwrap();
+        let server = server.join().unwrap();
+        assert!(
+            matches!(server, Err(ChannelError::NoPreamble(_))),
+            "{server:?}"
+        );
     }
 
     #[test]

@@ -77,6 +77,13 @@ pub fn monotonic_ns() -> Nanos {
     now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
 
+/// The version of the agent protocol: the channel's framing (`channel.rs`) and the encoding
+/// of [`PeerMessage`]. postcard is not self-describing — a member of another build could
+/// misread a message without noticing (a field added to `Transfer` read as something else) —,
+/// so members of different versions refuse each other's channel (`channel.rs`). Bump it with
+/// any change to either; the test `peer_messages_encode_as_recorded` fails until then.
+pub const PROTOCOL_VERSION: u16 = 2;
+
 /// Agent ↔ agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PeerMessage {
@@ -471,6 +478,112 @@ pub struct DrainError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One message of every kind, as members of this version encode it.
+    const RECORDED: &str = "
+00026e31
+010101fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f01
+020201fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f020102010301071030313233343536373839616263646566dc0b010901
+0303fd0000ff000000000000000000000001fd000000000000000000000000000001
+040400071030313233343536373839616263646566dc0b
+05050009000000000000e03f
+0606
+0707026e6f
+0808
+0909
+0a0a0b0c0d
+0b0e0101fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f
+0c0f026e320101fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f
+0d01fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903ffd0000ff000000000000000000000001
+0efd0000ff000000000000000000000001fd00000000000000000000000000000110
+0f01fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f
+10fd0000ff000000000000000000000001fd000000000000000000000000000001071030313233343536373839616263646566dc0b
+";
+
+    #[test]
+    fn peer_messages_encode_as_recorded() {
+        let conn = ConnId {
+            client: "[fd00::1]:40000".parse().unwrap(),
+            local: "[fd00:ff::1]:8080".parse().unwrap(),
+        };
+        let (dsa, client): (Ipv6Addr, Ipv6Addr) =
+            ("fd00:ff::1".parse().unwrap(), "fd00::1".parse().unwrap());
+        let token = HomeToken {
+            nonce_index: 7,
+            token: "0123456789abcdef".into(),
+            age_ms: 1500,
+        };
+        let messages = [
+            PeerMessage::Hello { node: "n1".into() },
+            PeerMessage::Prepare {
+                id: 1,
+                conn,
+                freeze: true,
+            },
+            PeerMessage::Transfer {
+                id: 2,
+                conn,
+                tcp_state: vec![1, 2],
+                app_state: vec![3],
+                home_token: Some(token.clone()),
+                bu_sequence: Some(9),
+                one_phase: true,
+            },
+            PeerMessage::TokenRequest { id: 3, dsa, client },
+            PeerMessage::TokenReply {
+                id: 4,
+                token: Ok(token.clone()),
+            },
+            PeerMessage::Binding {
+                id: 5,
+                result: Ok((9, 0.5)),
+            },
+            PeerMessage::Ready { id: 6 },
+            PeerMessage::Refused {
+                id: 7,
+                reason: "no".into(),
+            },
+            PeerMessage::Commit { id: 8 },
+            PeerMessage::Abort { id: 9 },
+            PeerMessage::Activated {
+                id: 10,
+                received_ns: 11,
+                restored_ns: 12,
+                activated_ns: 13,
+            },
+            PeerMessage::WhoServes {
+                id: 14,
+                conns: vec![conn],
+            },
+            PeerMessage::Serves {
+                id: 15,
+                node: "n2".into(),
+                conns: vec![conn],
+            },
+            PeerMessage::Owner { conn, owner: dsa },
+            PeerMessage::ClientBound {
+                dsa,
+                client,
+                sequence: 16,
+            },
+            PeerMessage::Gone { conn },
+            PeerMessage::FreshToken { dsa, client, token },
+        ];
+        let encoded: Vec<String> = messages
+            .iter()
+            .map(|m| {
+                let bytes = postcard::to_allocvec(m).unwrap();
+                assert_eq!(postcard::from_bytes::<PeerMessage>(&bytes).unwrap(), *m);
+                bytes.iter().map(|b| format!("{b:02x}")).collect()
+            })
+            .collect();
+        let encoded = encoded.join("\n");
+        assert!(
+            encoded == RECORDED.trim(),
+            "the agent protocol's encoding changed: bump PROTOCOL_VERSION (now \
+             {PROTOCOL_VERSION}) and record the new encoding:\n{encoded}"
+        );
+    }
 
     #[test]
     fn connections_are_named_by_the_client_endpoint() {
