@@ -816,6 +816,20 @@ fn privileged_drain_leaves_out_an_unreachable_member() {
         assert!(on_node2.contains(&endpoint(stream)));
     }
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+    // The operator sees why: node1's status names node3's channel down, and the reason.
+    let status = handoff_json(&cluster, &["status", "node1", "--json"]);
+    let peers = status["peers"].as_array().unwrap();
+    let node3 = peers.iter().find(|p| p["node"] == "node3").unwrap();
+    assert_eq!(node3["channel"], "down", "{status:#}");
+    assert!(
+        node3["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("agent channel to node3")),
+        "{status:#}"
+    );
+    let node2 = peers.iter().find(|p| p["node"] == "node2").unwrap();
+    assert_eq!(node2["channel"], "up", "{status:#}");
+    assert!(node2["error"].is_null(), "{status:#}");
 }
 
 /// The pid of the handoffd started with `<cluster dir>/<node>.toml`.
@@ -1361,6 +1375,24 @@ fn privileged_oversized_application_message_is_refused_and_the_session_goes_on()
     register_raw(&app);
 }
 
+/// The next event on `app`: a refusal that gives back the connection `client_end` –
+/// `local_end`, with its socket.
+fn given_back(app: &OwnedFd, local_end: SocketAddr, client_end: SocketAddr) -> TcpStream {
+    let (refused, fd) = next_raw_event(app);
+    assert_refused(&refused);
+    assert_eq!(
+        refused["conn"]["client"],
+        client_end.to_string(),
+        "{refused}"
+    );
+    assert_eq!(refused["conn"]["local"], local_end.to_string(), "{refused}");
+    let back = TcpStream::from(
+        fd.unwrap_or_else(|| panic!("the connection's socket did not come back with {refused}")),
+    );
+    assert_eq!(back.peer_addr().unwrap(), client_end);
+    back
+}
+
 /// A `yielded` too large for handoffd (a state over 256 KiB) that carries the connection's socket
 /// is refused, and the socket comes back with the error event, named by its `conn`: the
 /// application, which let go of its own descriptor as the protocol asks, serves on. A second
@@ -1385,18 +1417,7 @@ fn privileged_oversized_yielded_message_gives_the_connection_back() {
     );
     send_raw(&app, yielded.as_bytes(), &[server.as_raw_fd()]);
     drop(server);
-    let (refused, fd) = next_raw_event(&app);
-    assert_refused(&refused);
-    let mut back = TcpStream::from(
-        fd.unwrap_or_else(|| panic!("the connection's socket did not come back with {refused}")),
-    );
-    assert_eq!(
-        refused["conn"]["client"],
-        client_end.to_string(),
-        "{refused}"
-    );
-    assert_eq!(refused["conn"]["local"], local_end.to_string(), "{refused}");
-    assert_eq!(back.peer_addr().unwrap(), client_end);
+    let mut back = given_back(&app, local_end, client_end);
     back.write_all(b"served on").unwrap();
     let mut got = [0u8; 9];
     client.read_exact(&mut got).unwrap();
@@ -1415,14 +1436,7 @@ fn privileged_oversized_yielded_message_gives_the_connection_back() {
         &[back.as_raw_fd(), listener.as_raw_fd()],
     );
     drop(back);
-    let (refused, fd) = next_raw_event(&app);
-    assert_refused(&refused);
-    assert_eq!(
-        refused["conn"]["client"],
-        client_end.to_string(),
-        "{refused}"
-    );
-    let mut back = TcpStream::from(fd.expect("the connection's socket came back"));
+    let mut back = given_back(&app, local_end, client_end);
     back.write_all(b"again").unwrap();
     let mut got = [0u8; 5];
     client.read_exact(&mut got).unwrap();

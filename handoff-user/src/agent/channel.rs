@@ -347,14 +347,24 @@ mod tests {
 
     const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
-    fn pair(server_key: &str, client_key: &str) -> (Handshake, Handshake) {
+    /// A responder ("node2", holding `key`) for one connection: its address, and what its
+    /// `accept` gives, passed through `then`.
+    fn responder<T: Send + 'static>(
+        key: &str,
+        then: impl FnOnce(Handshake) -> T + Send + 'static,
+    ) -> (SocketAddr, thread::JoinHandle<T>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let server_key = ClusterKey::from_hex(server_key).unwrap();
+        let key = ClusterKey::from_hex(key).unwrap();
         let server = thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
-            accept(stream, &server_key, b"node2")
+            then(accept(stream, &key, b"node2"))
         });
+        (addr, server)
+    }
+
+    fn pair(server_key: &str, client_key: &str) -> (Handshake, Handshake) {
+        let (addr, server) = responder(server_key, |handshake| handshake);
         let client_key = ClusterKey::from_hex(client_key).unwrap();
         let client = connect(addr, &client_key, b"node1", Duration::from_secs(1));
         (client, server.join().unwrap())
@@ -394,15 +404,8 @@ mod tests {
 
     #[test]
     fn a_tampered_message_is_refused() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let key = ClusterKey::from_hex(KEY).unwrap();
-        let server_key = key.clone();
-        let server = thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            let (_, mut rx, _) = accept(stream, &server_key, b"s").unwrap();
-            rx.recv()
-        });
+        let (addr, server) = responder(KEY, |handshake| handshake.unwrap().1.recv());
         // A hand-driven initiator that flips one ciphertext bit after the handshake.
         let mut stream = TcpStream::connect(addr).unwrap();
         stream.write_all(&preamble(PROTOCOL_VERSION)).unwrap();
@@ -428,14 +431,8 @@ mod tests {
 
     #[test]
     fn a_peer_of_another_protocol_version_is_told_so_on_both_sides() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let key = ClusterKey::from_hex(KEY).unwrap();
-        let server_key = key.clone();
-        let server = thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            accept(stream, &server_key, b"node2")
-        });
+        let (addr, server) = responder(KEY, |handshake| handshake);
         let newer = PROTOCOL_VERSION + 1;
         let client = connect_as(addr, &key, b"node1", Duration::from_secs(1), newer);
         assert!(
@@ -463,12 +460,7 @@ mod tests {
     #[test]
     fn a_peer_without_a_preamble_is_refused_as_such() {
         // What a member from before the preamble sends first: a handshake frame.
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            accept(stream, &ClusterKey::from_hex(KEY).unwrap(), b"node2")
-        });
+        let (addr, server) = responder(KEY, |handshake| handshake);
         let mut stream = TcpStream::connect(addr).unwrap();
         let mut noise = builder(&ClusterKey::from_hex(KEY).unwrap())
             .unwrap()

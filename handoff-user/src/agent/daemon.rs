@@ -116,6 +116,8 @@ pub struct Agent {
     conns: Mutex<BTreeMap<ConnId, Conn>>,
     yields: Mutex<HashMap<ConnId, mpsc::Sender<YieldAnswer>>>,
     peers: Mutex<HashMap<String, ChannelSender>>,
+    /// Why each member's channel last failed to open or closed (`handoff status`).
+    channel_errors: Mutex<HashMap<String, String>>,
     waiting: Mutex<HashMap<u64, mpsc::Sender<PeerMessage>>>,
     accepting: Mutex<HashMap<(String, u64), Accepting>>,
     /// One-phase handoffs announced by `Prepare` (flow frozen here), until their transfer.
@@ -266,6 +268,7 @@ impl Agent {
             conns: Mutex::default(),
             yields: Mutex::default(),
             peers: Mutex::default(),
+            channel_errors: Mutex::default(),
             waiting: Mutex::default(),
             accepting: Mutex::default(),
             aborted: Mutex::default(),
@@ -566,10 +569,15 @@ impl Agent {
             let agent = Arc::clone(&self);
             thread::spawn(move || {
                 let from = stream.peer_addr().ok();
+                let refused = |why: String| {
+                    tracing::warn!(?from, "refused agent channel: {why}");
+                    agent.channel_failed_from(from, format!("refused its channel: {why}"));
+                };
                 match channel::accept(stream, &agent.key, &agent.hello()) {
                     Ok((sender, receiver, hello)) => match agent.peer_name(&hello) {
                         Ok(node) => {
                             tracing::info!(peer = %node, "agent channel up (incoming)");
+                            lock(&agent.channel_errors).remove(&node);
                             lock(&agent.peers)
                                 .entry(node.clone())
                                 .or_insert_with(|| sender.clone());
@@ -577,13 +585,25 @@ impl Agent {
                             agent.read_peer(node, sender, receiver);
                         }
                         Err(why) => {
-                            tracing::warn!(?from, "refused agent channel: {why}");
+                            refused(why);
                             sender.shutdown();
                         }
                     },
-                    Err(e) => tracing::warn!(?from, "refused agent channel: {e}"),
+                    Err(e) => refused(e.to_string()),
                 }
             });
+        }
+    }
+
+    /// Notes why a channel from `from` was refused, for the member at that address.
+    fn channel_failed_from(&self, from: Option<SocketAddr>, why: String) {
+        let member = self
+            .config
+            .peers
+            .iter()
+            .find(|p| from.is_some_and(|from| from.ip() == IpAddr::V6(p.address)));
+        if let Some(member) = member {
+            lock(&self.channel_errors).insert(member.node.clone(), why);
         }
     }
 
@@ -592,6 +612,16 @@ impl Agent {
         if let Some(sender) = lock(&self.peers).get(node) {
             return Ok(sender.clone());
         }
+        let opened = self.open_channel(node);
+        let mut errors = lock(&self.channel_errors);
+        match &opened {
+            Ok(_) => errors.remove(node),
+            Err(e) => errors.insert(node.to_owned(), e.clone()),
+        };
+        opened
+    }
+
+    fn open_channel(self: &Arc<Self>, node: &str) -> Result<ChannelSender, String> {
         let peer = self
             .config
             .peer(node)
@@ -629,6 +659,7 @@ impl Agent {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     tracing::info!(peer = %node, "agent channel closed: {e}");
+                    lock(&self.channel_errors).insert(node.clone(), format!("channel closed: {e}"));
                     break;
                 }
             };
@@ -636,6 +667,8 @@ impl Agent {
                 Ok(message) => self.on_peer_message(&node, &sender, message),
                 Err(e) => {
                     tracing::warn!(peer = %node, "undecodable message, channel dropped: {e}");
+                    let why = format!("undecodable message, channel dropped: {e}");
+                    lock(&self.channel_errors).insert(node.clone(), why);
                     break;
                 }
             }
@@ -2043,15 +2076,20 @@ impl Agent {
 
     fn status(&self) -> Value {
         let peers: Vec<Value> = {
-            let open = lock(&self.peers);
+            let open: Vec<String> = lock(&self.peers).keys().cloned().collect();
+            let errors = lock(&self.channel_errors);
             self.config
                 .peers
                 .iter()
                 .map(|p| {
+                    let up = open.contains(&p.node);
+                    // Why it is down: the last attempt's failure, or how it closed.
+                    let error = (!up).then(|| errors.get(&p.node)).flatten();
                     json!({
                         "node": p.node,
                         "address": p.address,
-                        "channel": if open.contains_key(&p.node) { "up" } else { "down" },
+                        "channel": if up { "up" } else { "down" },
+                        "error": error,
                     })
                 })
                 .collect()
