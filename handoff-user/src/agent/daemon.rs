@@ -55,6 +55,9 @@ const SEND_QUEUE_POLL: Duration = Duration::from_micros(100);
 /// A client that did not answer the home test is not asked again for this long (it has no
 /// Mobile IPv6 support; its connections are served through the redirect).
 const NO_MIPV6_HOLD: Duration = Duration::from_secs(60);
+/// Home tokens fetched ahead at once (one thread each, waiting up to a home test's timeout):
+/// a burst of new clients beyond it gets theirs at their first handoff instead.
+const MAX_PREFETCHES: usize = 32;
 /// How often the contact node looks for home tokens to renew.
 const TOKEN_CHECK: Duration = Duration::from_secs(10);
 /// Handoff reports kept for `handoff history`.
@@ -1249,7 +1252,8 @@ impl Agent {
     /// whose home token this member does not hold, obtains it in the background as a donor
     /// would — the contact node from its mipv6d (a home test), the others from the contact
     /// node —, and the contact node shares it with every member: even the client's first
-    /// handoff then finds the token at hand. One fetch per client at a time.
+    /// handoff then finds the token at hand. One fetch per client at a time, at most
+    /// `MAX_PREFETCHES` in all.
     fn prefetch_home_token(self: &Arc<Self>, conn: ConnId) {
         let (IpAddr::V6(dsa), IpAddr::V6(client)) = (conn.local.ip(), conn.client.ip()) else {
             return;
@@ -1260,9 +1264,14 @@ impl Agent {
                 .get(dsa, client, Instant::now())
                 .is_some()
             || self.on_hold(client)
-            || !lock(&self.prefetching).insert((dsa, client))
         {
             return;
+        }
+        {
+            let mut prefetching = lock(&self.prefetching);
+            if prefetching.len() >= MAX_PREFETCHES || !prefetching.insert((dsa, client)) {
+                return;
+            }
         }
         let agent = Arc::clone(self);
         thread::spawn(move || {
