@@ -84,10 +84,11 @@ pub enum ChannelError {
          across the cluster"
     )]
     Version(u16),
-    /// The peer's first bytes were not a preamble, or it sent none.
+    /// The peer's first bytes were not a preamble, or it sent none in time.
     #[error(
-        "no agent-protocol preamble from the peer ({0}): not a handoffd, or one older than \
-         agent protocol 2 (run one build across the cluster)"
+        "no agent-protocol preamble from the peer ({0}): a handoffd older than agent protocol \
+         2 sends none (run one build across the cluster) — or the peer is not a handoffd, or \
+         hangs"
     )]
     NoPreamble(String),
     /// A transport message did not decrypt: tampered with or out of order.
@@ -142,9 +143,14 @@ fn preamble(version: u16) -> [u8; 8] {
 /// Reads the peer's preamble: fine if it speaks `version` (ours), else the error that says why.
 fn read_preamble(stream: &mut impl Read, version: u16) -> Result<(), ChannelError> {
     let mut bytes = [0u8; 8];
-    stream
-        .read_exact(&mut bytes)
-        .map_err(|e| ChannelError::NoPreamble(e.to_string()))?;
+    stream.read_exact(&mut bytes).map_err(|e| match e.kind() {
+        // A member from before the preamble waits for a handshake message instead.
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            ChannelError::NoPreamble(format!("none within {HANDSHAKE_TIMEOUT:?}"))
+        }
+        // The connection closed or broke: nothing to say about the peer's version.
+        _ => ChannelError::Io(e),
+    })?;
     if &bytes[..6] != MAGIC {
         return Err(ChannelError::NoPreamble(format!(
             "its first bytes are {:02x?}",

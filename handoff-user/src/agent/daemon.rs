@@ -108,7 +108,20 @@ struct Accepting {
     deadline: Instant,
     received_ns: u64,
     restored_ns: u64,
+    /// A stop waits for the commit (or the expiry): held until the entry is done with.
+    _busy: Busy,
 }
+
+/// A one-phase handoff announced by `Prepare` (flow frozen here): its connection, until when
+/// its transfer may come, and the stop it holds up.
+type Prepared = (ConnId, Instant, Busy);
+
+/// The opening of one member's channel: held while an attempt runs; when and why the last
+/// attempt failed.
+type Opening = Mutex<Option<(Instant, String)>>;
+
+/// A message for every member but one (if named); a stop waits until it is sent or dropped.
+type Announcement = (PeerMessage, Option<String>, Busy);
 
 /// One member's agent.
 pub struct Agent {
@@ -121,17 +134,22 @@ pub struct Agent {
     peers: Mutex<HashMap<String, ChannelSender>>,
     /// Why each member's channel last failed to open or closed (`handoff status`).
     channel_errors: Mutex<HashMap<String, String>>,
+    /// Per member: one opening of its channel at a time, and when and why the last attempt
+    /// failed — threads that waited for an attempt take its failure rather than each trying
+    /// again (every attempt at an unreachable member waits for the timeout).
+    opening: Mutex<HashMap<String, Arc<Opening>>>,
     waiting: Mutex<HashMap<u64, mpsc::Sender<PeerMessage>>>,
     accepting: Mutex<HashMap<(String, u64), Accepting>>,
     /// One-phase handoffs announced by `Prepare` (flow frozen here), until their transfer.
-    prepared: Mutex<HashMap<(String, u64), (ConnId, Instant)>>,
+    prepared: Mutex<HashMap<(String, u64), Prepared>>,
     /// Handoffs the donor aborted before their restore finished.
     aborted: Mutex<std::collections::HashSet<(String, u64)>>,
     history: Mutex<VecDeque<PhaseReport>>,
     mipv6d: Option<Mipv6d>,
     /// Last Binding Update sequence number each client accepted (for the next acceptor).
     sequences: Mutex<HashMap<Ipv6Addr, u16>>,
-    /// Clients whose home test failed, and when.
+    /// Clients whose home test failed (contact node) or whose token could not be fetched ahead
+    /// (the others), and when.
     no_mipv6: Mutex<HashMap<Ipv6Addr, Instant>>,
     /// Home tokens: on the contact node those it keeps fresh and has shared, on the others
     /// those it sent (`FreshToken`).
@@ -139,12 +157,15 @@ pub struct Agent {
     /// Clients whose home token is being fetched because a connection of theirs arrived.
     prefetching: Mutex<std::collections::HashSet<(Ipv6Addr, Ipv6Addr)>>,
     /// Messages for every member (`Owner`, `Gone`, …), sent in order to each (see `announce`).
-    announcements: Mutex<mpsc::Sender<(PeerMessage, Option<String>)>>,
+    announcements: Mutex<mpsc::Sender<Announcement>>,
     draining: AtomicBool,
     /// Set by [`Agent::stop`]: no handoff starts any more.
     stopping: AtomicBool,
-    /// Work of handoffs in flight that a stop waits for ([`Busy`]).
-    busy: AtomicUsize,
+    /// Work of handoffs in flight that a stop waits for ([`Busy`]): threads at work on one,
+    /// restored sockets waiting for their commit, flows frozen for a one-phase transfer.
+    busy: Arc<AtomicUsize>,
+    /// Announcements queued and not yet sent or dropped (a stop waits for them, briefly).
+    announcing: Arc<AtomicUsize>,
     drain_targets: Mutex<Vec<String>>,
     next_id: AtomicU64,
     next_app: AtomicU64,
@@ -272,6 +293,7 @@ impl Agent {
             yields: Mutex::default(),
             peers: Mutex::default(),
             channel_errors: Mutex::default(),
+            opening: Mutex::default(),
             waiting: Mutex::default(),
             accepting: Mutex::default(),
             aborted: Mutex::default(),
@@ -285,7 +307,8 @@ impl Agent {
             announcements: Mutex::new(announcements),
             draining: AtomicBool::new(drained),
             stopping: AtomicBool::new(false),
-            busy: AtomicUsize::new(0),
+            busy: Arc::default(),
+            announcing: Arc::default(),
             // After a restart the targets of the drain are not known: every peer.
             drain_targets: Mutex::new(if drained {
                 config.peers.iter().map(|p| p.node.clone()).collect()
@@ -483,7 +506,8 @@ impl Agent {
     /// starts (moves and drains are refused, a drain in progress takes no more connections,
     /// transfers from other members are refused), and those in flight — as donor or acceptor,
     /// up to the application's adoption and the client's binding — are waited for, at most as
-    /// long as one handoff may take. The sockets stay open meanwhile: the handoffs need them.
+    /// long as one handoff may take, then their announcements, at most `peer_timeout`. The
+    /// sockets stay open meanwhile: the handoffs need them.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         let handoff = &self.config.handoff;
@@ -494,39 +518,38 @@ impl Agent {
         let mut told = false;
         loop {
             let busy = self.busy.load(Ordering::SeqCst);
-            // Restored sockets waiting for their commit, flows frozen for a one-phase transfer.
-            let parked = lock(&self.accepting).len() + lock(&self.prepared).len();
-            if busy + parked == 0 {
-                return;
+            if busy == 0 {
+                break;
             }
             if Instant::now() >= deadline {
                 tracing::warn!(
                     busy,
-                    parked,
                     "stopping with handoffs still in flight after {bound:?}"
                 );
                 return;
             }
             if !told {
-                tracing::info!(
-                    busy,
-                    parked,
-                    "stopping: finishing the handoffs in flight first"
-                );
+                tracing::info!(busy, "stopping: finishing the handoffs in flight first");
                 told = true;
             }
+            thread::sleep(Duration::from_millis(5));
+        }
+        // The announcements of those handoffs (`Owner`, `ClientBound`): for a moment only, as
+        // new connections may keep adding some.
+        let deadline = Instant::now() + self.config.handoff.peer_timeout();
+        while self.announcing.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
         }
     }
 
     /// Marks work of a handoff already in flight: [`Agent::stop`] waits until it is dropped.
-    fn busy(self: &Arc<Self>) -> Busy {
-        self.busy.fetch_add(1, Ordering::SeqCst);
-        Busy(Arc::clone(self))
+    /// Whoever hands the work on takes the next mark before dropping its own.
+    fn busy(&self) -> Busy {
+        mark(&self.busy)
     }
 
     /// Marks work that starts a handoff: none once the agent is stopping.
-    fn busy_unless_stopping(self: &Arc<Self>) -> Option<Busy> {
+    fn busy_unless_stopping(&self) -> Option<Busy> {
         // Counted before the flag is read: a stop that sets the flag after this read sees the
         // count and waits.
         let busy = self.busy();
@@ -615,7 +638,21 @@ impl Agent {
         if let Some(sender) = lock(&self.peers).get(node) {
             return Ok(sender.clone());
         }
+        let asked = Instant::now();
+        let slot = Arc::clone(lock(&self.opening).entry(node.to_owned()).or_default());
+        let mut last_failure = lock(&slot);
+        // While this thread waited, another may have opened the channel (or the member opened
+        // one to us), or failed to.
+        if let Some(sender) = lock(&self.peers).get(node) {
+            return Ok(sender.clone());
+        }
+        if let Some((when, why)) = &*last_failure
+            && *when >= asked
+        {
+            return Err(why.clone());
+        }
         let opened = self.open_channel(node);
+        *last_failure = opened.as_ref().err().map(|e| (Instant::now(), e.clone()));
         let mut errors = lock(&self.channel_errors);
         match &opened {
             Ok(_) => errors.remove(node),
@@ -700,7 +737,8 @@ impl Agent {
                         Ok(()) => {
                             let deadline = Instant::now()
                                 + self.config.handoff.peer_timeout() * COMMIT_TIMEOUT_FACTOR;
-                            lock(&self.prepared).insert((from.to_owned(), id), (conn, deadline));
+                            lock(&self.prepared)
+                                .insert((from.to_owned(), id), (conn, deadline, self.busy()));
                         }
                         Err(e) => tracing::warn!(%conn, "cannot freeze ahead of a handoff: {e}"),
                     }
@@ -761,7 +799,7 @@ impl Agent {
             }
             PeerMessage::Abort { id } => {
                 let key = (from.to_owned(), id);
-                if let Some((conn, _)) = lock(&self.prepared).remove(&key) {
+                if let Some((conn, _, _busy)) = lock(&self.prepared).remove(&key) {
                     self.return_flow(conn, from);
                 }
                 match lock(&self.accepting).remove(&key) {
@@ -882,7 +920,8 @@ impl Agent {
     /// Queues `message` for every member but `except`; each member gets them in order (an
     /// `Owner` and the `Gone` of the same connection never overtake each other).
     fn broadcast(&self, message: PeerMessage, except: Option<&str>) {
-        let queued = lock(&self.announcements).send((message, except.map(str::to_owned)));
+        let announcement = (message, except.map(str::to_owned), mark(&self.announcing));
+        let queued = lock(&self.announcements).send(announcement);
         if queued.is_err() {
             tracing::warn!("announcements stopped");
         }
@@ -891,9 +930,9 @@ impl Agent {
     /// Hands each announcement to one queue per member, each sent by a thread of its own: a
     /// member that cannot be reached (each attempt may wait `peer_timeout` to connect) delays
     /// only its own announcements.
-    fn announce(self: Arc<Self>, queue: mpsc::Receiver<(PeerMessage, Option<String>)>) {
-        let mut queues: HashMap<String, mpsc::Sender<PeerMessage>> = HashMap::new();
-        for (message, except) in queue {
+    fn announce(self: Arc<Self>, queue: mpsc::Receiver<Announcement>) {
+        let mut queues: HashMap<String, mpsc::Sender<(PeerMessage, Busy)>> = HashMap::new();
+        for (message, except, _busy) in queue {
             for peer in &self.config.peers {
                 if Some(&peer.node) == except.as_ref() {
                     continue;
@@ -905,7 +944,7 @@ impl Agent {
                     thread::spawn(move || agent.announce_to(&node, messages));
                     to_peer
                 });
-                let _ = to_peer.send(message.clone());
+                let _ = to_peer.send((message.clone(), mark(&self.announcing)));
             }
         }
     }
@@ -914,8 +953,8 @@ impl Agent {
     /// meanwhile are dropped with it rather than each waiting for the member again: the
     /// periodic redirect check makes up for lost `Owner`/`Gone`, and the contact node sends
     /// its home tokens on the next channel.
-    fn announce_to(self: &Arc<Self>, node: &str, messages: mpsc::Receiver<PeerMessage>) {
-        while let Ok(message) = messages.recv() {
+    fn announce_to(self: &Arc<Self>, node: &str, messages: mpsc::Receiver<(PeerMessage, Busy)>) {
+        while let Ok((message, _busy)) = messages.recv() {
             let sent = self
                 .peer(node)
                 .and_then(|sender| Self::send_to(&sender, &message));
@@ -1023,6 +1062,7 @@ impl Agent {
                     + self.config.handoff.peer_timeout() * COMMIT_TIMEOUT_FACTOR,
                 received_ns,
                 restored_ns,
+                _busy: self.busy(),
             },
         );
         Ok(())
@@ -1150,7 +1190,8 @@ impl Agent {
         token
     }
 
-    /// Whether `client` failed a home test less than `NO_MIPV6_HOLD` ago (contact node).
+    /// Whether `client` failed a home test (on the contact node) or a prefetch of its token
+    /// (elsewhere) less than `NO_MIPV6_HOLD` ago.
     fn on_hold(&self, client: Ipv6Addr) -> bool {
         lock(&self.no_mipv6)
             .get(&client)
@@ -1279,6 +1320,10 @@ impl Agent {
                 let (id, replies, _waiting) = agent.reply_slot();
                 if let Err(e) = agent.home_token(&conn, &replies, id) {
                     tracing::debug!(%client, "home token not prefetched: {e}");
+                    // The contact node holds clients off after a failed home test; the others
+                    // hold off their own prefetches the same way (a client without Mobile
+                    // IPv6 would otherwise cost a `TokenRequest` per connection).
+                    lock(&agent.no_mipv6).insert(client, Instant::now());
                 }
             }
             lock(&agent.prefetching).remove(&(dsa, client));
@@ -1355,9 +1400,9 @@ impl Agent {
                 self.drop_restored(accepting, &donor);
             }
             let stale: Vec<_> = lock(&self.prepared)
-                .extract_if(|_, (_, deadline)| *deadline <= now)
+                .extract_if(|_, (_, deadline, _)| *deadline <= now)
                 .collect();
-            for ((donor, _), (conn, _)) in stale {
+            for ((donor, _), (conn, _, _busy)) in stale {
                 tracing::warn!(%conn, "prepared handoff never came: flow given back to {donor}");
                 self.return_flow(conn, &donor);
             }
@@ -1494,6 +1539,9 @@ impl Agent {
         // Phase 1: the application yields, the send queue drains (bounded), freeze + capture.
         let (socket, app_state) = match yielded {
             Some(yielded) => yielded,
+            // A stop that came while the channels opened: nothing is touched yet, so this
+            // handoff ends here rather than outlive the stop's bound with the socket.
+            None if self.stopping.load(Ordering::SeqCst) => return Err(self.stopping_error()),
             None => self.ask_to_yield(app, conn)?,
         };
         let yielded_ns = monotonic_ns();
@@ -1806,14 +1854,14 @@ impl Agent {
                         .send(&bytes, fd.as_ref().map(|fd| fd.as_fd()))
                         .map_err(|e| e.to_string())
                 });
-            match (conn, sent) {
-                (Some(conn), Ok(())) => {
-                    tracing::info!(app, %conn, "connection given back to the application")
-                }
-                (Some(conn), Err(e)) => {
-                    tracing::warn!(app, %conn, "connection lost, cannot give it back: {e}")
-                }
-                (None, _) => {}
+            let Some(conn) = conn else { continue };
+            match sent {
+                Ok(()) => tracing::info!(app, %conn, "connection given back to the application"),
+                Err(e) => tracing::warn!(app, %conn, "connection lost, cannot give it back: {e}"),
+            }
+            // A handoff waiting for this connection's yield ends now, not at its timeout.
+            if let Some(waiter) = lock(&self.yields).remove(&conn) {
+                let _ = waiter.send(YieldAnswer::Declined(message.clone()));
             }
         }
     }
@@ -1931,9 +1979,15 @@ impl Agent {
                     ));
                 }
                 let agent = Arc::clone(self);
-                thread::spawn(move || match agent.hand_off(conn, &to, Some((fd, state))) {
-                    Ok(report) => log_report(&report),
-                    Err(e) => tracing::warn!(%conn, %to, "move failed: {e}"),
+                // This member holds the only descriptor now: a stop waits until the handoff
+                // has it (or, stopping, gives it back).
+                let busy = self.busy();
+                thread::spawn(move || {
+                    let _busy = busy;
+                    match agent.hand_off(conn, &to, Some((fd, state))) {
+                        Ok(report) => log_report(&report),
+                        Err(e) => tracing::warn!(%conn, %to, "move failed: {e}"),
+                    }
                 });
                 Ok(())
             }
@@ -2291,6 +2345,10 @@ impl Agent {
             attempts += 1;
             let error = match self.hand_off(conn, to, None) {
                 Ok(report) => return (to.clone(), Ok(report), attempts - 1),
+                // Stopping: no other target either.
+                Err(error) if self.stopping.load(Ordering::SeqCst) => {
+                    return (to.clone(), Err(error), attempts - 1);
+                }
                 Err(error) => error,
             };
             // No channel after the failure: the target could not be reached, or its channel
@@ -2326,7 +2384,7 @@ pub struct Listeners {
     channel: TcpListener,
     apps: SeqPacketListener,
     control: UnixListener,
-    announcement_queue: mpsc::Receiver<(PeerMessage, Option<String>)>,
+    announcement_queue: mpsc::Receiver<Announcement>,
 }
 
 /// Sends `Abort` for a prepared one-phase handoff that ends before its transfer.
@@ -2349,12 +2407,18 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Work of a handoff in flight, counted in `Agent::busy` until dropped.
-struct Busy(Arc<Agent>);
+/// Work of a handoff in flight, counted in `Agent::busy` (or an announcement, in
+/// `Agent::announcing`) until dropped.
+struct Busy(Arc<AtomicUsize>);
+
+fn mark(counter: &Arc<AtomicUsize>) -> Busy {
+    counter.fetch_add(1, Ordering::SeqCst);
+    Busy(Arc::clone(counter))
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -569,6 +569,29 @@ mod tests {
             PeerMessage::Gone { conn },
             PeerMessage::FreshToken { dsa, client, token },
         ];
+        // Every kind once, in declaration order: a new kind must join the samples (this match
+        // has no catch-all, so it does not compile until the kind is listed here).
+        let kind = |m: &PeerMessage| match m {
+            PeerMessage::Hello { .. } => 0,
+            PeerMessage::Prepare { .. } => 1,
+            PeerMessage::Transfer { .. } => 2,
+            PeerMessage::TokenRequest { .. } => 3,
+            PeerMessage::TokenReply { .. } => 4,
+            PeerMessage::Binding { .. } => 5,
+            PeerMessage::Ready { .. } => 6,
+            PeerMessage::Refused { .. } => 7,
+            PeerMessage::Commit { .. } => 8,
+            PeerMessage::Abort { .. } => 9,
+            PeerMessage::Activated { .. } => 10,
+            PeerMessage::WhoServes { .. } => 11,
+            PeerMessage::Serves { .. } => 12,
+            PeerMessage::Owner { .. } => 13,
+            PeerMessage::ClientBound { .. } => 14,
+            PeerMessage::Gone { .. } => 15,
+            PeerMessage::FreshToken { .. } => 16,
+        };
+        let kinds: Vec<usize> = messages.iter().map(kind).collect();
+        assert_eq!(kinds, (0..=16).collect::<Vec<_>>());
         let encoded: Vec<String> = messages
             .iter()
             .map(|m| {
