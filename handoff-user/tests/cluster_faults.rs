@@ -461,7 +461,8 @@ fn privileged_acceptor_killed_the_connection_stays_on_the_donor() {
 /// A stop (SIGTERM or SIGINT: an upgrade, `systemctl restart`) in the middle of a handoff:
 /// the donor's handoffd finishes the handoff in flight before it exits, so the connection
 /// arrives on the acceptor instead of going down with the process (which held its socket),
-/// and the operator's `move` gets its answer. 50 ms links make the handoff last ~0.6 s.
+/// and the operator's `move` gets its answer. 50 ms links make the handoff last ~0.6 s; the
+/// stop comes once node1 lists the connection as moving.
 #[test]
 fn privileged_stopped_donor_finishes_the_handoff_in_flight() {
     if !is_root() {
@@ -489,8 +490,17 @@ fn privileged_stopped_donor_finishes_the_handoff_in_flight() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // Into the handoff (its send-queue wait or transfer), well before its end.
-        thread::sleep(Duration::from_millis(150));
+        // Into the handoff (it lasts ~0.6 s): node1 lists the connection as moving.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !handoff_json(&cluster, &["conns", "node1", "--json"])["conns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["client"] == conn.as_str() && c["moving"] == true)
+        {
+            assert!(Instant::now() < deadline, "the move did not start");
+            thread::sleep(Duration::from_millis(5));
+        }
         let (status, took) = cluster.stop_handoffd(0).unwrap();
         assert!(status.success(), "handoffd on node1: {status}");
         let output = mover.wait_with_output().unwrap();
