@@ -523,6 +523,65 @@ fn privileged_stopped_donor_finishes_the_handoff_in_flight() {
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
+/// The donor's handoffd dies (SIGKILL) between the transfer and the commit: the acceptor holds
+/// the restored socket, the donor's frozen one died with the process. The restarted donor
+/// finds the frozen entry the handoff left and asks its peers to commit what they hold of it:
+/// node2 activates the restored socket, node1 redirects, and the download goes on byte-exact
+/// (before, the restarted donor removed the entry and the connection was lost).
+#[test]
+fn privileged_restarted_donor_completes_the_interrupted_handoff() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        delay_ms: 50.0,
+        fileserver_args: strings(&["--rate", "200K"]),
+        ..Settings::default()
+    };
+    let mut cluster = start("frec", &settings);
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
+        wait_progress(&progress, 100_000, "download");
+        let mut mover = std::process::Command::new(Binaries::beside_current_exe().unwrap().handoff)
+            .arg("--socket-dir")
+            .arg(&cluster.dir)
+            .args(["move", &conn, "--from", "node1", "--to", "node2", "--json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // node2 restored the socket and waits for the commit, which is 100 ms away.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while handoff_json(&cluster, &["status", "node2", "--json"])["handoffs_waiting_commit"] != 1
+        {
+            assert!(Instant::now() < deadline, "node2 never waited for a commit");
+            thread::sleep(Duration::from_millis(2));
+        }
+        cluster.kill_handoffd(0);
+        let _ = mover.wait();
+        cluster.restart_handoffd(0).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !conns(&cluster, "node2").contains(&conn) {
+            assert!(
+                Instant::now() < deadline,
+                "node2 does not serve the connection\n{}",
+                cluster.logs()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        reader
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
+    });
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+}
+
 /// The binding report of the last handoff `node` donated, once it has one (up to 10 s).
 fn bound_report(cluster: &Cluster, node: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -159,6 +159,9 @@ pub struct Agent {
     /// Messages for every member (`Owner`, `Gone`, …), sent in order to each (see `announce`).
     announcements: Mutex<mpsc::Sender<Announcement>>,
     draining: AtomicBool,
+    /// Entries of handoffs the previous run was in the middle of, until
+    /// `complete_interrupted` has dealt with them.
+    interrupted: Mutex<Vec<FlowKey>>,
     /// Set by [`Agent::stop`]: no handoff starts any more.
     stopping: AtomicBool,
     /// Work of handoffs in flight that a stop waits for ([`Busy`]): threads at work on one,
@@ -245,13 +248,13 @@ impl Agent {
                 .attach_persistent(program, &config.interface)
                 .with_context(|| format!("attaching {program:?} to {}", config.interface))?;
         }
-        let (thawed, redirects) = datapath.maps().freeze().thaw_leftovers()?;
-        if thawed + redirects > 0 {
+        let (interrupted, redirects) = datapath.maps().freeze().leftovers()?;
+        if !interrupted.is_empty() || redirects > 0 {
             tracing::info!(
                 redirects,
-                thawed,
-                "picked up the data path of an earlier run: redirect entries kept, entries of \
-                 interrupted handoffs removed"
+                interrupted = interrupted.len(),
+                "picked up the data path of an earlier run: redirect entries kept; the members \
+                 are asked to complete the interrupted handoffs"
             );
         }
         // Optional: without it a handoff still works, the acceptor's socket just starts with
@@ -306,6 +309,7 @@ impl Agent {
             prefetching: Mutex::default(),
             announcements: Mutex::new(announcements),
             draining: AtomicBool::new(drained),
+            interrupted: Mutex::new(interrupted),
             stopping: AtomicBool::new(false),
             busy: Arc::default(),
             announcing: Arc::default(),
@@ -351,6 +355,8 @@ impl Agent {
         thread::spawn(move || agent.reap_accepting());
         let agent = Arc::clone(self);
         thread::spawn(move || agent.check_redirects_periodically());
+        let agent = Arc::clone(self);
+        thread::spawn(move || agent.complete_interrupted());
         if self.mipv6d.is_some() {
             let agent = Arc::clone(self);
             thread::spawn(move || agent.keep_home_tokens_fresh());
@@ -370,6 +376,59 @@ impl Agent {
             dsas = ?self.config.dsas,
             "handoffd serving"
         );
+    }
+
+    /// At start: the handoffs the previous run was in the middle of, whose frozen entries it
+    /// left. Their sockets died with it (repair-mode sockets close silently); a member that
+    /// restored one and still waits for the commit holds the connection's only copy, so each
+    /// member is asked to activate it (`Recover`) and the flow is redirected to the one that
+    /// does. An entry no member claims is removed: that connection is lost.
+    fn complete_interrupted(self: Arc<Self>) {
+        let _busy = self.busy();
+        let flows = std::mem::take(&mut *lock(&self.interrupted));
+        for flow in flows {
+            let conn = conn_of(&flow);
+            let completed_by = self.config.peers.iter().find(|peer| {
+                let (id, replies, _slot) = self.reply_slot();
+                let asked = self
+                    .peer(&peer.node)
+                    .and_then(|sender| Self::send_to(&sender, &PeerMessage::Recover { id, conn }));
+                asked.is_ok()
+                    && matches!(
+                        replies.recv_timeout(self.config.handoff.peer_timeout()),
+                        Ok(PeerMessage::Activated { .. })
+                    )
+            });
+            let settled = {
+                let mut datapath = lock(&self.datapath);
+                let freeze = datapath.maps().freeze();
+                match completed_by {
+                    Some(peer) => freeze.redirect(flow, peer.address.octets()),
+                    None => freeze.thaw(&flow).map(|_| ()),
+                }
+            };
+            match (completed_by, settled) {
+                (Some(peer), Ok(())) => {
+                    tracing::info!(%conn, to = %peer.node, "interrupted handoff completed");
+                    self.broadcast(
+                        PeerMessage::Owner {
+                            conn,
+                            owner: peer.address,
+                        },
+                        Some(&peer.node),
+                    );
+                }
+                (Some(peer), Err(e)) => {
+                    tracing::error!(%conn, to = %peer.node, "interrupted handoff completed, but cannot redirect: {e}")
+                }
+                (None, settled) => {
+                    if let Err(e) = settled {
+                        tracing::warn!(%conn, "cannot remove its entry: {e}");
+                    }
+                    tracing::warn!(%conn, "connection of an interrupted handoff lost: no member held it");
+                }
+            }
+        }
     }
 
     /// Checks the redirect entries with the other members at start, then every
@@ -907,6 +966,35 @@ impl Agent {
             PeerMessage::Gone { conn } => {
                 if !lock(&self.conns).contains_key(&conn) {
                     let _ = lock(&self.datapath).maps().freeze().thaw(&flow(&conn));
+                }
+            }
+            PeerMessage::Recover { id, conn } => {
+                // The donor restarted in the middle of handing `conn` here: its socket died
+                // with its previous run, so the one restored here is the connection's only
+                // copy. Committed under the new id, answered on the new channel.
+                let found = {
+                    let mut accepting = lock(&self.accepting);
+                    let key = accepting
+                        .iter()
+                        .find(|((donor, _), a)| donor == from && a.conn == conn)
+                        .map(|(key, _)| key.clone());
+                    key.and_then(|key| accepting.remove(&key)).map(|mut entry| {
+                        entry.reply = sender.clone();
+                        accepting.insert((from.to_owned(), id), entry);
+                    })
+                };
+                if found.is_some() {
+                    tracing::info!(%conn, donor = %from, "completing a handoff its donor's previous run left");
+                    let agent = Arc::clone(self);
+                    let from = from.to_owned();
+                    let busy = self.busy();
+                    thread::spawn(move || {
+                        let _busy = busy;
+                        agent.activate(&from, id)
+                    });
+                } else {
+                    let reason = format!("{} holds no restored socket of {conn}", self.config.node);
+                    let _ = Self::send_to(sender, &PeerMessage::Refused { id, reason });
                 }
             }
             PeerMessage::FreshToken { dsa, client, token } => {

@@ -82,7 +82,7 @@ pub fn monotonic_ns() -> Nanos {
 /// misread a message without noticing (a field added to `Transfer` read as something else) —,
 /// so members of different versions refuse each other's channel (`channel.rs`). Bump it with
 /// any change to either; the test `peer_messages_encode_as_recorded` fails until then.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Agent ↔ agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -233,6 +233,15 @@ pub enum PeerMessage {
         client: Ipv6Addr,
         /// The token, its age when sent.
         token: HomeToken,
+    },
+    /// From a donor whose handoffd restarted in the middle of handing `conn` to this member
+    /// (its socket died with the previous run): activate the socket restored for it, if one
+    /// still waits for its commit. Answer: `Activated` or `Refused`, with this `id`.
+    Recover {
+        /// Correlates the answer.
+        id: u64,
+        /// The connection.
+        conn: ConnId,
     },
 }
 
@@ -498,6 +507,7 @@ mod tests {
 0efd0000ff000000000000000000000001fd00000000000000000000000000000110
 0f01fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f
 10fd0000ff000000000000000000000001fd000000000000000000000000000001071030313233343536373839616263646566dc0b
+111101fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f
 ";
 
     #[test]
@@ -568,6 +578,7 @@ mod tests {
             },
             PeerMessage::Gone { conn },
             PeerMessage::FreshToken { dsa, client, token },
+            PeerMessage::Recover { id: 17, conn },
         ];
         // Every kind once, in declaration order: a new kind must join the samples (this match
         // has no catch-all, so it does not compile until the kind is listed here).
@@ -589,9 +600,10 @@ mod tests {
             PeerMessage::ClientBound { .. } => 14,
             PeerMessage::Gone { .. } => 15,
             PeerMessage::FreshToken { .. } => 16,
+            PeerMessage::Recover { .. } => 17,
         };
         let kinds: Vec<usize> = messages.iter().map(kind).collect();
-        assert_eq!(kinds, (0..=16).collect::<Vec<_>>());
+        assert_eq!(kinds, (0..=17).collect::<Vec<_>>());
         let encoded: Vec<String> = messages
             .iter()
             .map(|m| {

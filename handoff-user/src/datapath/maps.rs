@@ -378,25 +378,30 @@ impl FreezeMap {
         set(&mut self.flows, map::FLOWS, *flow, None)
     }
 
-    /// For an agent starting over the pinned maps of an earlier run: removes every frozen and
-    /// queued entry (the handoffs that set them ended with that run, and their packets would be
-    /// dropped forever) and keeps the redirect entries (the connections they carry live on other
-    /// members). Returns how many entries were removed and how many redirects were kept.
-    pub fn thaw_leftovers(&mut self) -> Result<(usize, usize), DatapathError> {
-        let mut stale = Vec::new();
+    /// For an agent starting over the pinned maps of an earlier run: the frozen and queued
+    /// entries, left by handoffs that ended with that run (queued ones are frozen: nobody reads
+    /// their packets any more), for the agent to complete or remove; and how many redirect
+    /// entries there are (kept: the connections they carry live on other members).
+    pub fn leftovers(&mut self) -> Result<(Vec<FlowKey>, usize), DatapathError> {
+        let mut interrupted = Vec::new();
         let mut redirects = 0;
         for item in self.flows.iter() {
             let (flow, entry) = item.map_err(map_error(map::FLOWS))?;
-            if entry.action == FLOW_REDIRECT {
-                redirects += 1;
-            } else {
-                stale.push(flow);
+            match entry.action {
+                FLOW_REDIRECT => redirects += 1,
+                FLOW_QUEUED => interrupted.push((flow, true)),
+                _ => interrupted.push((flow, false)),
             }
         }
-        for flow in &stale {
-            self.thaw(flow)?;
+        for (flow, queued) in &interrupted {
+            if *queued {
+                self.freeze(*flow)?;
+            }
         }
-        Ok((stale.len(), redirects))
+        Ok((
+            interrupted.into_iter().map(|(flow, _)| flow).collect(),
+            redirects,
+        ))
     }
 
     /// Every redirect entry: the flow and the member it is sent to.
