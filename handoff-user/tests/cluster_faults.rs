@@ -458,6 +458,28 @@ fn privileged_acceptor_killed_the_connection_stays_on_the_donor() {
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
+/// Two members, 50 ms per link (a handoff lasts ~0.6 s), files served at 200 KiB/s.
+fn slow_links_cluster(tag: &str) -> Cluster {
+    let settings = Settings {
+        delay_ms: 50.0,
+        fileserver_args: strings(&["--rate", "200K"]),
+        ..Settings::default()
+    };
+    start(tag, &settings)
+}
+
+/// `handoff move CONN --from node1 --to node2 --json`, started, not waited for.
+fn start_move(cluster: &Cluster, conn: &str) -> std::process::Child {
+    std::process::Command::new(Binaries::beside_current_exe().unwrap().handoff)
+        .arg("--socket-dir")
+        .arg(&cluster.dir)
+        .args(["move", conn, "--from", "node1", "--to", "node2", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// A stop (SIGTERM or SIGINT: an upgrade, `systemctl restart`) in the middle of a handoff:
 /// the donor's handoffd finishes the handoff in flight before it exits, so the connection
 /// arrives on the acceptor instead of going down with the process (which held its socket),
@@ -469,12 +491,7 @@ fn privileged_stopped_donor_finishes_the_handoff_in_flight() {
         return;
     }
     let _serial = cluster::one_at_a_time();
-    let settings = Settings {
-        delay_ms: 50.0,
-        fileserver_args: strings(&["--rate", "200K"]),
-        ..Settings::default()
-    };
-    let mut cluster = start("fstp", &settings);
+    let mut cluster = slow_links_cluster("fstp");
     let resets = cluster.tcp_counter("client1", "EstabResets");
     let stream = connect(&cluster, "client1");
     let conn = endpoint(&stream);
@@ -482,14 +499,7 @@ fn privileged_stopped_donor_finishes_the_handoff_in_flight() {
     thread::scope(|scope| {
         let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
         wait_progress(&progress, 100_000, "download");
-        let mover = std::process::Command::new(Binaries::beside_current_exe().unwrap().handoff)
-            .arg("--socket-dir")
-            .arg(&cluster.dir)
-            .args(["move", &conn, "--from", "node1", "--to", "node2", "--json"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mover = start_move(&cluster, &conn);
         // Into the handoff (it lasts ~0.6 s): node1 lists the connection as moving.
         let deadline = Instant::now() + Duration::from_secs(5);
         while !handoff_json(&cluster, &["conns", "node1", "--json"])["conns"]
@@ -534,12 +544,7 @@ fn privileged_restarted_donor_completes_the_interrupted_handoff() {
         return;
     }
     let _serial = cluster::one_at_a_time();
-    let settings = Settings {
-        delay_ms: 50.0,
-        fileserver_args: strings(&["--rate", "200K"]),
-        ..Settings::default()
-    };
-    let mut cluster = start("frec", &settings);
+    let mut cluster = slow_links_cluster("frec");
     let resets = cluster.tcp_counter("client1", "EstabResets");
     let stream = connect(&cluster, "client1");
     let conn = endpoint(&stream);
@@ -547,14 +552,7 @@ fn privileged_restarted_donor_completes_the_interrupted_handoff() {
     thread::scope(|scope| {
         let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
         wait_progress(&progress, 100_000, "download");
-        let mut mover = std::process::Command::new(Binaries::beside_current_exe().unwrap().handoff)
-            .arg("--socket-dir")
-            .arg(&cluster.dir)
-            .args(["move", &conn, "--from", "node1", "--to", "node2", "--json"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut mover = start_move(&cluster, &conn);
         // node2 restored the socket and waits for the commit, which is 100 ms away.
         let deadline = Instant::now() + Duration::from_secs(5);
         while handoff_json(&cluster, &["status", "node2", "--json"])["handoffs_waiting_commit"] != 1

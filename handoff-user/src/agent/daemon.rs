@@ -847,15 +847,7 @@ impl Agent {
                     }
                 });
             }
-            PeerMessage::Commit { id } => {
-                let agent = Arc::clone(self);
-                let from = from.to_owned();
-                let busy = self.busy();
-                thread::spawn(move || {
-                    let _busy = busy;
-                    agent.activate(&from, id)
-                });
-            }
+            PeerMessage::Commit { id } => self.activate_beside(from, id),
             PeerMessage::Abort { id } => {
                 let key = (from.to_owned(), id);
                 if let Some((conn, _, _busy)) = lock(&self.prepared).remove(&key) {
@@ -985,13 +977,7 @@ impl Agent {
                 };
                 if found.is_some() {
                     tracing::info!(%conn, donor = %from, "completing a handoff its donor's previous run left");
-                    let agent = Arc::clone(self);
-                    let from = from.to_owned();
-                    let busy = self.busy();
-                    thread::spawn(move || {
-                        let _busy = busy;
-                        agent.activate(&from, id)
-                    });
+                    self.activate_beside(from, id);
                 } else {
                     let reason = format!("{} holds no restored socket of {conn}", self.config.node);
                     let _ = Self::send_to(sender, &PeerMessage::Refused { id, reason });
@@ -1154,6 +1140,18 @@ impl Agent {
             },
         );
         Ok(())
+    }
+
+    /// [`Agent::activate`] beside the channel's reader (a drain commits many at once), marked
+    /// busy from here on.
+    fn activate_beside(self: &Arc<Self>, donor: &str, id: u64) {
+        let agent = Arc::clone(self);
+        let donor = donor.to_owned();
+        let busy = self.busy();
+        thread::spawn(move || {
+            let _busy = busy;
+            agent.activate(&donor, id)
+        });
     }
 
     /// Phase 7 at the acceptor.
