@@ -533,6 +533,78 @@ fn privileged_stopped_donor_finishes_the_handoff_in_flight() {
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
+/// A stop during a drain: the drain takes no further connection, the handoffs in flight
+/// finish, and the report (exit 1: connections remain) counts the rest as remaining; every
+/// connection, moved or not, still answers byte-exact.
+#[test]
+fn privileged_stop_during_a_drain_reports_what_remains() {
+    const CONNS: usize = 12;
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        delay_ms: 50.0,
+        files: vec![("small".into(), 10_000)],
+        // One handoff at a time (~0.6 s each): the drain is still under way at the stop.
+        handoff_section: "[handoff]\ndrain_parallel = 1".into(),
+        ..Settings::default()
+    };
+    let mut cluster = start("fsdr", &settings);
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let progress = AtomicUsize::new(0);
+    let streams: Vec<TcpStream> = (0..CONNS)
+        .map(|_| {
+            let stream = connect(&cluster, "client1");
+            get(&stream, "small", 10_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+            stream
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while conns(&cluster, "node1").len() < CONNS {
+        assert!(
+            Instant::now() < deadline,
+            "node1 does not list every connection"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let drain = std::process::Command::new(Binaries::beside_current_exe().unwrap().handoff)
+        .arg("--socket-dir")
+        .arg(&cluster.dir)
+        .args(["drain", "node1", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while conns(&cluster, "node1").len() == CONNS {
+        assert!(Instant::now() < deadline, "the drain moved nothing");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let (status, _) = cluster.stop_handoffd(0).unwrap();
+    assert!(status.success(), "handoffd on node1: {status}");
+    let output = drain.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (moved, remaining) = (
+        report["moved"].as_u64().unwrap(),
+        report["remaining"].as_u64().unwrap(),
+    );
+    assert!(moved >= 1 && remaining >= 1, "{report:#}");
+    assert_eq!(report["failed"], 0, "{report:#}");
+    assert_eq!(moved + remaining, CONNS as u64, "{report:#}");
+    assert_eq!(conns(&cluster, "node2").len() as u64, moved, "{report:#}");
+    for stream in &streams {
+        get(stream, "small", 10_000, 100, &progress).unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+}
+
 /// The donor's handoffd dies (SIGKILL) between the transfer and the commit: the acceptor holds
 /// the restored socket, the donor's frozen one died with the process. The restarted donor
 /// finds the frozen entry the handoff left and asks its peers to commit what they hold of it:
