@@ -489,23 +489,26 @@ static int malformed(const char *path)
 		size_t at;	/* byte to change (SIZE_MAX: only the length passed) */
 		uint8_t value;
 		long delta;	/* change of the length passed */
+		int word;	/* write value as the big-endian word at `at` instead */
 	} cases[] = {
-		{ "truncated by 4", SIZE_MAX, 0, -4 },
-		{ "truncated to the header", SIZE_MAX, 0, -(long)(size - 8) },
-		{ "4 trailing bytes", SIZE_MAX, 0, 4 },
-		{ "major 1", 4, 1, 0 },
-		{ "minor 0", 5, 0, 0 },
-		{ "si_cnt 0", 7, 0, 0 },
-		{ "si_cnt 2", 7, 2, 0 },
-		{ "ip_version 5", 8 + 8, 5, 0 },
-		{ "state LISTEN", 8 + 60, 10, 0 },
-		{ "ECN", 8 + 52, 8 | 7, 0 },
-		{ "window scale 15", 8 + 53, 15, 0 },
-		{ "unknown socket flag", 8 + 88, 0x80, 0 },
-		{ "extension missing", 8 + 164, 0, 0 },
-		{ "extension version 2", 8 + 165, 2, 0 },
-		{ "buffer type 3", 8 + 196, 3, 0 },
-		{ "si_length 1", 8 + 3, 1, 0 },
+		{ "truncated by 4", SIZE_MAX, 0, -4, 0 },
+		{ "truncated to the header", SIZE_MAX, 0, -(long)(size - 8), 0 },
+		{ "4 trailing bytes", SIZE_MAX, 0, 4, 0 },
+		{ "major 1", 4, 1, 0, 0 },
+		{ "minor 0", 5, 0, 0, 0 },
+		{ "si_cnt 0", 7, 0, 0, 0 },
+		{ "si_cnt 2", 7, 2, 0, 0 },
+		{ "ip_version 5", 8 + 8, 5, 0, 0 },
+		{ "state LISTEN", 8 + 60, 10, 0, 0 },
+		{ "ECN", 8 + 52, 8 | 7, 0, 0 },
+		{ "window scale 15", 8 + 53, 15, 0, 0 },
+		{ "unknown socket flag", 8 + 88, 0x80, 0, 0 },
+		{ "extension missing", 8 + 164, 0, 0, 0 },
+		{ "extension version 2", 8 + 165, 2, 0, 0 },
+		{ "buffer type 3", 8 + 196, 3, 0, 0 },
+		/* The whole word: setting only its low byte to 1 changes nothing when the
+		 * length (queued bytes included) happens to end in 1. */
+		{ "si_length 1", 8, 1, 0, 1 },
 	};
 	int before = open_fds();
 	unsigned n = 0;
@@ -513,7 +516,9 @@ static int malformed(const char *path)
 		memcpy(bad, good, size);
 		memset(bad + size, 0, 8);
 		size_t bad_size = (size_t)((long)size + cases[i].delta);
-		if (cases[i].at != SIZE_MAX)
+		if (cases[i].word)
+			put32(bad + cases[i].at, cases[i].value);
+		else if (cases[i].at != SIZE_MAX)
 			bad[cases[i].at] = cases[i].value;
 		for (int flag = TCPCP_EXEC_ONE; flag <= TCPCP_EXEC_ALL; flag++) {
 			res = (void *)1;
