@@ -470,12 +470,8 @@ fn slow_links_cluster(tag: &str) -> Cluster {
 
 /// `handoff move CONN --from node1 --to node2 --json`, started, not waited for.
 fn start_move(cluster: &Cluster, conn: &str) -> std::process::Child {
-    std::process::Command::new(Binaries::beside_current_exe().unwrap().handoff)
-        .arg("--socket-dir")
-        .arg(&cluster.dir)
-        .args(["move", conn, "--from", "node1", "--to", "node2", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+    cluster
+        .handoff_command(&["move", conn, "--from", "node1", "--to", "node2", "--json"])
         .spawn()
         .unwrap()
 }
@@ -568,12 +564,8 @@ fn privileged_stop_during_a_drain_reports_what_remains() {
         );
         thread::sleep(Duration::from_millis(20));
     }
-    let drain = std::process::Command::new(Binaries::beside_current_exe().unwrap().handoff)
-        .arg("--socket-dir")
-        .arg(&cluster.dir)
-        .args(["drain", "node1", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+    let drain = cluster
+        .handoff_command(&["drain", "node1", "--json"])
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -1406,10 +1406,12 @@ impl Agent {
                 let (id, replies, _waiting) = agent.reply_slot();
                 if let Err(e) = agent.home_token(&conn, &replies, id) {
                     tracing::debug!(%client, "home token not prefetched: {e}");
-                    // The contact node holds clients off after a failed home test; the others
-                    // hold off their own prefetches the same way (a client without Mobile
-                    // IPv6 would otherwise cost a `TokenRequest` per connection).
-                    lock(&agent.no_mipv6).insert(client, Instant::now());
+                    // The contact node held the client off already (`local_home_token`); the
+                    // others hold off their own prefetches the same way (a client without
+                    // Mobile IPv6 would otherwise cost a `TokenRequest` per connection).
+                    if !agent.is_contact_node() {
+                        lock(&agent.no_mipv6).insert(client, Instant::now());
+                    }
                 }
             }
             lock(&agent.prefetching).remove(&(dsa, client));

@@ -512,11 +512,19 @@ impl Cluster {
 
     /// Runs the `handoff` CLI with this cluster's sockets.
     pub fn handoff(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(Command::new(&self.binaries.handoff)
+        Ok(self.handoff_command(args).output()?)
+    }
+
+    /// The CLI with `args`, pointed at this cluster's sockets, not started (output piped).
+    pub fn handoff_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binaries.handoff);
+        command
             .arg("--socket-dir")
             .arg(&self.dir)
             .args(args)
-            .output()?)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
     }
 
     /// The URL of a served file.
