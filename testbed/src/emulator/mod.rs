@@ -38,9 +38,11 @@ use crate::{
 
 /// Bytes of the Ethernet header, not counted by the rate (the rate is an IP-layer rate).
 const ETHERNET_HEADER: usize = 14;
-/// The sending thread sleeps until this long before a deadline, then busy-polls: a real-time
-/// thread's sleep overshoots by up to a few tens of microseconds, polling does not.
-const SPIN_NS: u64 = 100_000;
+/// First guess of how late a real-time thread's `clock_nanosleep` returns; each sender then
+/// learns its own ([`Waker`]).
+const INITIAL_OVERSHOOT_NS: u64 = 50_000;
+/// The learned overshoot never exceeds this: what the sender may busy-poll per frame at most.
+const MAX_OVERSHOOT_NS: u64 = 200_000;
 /// SCHED_FIFO priority of the emulator threads: above every ordinary (CFS) task, so compiles
 /// and test tools on a loaded machine do not delay frames; far below kernel threads. RT
 /// throttling (95 % per second by default) still bounds what a runaway thread can take.
@@ -337,9 +339,10 @@ impl Sender {
         // Sleeps of this thread should end on time: the default timer slack is 50 µs.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
         make_realtime(&self.label);
+        let mut waker = Waker::new();
         // Ends when the receiver stops and drops its end of the queue.
         while let Ok(frame) = self.queue.recv() {
-            if !wait_until(frame.deliver_ns, &self.stop) {
+            if !waker.wait_until(frame.deliver_ns, &self.stop) {
                 return;
             }
             if monotonic_ns() > frame.deliver_ns + 100_000 {
@@ -369,34 +372,59 @@ fn make_realtime(label: &str) {
     }
 }
 
-/// Sleeps until shortly before `deadline_ns`, then busy-polls the clock until it passes.
-/// Returns false if `stop` was raised first (long delays must not hold up a teardown).
-fn wait_until(deadline_ns: u64, stop: &AtomicBool) -> bool {
-    loop {
-        let now = monotonic_ns();
-        if now >= deadline_ns {
-            return true;
+/// Waits for delivery deadlines without holding a CPU: it sleeps until the deadline minus the
+/// overshoot it has learned (an average of how late its sleeps returned), then busy-polls what
+/// is left, which is short. Polling all of the last 100 µs of every frame, as this did before,
+/// made the emulator's SCHED_FIFO threads take most of a core under a paced stream, and every
+/// thread of the system under test on that core waited for them.
+struct Waker {
+    overshoot_ns: u64,
+}
+
+impl Waker {
+    fn new() -> Waker {
+        Waker {
+            overshoot_ns: INITIAL_OVERSHOOT_NS,
         }
-        if deadline_ns - now > SPIN_NS {
+    }
+
+    /// Returns when `deadline_ns` has passed, or false if `stop` was raised first (long delays
+    /// must not hold up a teardown).
+    fn wait_until(&mut self, deadline_ns: u64, stop: &AtomicBool) -> bool {
+        loop {
+            let now = monotonic_ns();
+            if now >= deadline_ns {
+                return true;
+            }
+            if deadline_ns - now <= self.overshoot_ns {
+                std::hint::spin_loop();
+                continue;
+            }
             if stop.load(Ordering::Relaxed) {
                 return false;
             }
             // At most 100 ms per sleep, to look at `stop` now and then.
-            let wake = (deadline_ns - SPIN_NS).min(now + 100_000_000);
-            let ts = libc::timespec {
-                tv_sec: (wake / 1_000_000_000) as libc::time_t,
-                tv_nsec: (wake % 1_000_000_000) as libc::c_long,
-            };
-            unsafe {
-                libc::clock_nanosleep(
-                    libc::CLOCK_MONOTONIC,
-                    libc::TIMER_ABSTIME,
-                    &raw const ts,
-                    std::ptr::null_mut(),
-                )
-            };
-        } else {
-            std::hint::spin_loop();
+            let wake = (deadline_ns - self.overshoot_ns).min(now + 100_000_000);
+            sleep_until(wake);
+            let late = monotonic_ns().saturating_sub(wake);
+            // An exponential average with gain 1/8, as TCP's SRTT.
+            self.overshoot_ns = (self.overshoot_ns * 7 + late.min(MAX_OVERSHOOT_NS)) / 8;
         }
     }
+}
+
+/// `clock_nanosleep` until `wake_ns` on CLOCK_MONOTONIC.
+fn sleep_until(wake_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (wake_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (wake_ns % 1_000_000_000) as libc::c_long,
+    };
+    unsafe {
+        libc::clock_nanosleep(
+            libc::CLOCK_MONOTONIC,
+            libc::TIMER_ABSTIME,
+            &raw const ts,
+            std::ptr::null_mut(),
+        )
+    };
 }
