@@ -45,7 +45,7 @@
 //! ```
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt, io,
     net::{Ipv6Addr, TcpStream},
     os::fd::{AsFd as _, OwnedFd},
@@ -100,6 +100,10 @@ struct Session {
     /// The connections the application serves as handoffd knows them: reported `accepted` or
     /// adopted, and not yet reported closed, yielded or moved. Reported again on reconnection.
     conns: HashSet<ConnId>,
+    /// Connections handed over (yielded or moved) whose outcome has not come yet: a copy of
+    /// the socket and the state, given back to handoffd with `unsettled` on reconnection, so
+    /// that a crash of handoffd in the middle of their handoff loses nothing.
+    kept: HashMap<ConnId, (TcpStream, Vec<u8>)>,
 }
 
 impl Session {
@@ -199,7 +203,12 @@ fn invalid(message: String) -> io::Error {
 /// and the member's name.
 fn open_session(agent: &Path, dsa: Ipv6Addr, port: u16) -> io::Result<(SeqPacket, String)> {
     let socket = SeqPacket::connect(agent)?;
-    send(&socket, &AppRequest::Register { dsa, port }, None)?;
+    let register = AppRequest::Register {
+        dsa,
+        port,
+        keeps_sockets: true,
+    };
+    send(&socket, &register, None)?;
     let reply = receive(&socket)?
         .ok_or_else(|| invalid("handoffd closed the application socket".into()))?;
     match serde_json::from_slice(&reply.0) {
@@ -228,6 +237,7 @@ impl Service {
             session: Mutex::new(Session {
                 socket: socket.try_clone()?,
                 conns: HashSet::new(),
+                kept: HashMap::new(),
             }),
         });
         let events = Events {
@@ -264,6 +274,13 @@ impl Service {
                 },
                 None,
             )?;
+        }
+        for (&conn, (stream, state)) in &session.kept {
+            let request = AppRequest::Unsettled {
+                conn,
+                state: Self::encode(state)?,
+            };
+            send(&sender, &request, Some(stream))?;
         }
         session.socket = sender;
         Ok(Events {
@@ -324,9 +341,11 @@ impl Service {
     ) -> Result<(), NotHandedOver> {
         let sent = conn_id(&stream).and_then(|conn| {
             let request = request(conn, Self::encode(state)?);
+            let copy = stream.try_clone()?;
             let mut session = lock(&self.shared.session);
             session.send(&request, Some(&stream))?;
             session.conns.remove(&conn);
+            session.kept.insert(conn, (copy, state.to_vec()));
             Ok(())
         });
         sent.map_err(|error| NotHandedOver { error, stream })
@@ -415,6 +434,11 @@ impl Events {
                     tracing::warn!(%message, "handoffd refused a request");
                     continue;
                 }
+                AppEvent::HandedOff { conn } => {
+                    // The copy is in repair mode: closing it sends nothing.
+                    lock(&self.shared.session).kept.remove(&conn);
+                    continue;
+                }
                 AppEvent::Registered { .. } => continue,
             }));
         }
@@ -424,7 +448,10 @@ impl Events {
     /// lists as the application's from then on.
     fn take(&self, conn: ConnId, fd: Option<OwnedFd>, event: &str) -> io::Result<TcpStream> {
         let fd = fd.ok_or_else(|| invalid(format!("{event} without a socket")))?;
-        lock(&self.shared.session).conns.insert(conn);
+        let mut session = lock(&self.shared.session);
+        session.conns.insert(conn);
+        // A connection handed over and given back: the copy kept meanwhile goes.
+        session.kept.remove(&conn);
         Ok(TcpStream::from(fd))
     }
 }
@@ -481,7 +508,8 @@ mod tests {
                 request,
                 AppRequest::Register {
                     dsa: Ipv6Addr::LOCALHOST,
-                    port: 8080
+                    port: 8080,
+                    keeps_sockets: true,
                 }
             );
             let registered = AppEvent::Registered {
@@ -579,6 +607,83 @@ mod tests {
             .send(&serde_json::to_vec(&event).unwrap(), None)
             .unwrap();
         assert!(matches!(events.next_event().unwrap(), Some(Event::Yield(c)) if c == late_id));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A connection handed over stays in the library (a copy of its socket, and its state)
+    /// until handoffd tells the outcome — `handed_off` closes the copy, `adopt` replaces it —,
+    /// and one whose outcome never came (handoffd died) goes back to the next handoffd with
+    /// `unsettled`, its socket still connected.
+    #[test]
+    fn handed_over_sockets_are_kept_until_their_outcome() {
+        use std::io::{Read as _, Write as _};
+        let dir = std::env::temp_dir().join(format!("dsl-app-kept-{}", std::process::id()));
+        let path = dir.join("node1.app");
+        let first = fake_handoffd(SeqPacketListener::bind(&path).unwrap());
+        let (service, mut events) = Service::register(&path, Ipv6Addr::LOCALHOST, 8080).unwrap();
+        let session = first.join().unwrap();
+        let tcp = TcpListener::bind("[::1]:0").unwrap();
+        let (moved, _c1) = connection(&tcp);
+        let (unsettled, mut client) = connection(&tcp);
+        let (back, _c3) = connection(&tcp);
+        let kept = |conn| lock(&service.shared.session).kept.contains_key(&conn);
+        let [moved_id, unsettled_id, back_id] = [&moved, &unsettled, &back].map(|stream| {
+            let conn = service.accepted(stream).unwrap();
+            request(&session);
+            conn
+        });
+        service.yield_conn(moved, b"m").unwrap();
+        service.yield_conn(unsettled, b"u").unwrap();
+        service.move_to(back, "node2", b"b").unwrap();
+        let mut back_fd = None;
+        for _ in 0..3 {
+            if let (AppRequest::Move { .. }, fd) = request_with_fd(&session) {
+                back_fd = fd;
+            }
+        }
+        assert!(kept(moved_id) && kept(unsettled_id) && kept(back_id));
+        let send = |event: &AppEvent, fd: Option<&OwnedFd>| {
+            let message = serde_json::to_vec(event).unwrap();
+            session.send(&message, fd.map(|fd| fd.as_fd())).unwrap();
+        };
+        send(&AppEvent::HandedOff { conn: moved_id }, None);
+        let adopt = AppEvent::Adopt {
+            conn: back_id,
+            state: BASE64.encode(b"b"),
+        };
+        send(&adopt, back_fd.as_ref());
+        assert!(
+            matches!(events.next_event().unwrap(), Some(Event::Adopt { conn, .. }) if conn == back_id)
+        );
+        assert!(!kept(moved_id) && kept(unsettled_id) && !kept(back_id));
+
+        // handoffd dies before the outcome of the second; the next one gets it back.
+        drop(session);
+        assert!(events.next_event().unwrap().is_none());
+        let second = fake_handoffd(SeqPacketListener::bind(&path).unwrap());
+        let _events = service.reconnect().unwrap();
+        let session = second.join().unwrap();
+        assert_eq!(
+            request(&session),
+            AppRequest::Accepted {
+                conn: back_id,
+                resumed: true
+            }
+        );
+        let (request, fd) = request_with_fd(&session);
+        assert_eq!(
+            request,
+            AppRequest::Unsettled {
+                conn: unsettled_id,
+                state: BASE64.encode(b"u"),
+            }
+        );
+        let mut socket = TcpStream::from(fd.expect("the socket comes with unsettled"));
+        assert_eq!(conn_id(&socket).unwrap(), unsettled_id);
+        socket.write_all(b"still here").unwrap();
+        let mut bytes = [0u8; 10];
+        client.read_exact(&mut bytes).unwrap();
+        assert_eq!(&bytes, b"still here");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -126,11 +126,24 @@ fn find_end(buffer: &[u8]) -> Option<usize> {
 /// header (upload traffic); the body must be byte-exact (SHA-256 against [`content`]).
 /// `progress` counts the body bytes received.
 fn get(
+    stream: &TcpStream,
+    file: &str,
+    size: usize,
+    pad: usize,
+    progress: &AtomicUsize,
+) -> Result<(), String> {
+    get_with(stream, file, size, pad, progress, &|_| {})
+}
+
+/// [`get`], calling `hold` with the body bytes received before each read of the body (it may
+/// hold the reader back: the client stops reading).
+fn get_with(
     mut stream: &TcpStream,
     file: &str,
     size: usize,
     pad: usize,
     progress: &AtomicUsize,
+    hold: &dyn Fn(usize),
 ) -> Result<(), String> {
     progress.store(0, Ordering::SeqCst);
     let pad: String = content(pad)
@@ -176,6 +189,7 @@ fn get(
     let mut received = body.len();
     progress.store(received, Ordering::SeqCst);
     while received < len {
+        hold(received);
         let want = (len - received).min(buffer.len());
         let n = stream
             .read(&mut buffer[..want])
@@ -642,6 +656,130 @@ fn privileged_restarted_donor_completes_the_interrupted_handoff() {
             .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
     });
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+}
+
+/// Kills node1's handoffd `kill_after` into a move of a download to node2 and restarts it,
+/// and checks that node1 serves the connection again and the download ends byte-exact with no
+/// reset. 50 ms links; the client stops reading after 100 kB (until node1 serves the
+/// connection again), so that the donor's send queue cannot drain. `prepare` runs before the
+/// download. Returns the cluster and node1's log.
+fn kill_donor_mid_handoff(
+    tag: &str,
+    handoff_section: &str,
+    prepare: impl FnOnce(&mut Cluster),
+    kill_after: Duration,
+) -> (Cluster, String) {
+    let settings = Settings {
+        delay_ms: 50.0,
+        fileserver_args: strings(&["--rate", "200K"]),
+        handoff_section: handoff_section.into(),
+        ..Settings::default()
+    };
+    let mut cluster = start(tag, &settings);
+    prepare(&mut cluster);
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    let reading = std::sync::atomic::AtomicBool::new(false);
+    // Held at most 30 s: a failing test must not wait for its reader for ever.
+    let held_until = Instant::now() + Duration::from_secs(30);
+    let hold = |received: usize| {
+        while received >= 100_000 && !reading.load(Ordering::SeqCst) && Instant::now() < held_until
+        {
+            thread::sleep(Duration::from_millis(5));
+        }
+    };
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| get_with(&stream, "file", 1_000_000, 100, &progress, &hold));
+        wait_progress(&progress, 100_000, "download");
+        // The server fills the send buffer and the client's window.
+        thread::sleep(Duration::from_millis(500));
+        let mut mover = start_move(&cluster, &conn);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !handoff_json(&cluster, &["conns", "node1", "--json"])["conns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["client"] == conn.as_str() && c["moving"] == true)
+        {
+            assert!(Instant::now() < deadline, "node1 never started the move");
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread::sleep(kill_after);
+        cluster.kill_handoffd(0);
+        let _ = mover.wait();
+        cluster.restart_handoffd(0).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !conns(&cluster, "node1").contains(&conn) {
+            assert!(
+                Instant::now() < deadline,
+                "node1 does not serve the connection again\n{}",
+                cluster.logs()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        reading.store(true, Ordering::SeqCst);
+        reader
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
+    });
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+    let log = std::fs::read_to_string(cluster.dir.join("node1.handoffd.log")).unwrap();
+    assert!(
+        log.contains("unsettled connection: the handoff did not happen"),
+        "{}",
+        cluster.logs()
+    );
+    (cluster, log)
+}
+
+/// A crash of the donor's handoffd after the application yielded and before the capture: the
+/// socket was in handoffd's hands, and its death used to close it (the client read the queued
+/// bytes, then end of file). The file server keeps a copy of each socket it hands over until
+/// it hears the outcome and gives it back to the restarted handoffd (`unsettled`), which sees
+/// no capture happened and gives the connection back to it. The handoff sits in its
+/// send-queue wait for its whole bound (1.5 round trips: 300 ms) when SIGKILL comes, 120 ms
+/// into it (the yield is local: done well before).
+#[test]
+fn privileged_restarted_donor_gives_back_a_connection_it_held_before_the_capture() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let section = "[handoff]\nsend_queue_wait_ms = 10000";
+    let (cluster, _log) =
+        kill_donor_mid_handoff("fkept", section, |_| {}, Duration::from_millis(120));
+    // It moves as any other connection.
+    let conn = conns(&cluster, "node1").remove(0);
+    move_conn(&cluster, &conn, "node1", "node2");
+}
+
+/// A crash of the donor's handoffd after the capture, while its transfer travels to an
+/// acceptor that will refuse it (no application serves the DSA on node2 any more): the flow
+/// stays frozen and the socket in repair mode. The restarted handoffd asks node2 (`Recover`),
+/// which holds nothing, and then revives the socket the file server gives back: out of repair
+/// mode, thawed, the application's again. No send-queue wait; the transfer carries the whole
+/// queue (~130 kB over 50 ms links: its refusal comes back after ≥ 200 ms); SIGKILL 100 ms
+/// after the move starts.
+#[test]
+fn privileged_restarted_donor_revives_a_captured_connection_no_member_took() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let section = "[handoff]\nsend_queue_wait_ms = 0";
+    let (_cluster, log) = kill_donor_mid_handoff(
+        "frevive",
+        section,
+        |cluster| cluster.kill_fileserver(1),
+        Duration::from_millis(100),
+    );
+    assert!(
+        log.contains("no member holds the connection of an interrupted handoff"),
+        "{log}"
+    );
 }
 
 /// The binding report of the last handoff `node` donated, once it has one (up to 10 s).

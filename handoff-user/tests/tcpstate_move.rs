@@ -1085,6 +1085,50 @@ fn privileged_rollback_when_the_restore_fails() {
     rig.check_no_resets();
 }
 
+/// A capture whose record is lost (its agent crashed before the transfer): the flow is thawed
+/// and `revive` takes the socket out of repair mode without the captured state, the send
+/// window the capture zeroed included. Twenty times during a bidirectional stream: both
+/// directions byte-exact, no reset.
+#[test]
+fn privileged_revive_after_a_capture_whose_record_is_lost() {
+    if !is_root() {
+        return;
+    }
+    let mut rig = Rig::new("rvv", Family::V6, &[]);
+    let listener = rig.listen();
+    let (client, mut server) = rig.connect(&listener);
+    let (c2s, s2c) = (2_000_000u64, 2_000_000u64);
+    let (w, r) = spawn_client(client, 5, c2s, None);
+    let mut app = ServerApp::new(6, s2c);
+    let mut revived = 0;
+    assert!(!tcpstate::revive(&server).expect("revive a live socket"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !app.done() {
+        app.step(&mut server, 16 * 1024);
+        if revived < 20 && app.written + app.received > (revived + 1) * (c2s + s2c) / 22 {
+            let map = rig.filters[0].maps();
+            let capture = DonorCapture::freeze_and_capture(map, &server).expect("capture");
+            let key = capture.key();
+            drop(capture);
+            // What a restarted agent does with an interrupted handoff no member completed.
+            map.thaw(&key).expect("thaw");
+            assert!(tcpstate::revive(&server).expect("revive"));
+            assert!(!tcpstate::revive(&server).expect("revive again"));
+            revived += 1;
+        }
+        assert!(Instant::now() < deadline, "stalled");
+    }
+    server.set_nonblocking(false).expect("blocking");
+    server.shutdown(Shutdown::Write).expect("shutdown");
+    w.join().expect("writer");
+    let report = r.join().expect("reader");
+    assert_eq!(revived, 20);
+    let server_hash: [u8; 32] = app.hash.clone().finalize().into();
+    assert_eq!(server_hash, digest_of_stream(5, c2s));
+    assert_eq!(report.received_hash, digest_of_stream(6, s2c));
+    rig.check_no_resets();
+}
+
 /// Helper for `privileged_rollback_when_the_acceptor_is_killed`: run by that test as a child
 /// process (`--ignored --exact`), it restores a blob in the acceptor's namespace, says so on
 /// stdout and waits to be killed.

@@ -2,7 +2,7 @@
 //! donor and acceptor sides of a handoff.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     io::{BufRead as _, BufReader, Write as _},
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener},
     os::{
@@ -39,7 +39,7 @@ use crate::{
     app,
     datapath::{Datapath, PinDir, Program},
     tcpstate::{
-        ConnState, RestoreOptions,
+        self, ConnState, RestoreOptions,
         handoff::{AcceptorRestore, DonorCapture},
         sys,
     },
@@ -70,6 +70,8 @@ type AppId = u64;
 struct App {
     socket: Arc<SeqPacket>,
     services: Vec<(Ipv6Addr, u16)>,
+    /// Keeps a copy of each socket it hands over until told the outcome (`keeps_sockets`).
+    keeps_sockets: bool,
 }
 
 struct Conn {
@@ -123,6 +125,10 @@ type Opening = Mutex<Option<(Instant, String)>>;
 /// A message for every member but one (if named); a stop waits until it is sent or dropped.
 type Announcement = (PeerMessage, Option<String>, Busy);
 
+/// An `unsettled` connection: the application's latest session that sent it, the socket, the
+/// state.
+type Unsettled = (AppId, OwnedFd, Vec<u8>);
+
 /// One member's agent.
 pub struct Agent {
     config: Config,
@@ -143,7 +149,7 @@ pub struct Agent {
     /// One-phase handoffs announced by `Prepare` (flow frozen here), until their transfer.
     prepared: Mutex<HashMap<(String, u64), Prepared>>,
     /// Handoffs the donor aborted before their restore finished.
-    aborted: Mutex<std::collections::HashSet<(String, u64)>>,
+    aborted: Mutex<HashSet<(String, u64)>>,
     history: Mutex<VecDeque<PhaseReport>>,
     mipv6d: Option<Mipv6d>,
     /// Last Binding Update sequence number each client accepted (for the next acceptor).
@@ -155,13 +161,22 @@ pub struct Agent {
     /// those it sent (`FreshToken`).
     tokens: Mutex<TokenCache>,
     /// Clients whose home token is being fetched because a connection of theirs arrived.
-    prefetching: Mutex<std::collections::HashSet<(Ipv6Addr, Ipv6Addr)>>,
+    prefetching: Mutex<HashSet<(Ipv6Addr, Ipv6Addr)>>,
     /// Messages for every member (`Owner`, `Gone`, …), sent in order to each (see `announce`).
     announcements: Mutex<mpsc::Sender<Announcement>>,
     draining: AtomicBool,
     /// Entries of handoffs the previous run was in the middle of, until
     /// `complete_interrupted` has dealt with them.
     interrupted: Mutex<Vec<FlowKey>>,
+    /// Until `complete_interrupted` is done: an `unsettled` connection waits for it.
+    recovering: AtomicBool,
+    /// Connections of those interrupted handoffs that no member completed: an application that
+    /// kept the socket (`unsettled`) gets them back.
+    unclaimed: Mutex<HashSet<ConnId>>,
+    /// Connections this run is handing off (an `unsettled` one waits for the outcome).
+    donating: Mutex<HashSet<ConnId>>,
+    /// `unsettled` connections waiting to be settled.
+    settling: Mutex<HashMap<ConnId, Unsettled>>,
     /// Set by [`Agent::stop`]: no handoff starts any more.
     stopping: AtomicBool,
     /// Work of handoffs in flight that a stop waits for ([`Busy`]): threads at work on one,
@@ -310,6 +325,10 @@ impl Agent {
             announcements: Mutex::new(announcements),
             draining: AtomicBool::new(drained),
             interrupted: Mutex::new(interrupted),
+            recovering: AtomicBool::new(true),
+            unclaimed: Mutex::default(),
+            donating: Mutex::default(),
+            settling: Mutex::default(),
             stopping: AtomicBool::new(false),
             busy: Arc::default(),
             announcing: Arc::default(),
@@ -379,26 +398,40 @@ impl Agent {
     }
 
     /// At start: the handoffs the previous run was in the middle of, whose frozen entries it
-    /// left. Their sockets died with it (repair-mode sockets close silently); a member that
-    /// restored one and still waits for the commit holds the connection's only copy, so each
-    /// member is asked to activate it (`Recover`) and the flow is redirected to the one that
-    /// does. An entry no member claims is removed: that connection is lost.
+    /// left. Their sockets died with it (repair-mode sockets close silently) unless the
+    /// application kept a copy; a member that restored one and still waits for the commit
+    /// holds the connection's only live copy, so each member is asked to activate it
+    /// (`Recover`) and the flow is redirected to the one that does. An entry no member claims
+    /// is removed, and the connection is the application's again if it kept the socket
+    /// (`unsettled`); otherwise it is lost.
     fn complete_interrupted(self: Arc<Self>) {
         let _busy = self.busy();
+        self.complete_interrupted_flows();
+        self.recovering.store(false, Ordering::SeqCst);
+    }
+
+    fn complete_interrupted_flows(self: &Arc<Self>) {
         let flows = std::mem::take(&mut *lock(&self.interrupted));
         for flow in flows {
             let conn = conn_of(&flow);
-            let completed_by = self.config.peers.iter().find(|peer| {
+            // A member that restored the socket and still waits for the commit activates it;
+            // the others refuse. Only if every member refused is the connection nowhere else.
+            let mut completed_by = None;
+            let mut all_refused = true;
+            for peer in &self.config.peers {
                 let (id, replies, _slot) = self.reply_slot();
                 let asked = self
                     .peer(&peer.node)
                     .and_then(|sender| Self::send_to(&sender, &PeerMessage::Recover { id, conn }));
-                asked.is_ok()
-                    && matches!(
-                        replies.recv_timeout(self.config.handoff.peer_timeout()),
-                        Ok(PeerMessage::Activated { .. })
-                    )
-            });
+                match asked.map(|()| replies.recv_timeout(self.config.handoff.peer_timeout())) {
+                    Ok(Ok(PeerMessage::Activated { .. })) => {
+                        completed_by = Some(peer);
+                        break;
+                    }
+                    Ok(Ok(PeerMessage::Refused { .. })) => {}
+                    _ => all_refused = false,
+                }
+            }
             let settled = {
                 let mut datapath = lock(&self.datapath);
                 let freeze = datapath.maps().freeze();
@@ -425,7 +458,14 @@ impl Agent {
                     if let Err(e) = settled {
                         tracing::warn!(%conn, "cannot remove its entry: {e}");
                     }
-                    tracing::warn!(%conn, "connection of an interrupted handoff lost: no member held it");
+                    if all_refused {
+                        lock(&self.unclaimed).insert(conn);
+                        tracing::warn!(%conn, "no member holds the connection of an interrupted handoff: lost unless its application kept the socket");
+                    } else {
+                        // One that did not answer may activate it yet: reviving the socket here
+                        // could put two live endpoints on the connection.
+                        tracing::warn!(%conn, "connection of an interrupted handoff given up: not every member answered whether it holds it");
+                    }
                 }
             }
         }
@@ -517,7 +557,7 @@ impl Agent {
         };
         let deadline = Instant::now() + self.config.handoff.peer_timeout() * 5;
         let mut unasked: Vec<String> = self.config.peers.iter().map(|p| p.node.clone()).collect();
-        let mut served: HashMap<String, std::collections::HashSet<ConnId>> = HashMap::new();
+        let mut served: HashMap<String, HashSet<ConnId>> = HashMap::new();
         while served.len() < self.config.peers.len() && Instant::now() < deadline {
             unasked.retain(|node| {
                 let asked = self
@@ -1346,8 +1386,8 @@ impl Agent {
     }
 
     /// The IPv6 clients with a connection served here or redirected to another member.
-    fn clients_in_cluster(&self) -> std::collections::HashSet<Ipv6Addr> {
-        let mut clients: std::collections::HashSet<Ipv6Addr> = lock(&self.conns)
+    fn clients_in_cluster(&self) -> HashSet<Ipv6Addr> {
+        let mut clients: HashSet<Ipv6Addr> = lock(&self.conns)
             .keys()
             .filter_map(|conn| match conn.client.ip() {
                 IpAddr::V6(client) => Some(client),
@@ -1518,6 +1558,98 @@ impl Agent {
             .map_err(|e| e.to_string())
     }
 
+    /// Lists `conn` as served by `app` and announces it. `arrived`: handed over from another
+    /// member, or not known to be new (reported again after a restart).
+    fn take_conn(self: &Arc<Self>, app: AppId, conn: ConnId, arrived: bool) {
+        // With route optimization a client's packets for the DSA go wherever its one binding
+        // points (the last member that took one of its connections): every member must know
+        // where each connection is served (path D). A resumed connection (reported again after
+        // a restart of this agent) is announced too: it may have arrived from another member,
+        // whose redirect then points here.
+        self.broadcast(
+            PeerMessage::Owner {
+                conn,
+                owner: self.config.care_of_address,
+            },
+            None,
+        );
+        lock(&self.conns).insert(
+            conn,
+            Conn {
+                app,
+                since: Instant::now(),
+                moving: false,
+                arrived,
+            },
+        );
+        self.prefetch_home_token(conn);
+    }
+
+    /// Tells an application that keeps the sockets it hands over that `conn` is not its any
+    /// more (the handoff went through, or a failed rollback lost it): it closes its copy.
+    fn handed_off(&self, app: AppId, conn: ConnId) {
+        let Some(socket) = lock(&self.apps)
+            .get(&app)
+            .filter(|a| a.keeps_sockets)
+            .map(|a| Arc::clone(&a.socket))
+        else {
+            return;
+        };
+        let sent = serde_json::to_vec(&AppEvent::HandedOff { conn })
+            .map_err(|e| e.to_string())
+            .and_then(|message| socket.send(&message, None).map_err(|e| e.to_string()));
+        if let Err(e) = sent {
+            // It gives the copy back with `unsettled` when it reconnects.
+            tracing::warn!(app, %conn, "cannot tell the application its connection moved: {e}");
+        }
+    }
+
+    /// An `unsettled` connection: the application handed it over to an earlier session and
+    /// kept the socket, and never heard the outcome. Once this run's recovery of interrupted
+    /// handoffs is done and no handoff of this run holds the connection, the socket tells:
+    /// not in repair mode, nothing was captured — the connection is the application's; in
+    /// repair mode, it was captured, and it is the application's again only if its handoff was
+    /// interrupted and no member completed it (revived: out of repair mode); otherwise another
+    /// member serves it (or a failed rollback lost it) and the copy is closed.
+    /// The same connection reported again (by a later session of the application) replaces
+    /// the earlier report: one answer, to the latest session.
+    fn settle(self: Arc<Self>, conn: ConnId) {
+        while self.recovering.load(Ordering::SeqCst) || lock(&self.donating).contains(&conn) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let Some((app, socket, state)) = lock(&self.settling).remove(&conn) else {
+            return;
+        };
+        let unclaimed = lock(&self.unclaimed).remove(&conn);
+        let outcome = match tcpstate::in_repair_mode(&socket) {
+            Ok(true) if !unclaimed => {
+                self.handed_off(app, conn);
+                tracing::info!(%conn, "unsettled connection: handed off before; its copy is closed");
+                return;
+            }
+            Ok(_) => tcpstate::revive(&socket).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = outcome {
+            let message = format!("unsettled {conn}: cannot revive its socket: {e}");
+            let Some(sender) = lock(&self.apps).get(&app).map(|a| Arc::clone(&a.socket)) else {
+                return;
+            };
+            self.refuse(app, &sender, message, Some(socket));
+            return;
+        }
+        self.take_conn(app, conn, true);
+        match self.adopt(app, conn, socket.as_fd(), &state) {
+            Ok(()) => {
+                tracing::info!(%conn, "unsettled connection: the handoff did not happen; it is the application's again")
+            }
+            Err(e) => tracing::warn!(%conn, "unsettled connection: cannot give it back: {e}"),
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            self.move_new_connection(conn);
+        }
+    }
+
     // ---- donor ------------------------------------------------------------------------------
 
     /// Hands `conn` to member `to`. `yielded`: the socket and state, when the application
@@ -1541,7 +1673,9 @@ impl Agent {
             };
             found?
         };
+        lock(&self.donating).insert(conn);
         let result = self.hand_off_inner(conn, app, to, yielded, start_ns);
+        lock(&self.donating).remove(&conn);
         let mut conns = lock(&self.conns);
         match &result {
             Ok(_) => {
@@ -1664,7 +1798,10 @@ impl Agent {
                         self.config.node
                     ))
                 }
-                Err(e) => Err(format!("{why}; rollback failed, connection lost: {e}")),
+                Err(e) => {
+                    self.handed_off(app, conn);
+                    Err(format!("{why}; rollback failed, connection lost: {e}"))
+                }
             }
         };
         let state_bytes = match capture.state.to_bytes() {
@@ -1739,6 +1876,7 @@ impl Agent {
                 // Unknown outcome: the acceptor may be serving the connection. Taking it back
                 // could put two live endpoints on one connection; keep it redirected.
                 capture.release(socket);
+                self.handed_off(app, conn);
                 lock(&self.conns).remove(&conn);
                 return Err(format!(
                     "{to} did not confirm the activation ({other:?}); the connection is \
@@ -1747,6 +1885,7 @@ impl Agent {
             }
         };
         capture.release(socket);
+        self.handed_off(app, conn);
         self.broadcast(
             PeerMessage::Owner {
                 conn,
@@ -1875,6 +2014,7 @@ impl Agent {
             App {
                 socket: Arc::clone(&sender),
                 services: Vec::new(),
+                keeps_sockets: false,
             },
         );
         loop {
@@ -1970,7 +2110,11 @@ impl Agent {
                 .map_err(|e| format!("state is not base64: {e}"))
         };
         match request {
-            AppRequest::Register { dsa, port } => {
+            AppRequest::Register {
+                dsa,
+                port,
+                keeps_sockets,
+            } => {
                 if !self.config.dsas.contains(&dsa) {
                     return Err(format!(
                         "{dsa} is not a DSA of {} (dsas in its configuration)",
@@ -1990,6 +2134,7 @@ impl Agent {
                     }
                     if let Some(entry) = apps.get_mut(&app) {
                         entry.services.push((dsa, port));
+                        entry.keeps_sockets |= keeps_sockets;
                     }
                 }
                 let reply = AppEvent::Registered {
@@ -1999,30 +2144,9 @@ impl Agent {
                 socket.send(&bytes, None).map_err(|e| e.to_string())
             }
             AppRequest::Accepted { conn, resumed } => {
-                // With route optimization a client's packets for the DSA go wherever its one
-                // binding points (the last member that took one of its connections): every
-                // member must know where each connection is served (path D). A resumed
-                // connection (reported again after a restart of this agent) is announced too:
-                // it may have arrived from another member, whose redirect then points here.
-                self.broadcast(
-                    PeerMessage::Owner {
-                        conn,
-                        owner: self.config.care_of_address,
-                    },
-                    None,
-                );
-                lock(&self.conns).insert(
-                    conn,
-                    Conn {
-                        app,
-                        since: Instant::now(),
-                        moving: false,
-                        // After a restart this agent cannot know where a resumed connection
-                        // came from: treated as arrived.
-                        arrived: resumed,
-                    },
-                );
-                self.prefetch_home_token(conn);
+                // After a restart this agent cannot know where a resumed connection came
+                // from: treated as arrived.
+                self.take_conn(app, conn, resumed);
                 if self.draining.load(Ordering::Relaxed) {
                     self.move_new_connection(conn);
                 }
@@ -2047,6 +2171,18 @@ impl Agent {
                         self.adopt(app, conn, fd.as_fd(), &state)
                     }
                 }
+            }
+            AppRequest::Unsettled { conn, state } => {
+                let state = decode(&state)?;
+                let fd = fd.take().ok_or("unsettled without the socket")?;
+                if lock(&self.settling)
+                    .insert(conn, (app, fd, state))
+                    .is_none()
+                {
+                    let agent = Arc::clone(self);
+                    thread::spawn(move || agent.settle(conn));
+                }
+                Ok(())
             }
             AppRequest::Decline { conn, reason } => {
                 if let Some(waiter) = lock(&self.yields).remove(&conn) {

@@ -256,6 +256,13 @@ pub enum AppRequest {
         dsa: Ipv6Addr,
         /// The served port.
         port: u16,
+        /// The application keeps a copy of each socket it hands over (`yielded`, `move`) until
+        /// handoffd tells how that handoff ended (`handed_off`, `adopt`, or `error` with the
+        /// connection), and gives the copy back with `unsettled` to a handoffd it reconnects
+        /// to: a handoff its agent's crash interrupted then loses nothing. Absent means `false`
+        /// (no `handed_off` is sent to applications written before it); `false` is not written.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keeps_sockets: bool,
     },
     /// A connection was accepted.
     Accepted {
@@ -298,6 +305,15 @@ pub enum AppRequest {
         /// The application's state, base64.
         state: String,
     },
+    /// After reconnecting (`keeps_sockets`): a connection handed over to the previous session
+    /// whose outcome never came. Its socket (the kept copy) comes with this datagram; answered
+    /// with `adopt` (the handoff did not happen: serve it from `state` on) or `handed_off`.
+    Unsettled {
+        /// The connection.
+        conn: ConnId,
+        /// The application's state, base64, as it was handed over.
+        state: String,
+    },
 }
 
 /// Agent → application.
@@ -332,6 +348,13 @@ pub enum AppEvent {
         conn: ConnId,
         /// The application's state, base64, as it was yielded.
         state: String,
+    },
+    /// To an application that `keeps_sockets`: the handoff of `conn` ended and the connection
+    /// is not the application's any more (another member serves it, or a failed rollback lost
+    /// it): close the copy of its socket. It is in repair mode, so closing it sends nothing.
+    HandedOff {
+        /// The connection.
+        conn: ConnId,
     },
 }
 
@@ -646,7 +669,8 @@ mod tests {
             request,
             AppRequest::Register {
                 dsa: "fd00:d51:ff00::1".parse().unwrap(),
-                port: 8080
+                port: 8080,
+                keeps_sockets: false,
             }
         );
         let event = serde_json::to_string(&AppEvent::Yield {

@@ -330,6 +330,33 @@ pub fn rollback(
     resume(fd, how, state.options.reuseaddr)
 }
 
+/// Whether `socket` is in repair mode (`TCP_REPAIR_WINDOW` is only readable then).
+pub fn in_repair_mode(socket: impl AsFd) -> Result<bool, TcpStateError> {
+    match sys::repair_window(socket.as_fd()) {
+        Ok(_) => Ok(true),
+        Err(err) if err.raw_os_error() == Some(libc::EPERM) => Ok(false),
+        Err(source) => Err(TcpStateError::Sys {
+            op: "TCP_REPAIR_WINDOW",
+            source,
+        }),
+    }
+}
+
+/// Brings back a socket that a handoff interrupted by a crash of its agent left in repair mode
+/// (frozen and captured, never transferred), without the capture's record of it: the socket
+/// leaves repair mode with a window probe, whose answer also gives back the send window the
+/// capture zeroed (measured: `privileged_revive_after_a_capture_whose_record_is_lost`).
+/// `Ok(false)`: the socket was not in repair mode (the crash came before the capture), nothing
+/// was done.
+pub fn revive(socket: impl AsFd) -> Result<bool, TcpStateError> {
+    let fd = socket.as_fd();
+    if !in_repair_mode(fd)? {
+        return Ok(false);
+    }
+    resume(fd, Activation::WindowProbe, false)?;
+    Ok(true)
+}
+
 /// Takes a socket out of repair mode so that it works again (rollback at the donor, or a step
 /// of activation at the acceptor), then sets `SO_REUSEADDR` to `reuseaddr`: leaving repair mode
 /// clears it whatever the application had set.

@@ -18,7 +18,7 @@ mod state;
 pub mod sys;
 
 pub use blob::{Blob, BlobError, FRAME_LEN, MAGIC, VERSION, VERSION_1};
-pub use capture::{addresses, capture, resume, rollback, socket_options};
+pub use capture::{addresses, capture, in_repair_mode, resume, revive, rollback, socket_options};
 pub use restore::{RestoreOptions, Restored, Unacked, restore};
 pub use state::{ConnState, Linger, Negotiated, SocketOptions, TcpState};
 pub use sys::RepairWindow;

@@ -560,6 +560,11 @@ impl Cluster {
         self.nodes[node].handoffd = None;
     }
 
+    /// Kills a node's file server (`node` as in [`Cluster::kill_handoffd`]).
+    pub fn kill_fileserver(&mut self, node: usize) {
+        self.nodes[node].fileserver = None;
+    }
+
     /// Stops a node's handoffd as an operator does (SIGINT, like SIGTERM) and waits for it to
     /// exit; returns its exit status and how long the stop took.
     pub fn stop_handoffd(
