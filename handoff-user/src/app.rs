@@ -104,6 +104,8 @@ struct Session {
     /// the socket and the state, given back to handoffd with `unsettled` on reconnection, so
     /// that a crash of handoffd in the middle of their handoff loses nothing.
     kept: HashMap<ConnId, (TcpStream, Vec<u8>)>,
+    /// handoffd tells outcomes (it answered `keeps_sockets`): copies are kept.
+    keeps: bool,
 }
 
 impl Session {
@@ -199,9 +201,9 @@ fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-/// Connects to handoffd's application socket and registers `dsa`:`port`; returns the socket
-/// and the member's name.
-fn open_session(agent: &Path, dsa: Ipv6Addr, port: u16) -> io::Result<(SeqPacket, String)> {
+/// Connects to handoffd's application socket and registers `dsa`:`port`; returns the socket,
+/// the member's name and whether handoffd tells the outcome of handoffs (`keeps_sockets`).
+fn open_session(agent: &Path, dsa: Ipv6Addr, port: u16) -> io::Result<(SeqPacket, String, bool)> {
     let socket = SeqPacket::connect(agent)?;
     let register = AppRequest::Register {
         dsa,
@@ -212,7 +214,10 @@ fn open_session(agent: &Path, dsa: Ipv6Addr, port: u16) -> io::Result<(SeqPacket
     let reply = receive(&socket)?
         .ok_or_else(|| invalid("handoffd closed the application socket".into()))?;
     match serde_json::from_slice(&reply.0) {
-        Ok(AppEvent::Registered { node }) => Ok((socket, node)),
+        Ok(AppEvent::Registered {
+            node,
+            keeps_sockets,
+        }) => Ok((socket, node, keeps_sockets)),
         Ok(AppEvent::Error { message, .. }) => Err(io::Error::other(message)),
         other => Err(invalid(format!("unexpected answer to register: {other:?}"))),
     }
@@ -228,7 +233,7 @@ fn lock(session: &Mutex<Session>) -> MutexGuard<'_, Session> {
 impl Service {
     /// Connects to handoffd's application socket and registers `dsa`:`port`.
     pub fn register(agent: &Path, dsa: Ipv6Addr, port: u16) -> io::Result<(Service, Events)> {
-        let (socket, node) = open_session(agent, dsa, port)?;
+        let (socket, node, keeps) = open_session(agent, dsa, port)?;
         let shared = Arc::new(Shared {
             agent: agent.to_owned(),
             dsa,
@@ -238,6 +243,7 @@ impl Service {
                 socket: socket.try_clone()?,
                 conns: HashSet::new(),
                 kept: HashMap::new(),
+                keeps,
             }),
         });
         let events = Events {
@@ -262,9 +268,13 @@ impl Service {
     pub fn reconnect(&self) -> io::Result<Events> {
         let shared = &self.shared;
         lock(&shared.session).socket.shutdown();
-        let (socket, _node) = open_session(&shared.agent, shared.dsa, shared.port)?;
+        let (socket, _node, keeps) = open_session(&shared.agent, shared.dsa, shared.port)?;
         let sender = socket.try_clone()?;
         let mut session = lock(&shared.session);
+        if !keeps {
+            // A handoffd that takes no `unsettled`: the copies can only be closed.
+            session.kept.clear();
+        }
         for &conn in &session.conns {
             send(
                 &sender,
@@ -283,6 +293,7 @@ impl Service {
             send(&sender, &request, Some(stream))?;
         }
         session.socket = sender;
+        session.keeps = keeps;
         Ok(Events {
             socket,
             shared: Arc::clone(shared),
@@ -341,11 +352,13 @@ impl Service {
     ) -> Result<(), NotHandedOver> {
         let sent = conn_id(&stream).and_then(|conn| {
             let request = request(conn, Self::encode(state)?);
-            let copy = stream.try_clone()?;
             let mut session = lock(&self.shared.session);
+            let copy = session.keeps.then(|| stream.try_clone()).transpose()?;
             session.send(&request, Some(&stream))?;
             session.conns.remove(&conn);
-            session.kept.insert(conn, (copy, state.to_vec()));
+            if let Some(copy) = copy {
+                session.kept.insert(conn, (copy, state.to_vec()));
+            }
             Ok(())
         });
         sent.map_err(|error| NotHandedOver { error, stream })
@@ -500,6 +513,15 @@ mod tests {
 
     /// A fake handoffd session: answers the registration, then returns the socket.
     fn fake_handoffd(listener: SeqPacketListener) -> thread::JoinHandle<SeqPacket> {
+        fake_handoffd_telling_outcomes(listener, true)
+    }
+
+    /// [`fake_handoffd`]; `keeps_sockets`: its answer to the application's `keeps_sockets`
+    /// (`false`: as a handoffd from before it).
+    fn fake_handoffd_telling_outcomes(
+        listener: SeqPacketListener,
+        keeps_sockets: bool,
+    ) -> thread::JoinHandle<SeqPacket> {
         thread::spawn(move || {
             let session = listener.accept().unwrap();
             let (message, _) = receive(&session).unwrap().unwrap();
@@ -514,6 +536,7 @@ mod tests {
             );
             let registered = AppEvent::Registered {
                 node: "node1".into(),
+                keeps_sockets,
             };
             session
                 .send(&serde_json::to_vec(&registered).unwrap(), None)
@@ -684,6 +707,26 @@ mod tests {
         let mut bytes = [0u8; 10];
         client.read_exact(&mut bytes).unwrap();
         assert_eq!(&bytes, b"still here");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A handoffd that does not tell outcomes (from before `keeps_sockets`): no copy is kept,
+    /// the socket handed over is its alone, as it always was.
+    #[test]
+    fn no_copy_is_kept_for_a_handoffd_that_tells_no_outcomes() {
+        let dir = std::env::temp_dir().join(format!("dsl-app-old-{}", std::process::id()));
+        let path = dir.join("node1.app");
+        let handoffd =
+            fake_handoffd_telling_outcomes(SeqPacketListener::bind(&path).unwrap(), false);
+        let (service, _events) = Service::register(&path, Ipv6Addr::LOCALHOST, 8080).unwrap();
+        let session = handoffd.join().unwrap();
+        let tcp = TcpListener::bind("[::1]:0").unwrap();
+        let (stream, _client) = connection(&tcp);
+        service.accepted(&stream).unwrap();
+        request(&session);
+        service.yield_conn(stream, b"state").unwrap();
+        assert!(matches!(request(&session), AppRequest::Yielded { .. }));
+        assert!(lock(&service.shared.session).kept.is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

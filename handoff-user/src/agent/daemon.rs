@@ -175,8 +175,9 @@ pub struct Agent {
     unclaimed: Mutex<HashSet<ConnId>>,
     /// Connections this run is handing off (an `unsettled` one waits for the outcome).
     donating: Mutex<HashSet<ConnId>>,
-    /// `unsettled` connections waiting to be settled.
-    settling: Mutex<HashMap<ConnId, Unsettled>>,
+    /// `unsettled` connections being settled: the latest report not yet taken up (`None`
+    /// while the one taken up is answered).
+    settling: Mutex<HashMap<ConnId, Option<Unsettled>>>,
     /// Set by [`Agent::stop`]: no handoff starts any more.
     stopping: AtomicBool,
     /// Work of handoffs in flight that a stop waits for ([`Busy`]): threads at work on one,
@@ -406,8 +407,15 @@ impl Agent {
     /// (`unsettled`); otherwise it is lost.
     fn complete_interrupted(self: Arc<Self>) {
         let _busy = self.busy();
+        /// Ends the recovery however `complete_interrupted_flows` returns (a panic included).
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        let _done = Done(&self.recovering);
         self.complete_interrupted_flows();
-        self.recovering.store(false, Ordering::SeqCst);
     }
 
     fn complete_interrupted_flows(self: &Arc<Self>) {
@@ -1233,6 +1241,7 @@ impl Agent {
                 return;
             }
         };
+        lock(&self.unclaimed).remove(&conn);
         lock(&self.conns).insert(
             conn,
             Conn {
@@ -1605,38 +1614,59 @@ impl Agent {
     }
 
     /// An `unsettled` connection: the application handed it over to an earlier session and
-    /// kept the socket, and never heard the outcome. Once this run's recovery of interrupted
-    /// handoffs is done and no handoff of this run holds the connection, the socket tells:
-    /// not in repair mode, nothing was captured — the connection is the application's; in
-    /// repair mode, it was captured, and it is the application's again only if its handoff was
-    /// interrupted and no member completed it (revived: out of repair mode); otherwise another
-    /// member serves it (or a failed rollback lost it) and the copy is closed.
-    /// The same connection reported again (by a later session of the application) replaces
-    /// the earlier report: one answer, to the latest session.
+    /// kept the socket, and never heard the outcome. Once no handoff of this run holds the
+    /// connection, the socket tells: not in repair mode, nothing was captured — the connection
+    /// is the application's. In repair mode it was captured: once this run's recovery of
+    /// interrupted handoffs is done, it is the application's again only if its handoff was
+    /// interrupted and every member refused to complete it (revived: out of repair mode);
+    /// otherwise another member serves it (or a failed rollback lost it) and the copy is
+    /// closed. A report that comes again meanwhile (a later session of the application) is
+    /// answered after this one, to that session.
     fn settle(self: Arc<Self>, conn: ConnId) {
-        while self.recovering.load(Ordering::SeqCst) || lock(&self.donating).contains(&conn) {
-            thread::sleep(Duration::from_millis(10));
+        loop {
+            while lock(&self.donating).contains(&conn) {
+                thread::sleep(Duration::from_millis(10));
+            }
+            // The entry stays, empty, until the answer is sent.
+            let Some((app, socket, state)) =
+                lock(&self.settling).get_mut(&conn).and_then(Option::take)
+            else {
+                return;
+            };
+            self.settle_one(app, conn, socket, state);
+            let mut settling = lock(&self.settling);
+            if settling.get(&conn).is_some_and(Option::is_none) {
+                settling.remove(&conn);
+                return;
+            }
         }
-        let Some((app, socket, state)) = lock(&self.settling).remove(&conn) else {
-            return;
-        };
-        let unclaimed = lock(&self.unclaimed).remove(&conn);
-        let outcome = match tcpstate::in_repair_mode(&socket) {
-            Ok(true) if !unclaimed => {
+    }
+
+    fn settle_one(self: &Arc<Self>, app: AppId, conn: ConnId, socket: OwnedFd, state: Vec<u8>) {
+        let revived = tcpstate::in_repair_mode(&socket).and_then(|captured| {
+            if !captured {
+                return Ok(true);
+            }
+            while self.recovering.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(10));
+            }
+            if !lock(&self.unclaimed).remove(&conn) {
+                return Ok(false);
+            }
+            tcpstate::revive(&socket)
+        });
+        match revived {
+            Ok(true) => {}
+            Ok(false) => {
                 self.handed_off(app, conn);
                 tracing::info!(%conn, "unsettled connection: handed off before; its copy is closed");
                 return;
             }
-            Ok(_) => tcpstate::revive(&socket).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = outcome {
-            let message = format!("unsettled {conn}: cannot revive its socket: {e}");
-            let Some(sender) = lock(&self.apps).get(&app).map(|a| Arc::clone(&a.socket)) else {
+            Err(e) => {
+                self.handed_off(app, conn);
+                tracing::error!(%conn, "unsettled connection lost: cannot revive its socket: {e}");
                 return;
-            };
-            self.refuse(app, &sender, message, Some(socket));
-            return;
+            }
         }
         self.take_conn(app, conn, true);
         match self.adopt(app, conn, socket.as_fd(), &state) {
@@ -1663,17 +1693,36 @@ impl Agent {
         let start_ns = monotonic_ns();
         let app = {
             let mut conns = lock(&self.conns);
-            let found: Result<AppId, String> = match conns.get_mut(&conn) {
-                None => Err(format!("{conn} is not served by {}", self.config.node)),
-                Some(entry) if entry.moving => Err(format!("{conn} is already moving")),
+            match conns.get_mut(&conn) {
+                None => Err((
+                    None,
+                    format!("{conn} is not served by {}", self.config.node),
+                )),
+                Some(entry) if entry.moving => {
+                    Err((Some(entry.app), format!("{conn} is already moving")))
+                }
                 Some(entry) => {
                     entry.moving = true;
                     Ok(entry.app)
                 }
-            };
-            found?
+            }
+        };
+        let app = match app {
+            Ok(app) => app,
+            Err((app, e)) => {
+                // A `move` whose connection another handoff took up meanwhile: its socket goes
+                // back (the other handoff asks the application to yield it).
+                if let (Some(app), Some((socket, state))) = (app, &yielded)
+                    && let Err(e) = self.adopt(app, conn, socket.as_fd(), state)
+                {
+                    tracing::error!(%conn, "cannot give the connection back: {e}");
+                }
+                return Err(e);
+            }
         };
         lock(&self.donating).insert(conn);
+        // Served here again since the recovery: no longer a connection it left unclaimed.
+        lock(&self.unclaimed).remove(&conn);
         let result = self.hand_off_inner(conn, app, to, yielded, start_ns);
         lock(&self.donating).remove(&conn);
         let mut conns = lock(&self.conns);
@@ -1795,6 +1844,14 @@ impl Agent {
                     give_back(&socket, &app_state);
                     Err(format!(
                         "{why}; rolled back, the connection stays on {}",
+                        self.config.node
+                    ))
+                }
+                // The last step (SO_REUSEADDR) failed: the socket works, the flow is thawed.
+                Err(e) if tcpstate::in_repair_mode(&socket).is_ok_and(|repair| !repair) => {
+                    give_back(&socket, &app_state);
+                    Err(format!(
+                        "{why}; rolled back ({e}), the connection stays on {}",
                         self.config.node
                     ))
                 }
@@ -1980,6 +2037,14 @@ impl Agent {
                 })
             });
         lock(&self.yields).remove(&conn);
+        // A `yielded` that came between the timeout and the removal is in the channel: the
+        // connection goes back.
+        if answer.is_err()
+            && let Ok(YieldAnswer::Yielded(socket, state)) = rx.try_recv()
+            && let Err(e) = self.adopt(app, conn, socket.as_fd(), &state)
+        {
+            tracing::error!(%conn, "cannot give the connection back: {e}");
+        }
         match answer? {
             YieldAnswer::Yielded(socket, state) => Ok((socket, state)),
             YieldAnswer::Declined(reason) => Err(format!("the application declined: {reason}")),
@@ -2139,6 +2204,7 @@ impl Agent {
                 }
                 let reply = AppEvent::Registered {
                     node: self.config.node.clone(),
+                    keeps_sockets,
                 };
                 let bytes = serde_json::to_vec(&reply).map_err(|e| e.to_string())?;
                 socket.send(&bytes, None).map_err(|e| e.to_string())
@@ -2176,7 +2242,7 @@ impl Agent {
                 let state = decode(&state)?;
                 let fd = fd.take().ok_or("unsettled without the socket")?;
                 if lock(&self.settling)
-                    .insert(conn, (app, fd, state))
+                    .insert(conn, Some((app, fd, state)))
                     .is_none()
                 {
                     let agent = Arc::clone(self);

@@ -324,6 +324,11 @@ pub enum AppEvent {
     Registered {
         /// This member's node name.
         node: String,
+        /// Answer to `keeps_sockets`: this handoffd tells the outcome of each handoff
+        /// (`handed_off`) and takes `unsettled`. Absent (`false`, not written) from a handoffd
+        /// that does not: an application then keeps no copies.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keeps_sockets: bool,
     },
     /// A request was refused.
     Error {
