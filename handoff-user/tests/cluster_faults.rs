@@ -611,6 +611,79 @@ fn privileged_stop_during_a_drain_reports_what_remains() {
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
+/// SIGKILL of the donor's handoffd in the middle of a drain of paced downloads (four handoffs
+/// at a time, 50 ms links: each spends up to 300 ms in its send-queue wait, ~0.4 s after it),
+/// then a restart: whichever phase each handoff in flight was in, none loses its connection —
+/// the acceptor completes those it holds (`Recover`), the file server gives the others back
+/// (`unsettled`) — and every download ends byte-exact without a reset.
+#[test]
+fn privileged_donor_killed_mid_drain_loses_no_connection() {
+    const CONNS: usize = 8;
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = Settings {
+        delay_ms: 50.0,
+        files: vec![("file".into(), 1_000_000), ("small".into(), 10_000)],
+        fileserver_args: strings(&["--rate", "200K"]),
+        handoff_section: "[handoff]\ndrain_parallel = 4".into(),
+        ..Settings::default()
+    };
+    let mut cluster = start("fkdr", &settings);
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let streams: Vec<TcpStream> = (0..CONNS).map(|_| connect(&cluster, "client1")).collect();
+    let progress: Vec<AtomicUsize> = (0..CONNS).map(|_| AtomicUsize::new(0)).collect();
+    thread::scope(|scope| {
+        let readers: Vec<_> = streams
+            .iter()
+            .zip(&progress)
+            .map(|(stream, progress)| {
+                scope.spawn(move || get(stream, "file", 1_000_000, 100, progress))
+            })
+            .collect();
+        for progress in &progress {
+            wait_progress(progress, 100_000, "download");
+        }
+        let mut drain = cluster
+            .handoff_command(&["drain", "node1", "--json"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while conns(&cluster, "node1").len() > CONNS - 2 {
+            assert!(Instant::now() < deadline, "the drain moved nothing");
+            thread::sleep(Duration::from_millis(10));
+        }
+        cluster.kill_handoffd(0);
+        let _ = drain.wait();
+        cluster.restart_handoffd(0).unwrap();
+        for (n, reader) in readers.into_iter().enumerate() {
+            reader
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("download {n}: {e}\n{}", cluster.logs()));
+        }
+    });
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+    // Each connection is served by exactly one member, and answers again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while conns(&cluster, "node1").len() + conns(&cluster, "node2").len() != CONNS {
+        assert!(
+            Instant::now() < deadline,
+            "node1 {:?}, node2 {:?}\n{}",
+            conns(&cluster, "node1"),
+            conns(&cluster, "node2"),
+            cluster.logs()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let small = AtomicUsize::new(0);
+    for stream in &streams {
+        get(stream, "small", 10_000, 100, &small).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 /// The donor's handoffd dies (SIGKILL) between the transfer and the commit: the acceptor holds
 /// the restored socket, the donor's frozen one died with the process. The restarted donor
 /// finds the frozen entry the handoff left and asks its peers to commit what they hold of it:
