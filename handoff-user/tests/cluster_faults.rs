@@ -735,12 +735,13 @@ fn privileged_restarted_donor_completes_the_interrupted_handoff() {
 /// and checks that node1 serves the connection again and the download ends byte-exact with no
 /// reset. 50 ms links; the client stops reading after 100 kB (until node1 serves the
 /// connection again), so that the donor's send queue cannot drain. `prepare` runs before the
-/// download. Returns the cluster and node1's log.
+/// download, `also` right after the kill. Returns the cluster and node1's log.
 fn kill_donor_mid_handoff(
     tag: &str,
     handoff_section: &str,
     prepare: impl FnOnce(&mut Cluster),
     kill_after: Duration,
+    also: impl FnOnce(&mut Cluster),
 ) -> (Cluster, String) {
     let settings = Settings {
         delay_ms: 50.0,
@@ -781,6 +782,7 @@ fn kill_donor_mid_handoff(
         }
         thread::sleep(kill_after);
         cluster.kill_handoffd(0);
+        also(&mut cluster);
         let _ = mover.wait();
         cluster.restart_handoffd(0).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -823,7 +825,7 @@ fn privileged_restarted_donor_gives_back_a_connection_it_held_before_the_capture
     let _serial = cluster::one_at_a_time();
     let section = "[handoff]\nsend_queue_wait_ms = 10000";
     let (cluster, _log) =
-        kill_donor_mid_handoff("fkept", section, |_| {}, Duration::from_millis(120));
+        kill_donor_mid_handoff("fkept", section, |_| {}, Duration::from_millis(120), |_| {});
     // It moves as any other connection.
     let conn = conns(&cluster, "node1").remove(0);
     move_conn(&cluster, &conn, "node1", "node2");
@@ -848,6 +850,30 @@ fn privileged_restarted_donor_revives_a_captured_connection_no_member_took() {
         section,
         |cluster| cluster.kill_fileserver(1),
         Duration::from_millis(100),
+        |_| {},
+    );
+    assert!(
+        log.contains("no member holds the connection of an interrupted handoff"),
+        "{log}"
+    );
+}
+
+/// As above, but the acceptor's handoffd dies too, with the donor's: whatever it restored of
+/// the connection closed with it. The restarted donor cannot open a channel to it, so nobody
+/// was asked who could still activate the connection: it revives its own copy.
+#[test]
+fn privileged_restarted_donor_revives_a_captured_connection_when_the_acceptor_is_down() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let section = "[handoff]\nsend_queue_wait_ms = 0";
+    let (_cluster, log) = kill_donor_mid_handoff(
+        "frevdn",
+        section,
+        |_| {},
+        Duration::from_millis(100),
+        |cluster| cluster.kill_handoffd(1),
     );
     assert!(
         log.contains("no member holds the connection of an interrupted handoff"),

@@ -437,7 +437,12 @@ impl Agent {
                         break;
                     }
                     Ok(Ok(PeerMessage::Refused { .. })) => {}
-                    _ => all_refused = false,
+                    // Not asked (no channel: the member is down or unreachable): a restored
+                    // socket there only becomes live on a `Commit` or a `Recover`, and neither
+                    // will come, so it expires unused.
+                    Err(_) => {}
+                    // Asked and no answer: it may still activate the connection.
+                    Ok(_) => all_refused = false,
                 }
             }
             let settled = {
