@@ -785,7 +785,8 @@ fn kill_donor_mid_handoff(
         also(&mut cluster);
         let _ = mover.wait();
         cluster.restart_handoffd(0).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let restarted = Instant::now();
+        let deadline = restarted + Duration::from_secs(10);
         while !conns(&cluster, "node1").contains(&conn) {
             assert!(
                 Instant::now() < deadline,
@@ -794,6 +795,10 @@ fn kill_donor_mid_handoff(
             );
             thread::sleep(Duration::from_millis(20));
         }
+        println!(
+            "{tag}: node1 serves the connection again {} ms after its handoffd answers",
+            restarted.elapsed().as_millis()
+        );
         reading.store(true, Ordering::SeqCst);
         reader
             .join()
