@@ -836,31 +836,35 @@ fn privileged_restarted_donor_gives_back_a_connection_it_held_before_the_capture
     move_conn(&cluster, &conn, "node1", "node2");
 }
 
-/// A crash of the donor's handoffd after the capture, while its transfer travels to an
-/// acceptor that will refuse it (no application serves the DSA on node2 any more): the flow
-/// stays frozen and the socket in repair mode. The restarted handoffd asks node2 (`Recover`),
-/// which holds nothing, and then revives the socket the file server gives back: out of repair
-/// mode, thawed, the application's again. No send-queue wait; the transfer carries the whole
-/// queue (~130 kB over 50 ms links: its refusal comes back after ≥ 200 ms); SIGKILL 100 ms
-/// after the move starts.
+/// [`kill_donor_mid_handoff`] after the capture: no send-queue wait, so the transfer (the
+/// whole queue, ~130 kB over 50 ms links) is on its way when SIGKILL comes, 100 ms after the
+/// move starts; the flow stays frozen and the socket in repair mode. Checks that the restarted
+/// handoffd found no member holding the connection and revived the socket the file server
+/// gave back (out of repair mode, thawed, the application's again).
+fn kill_donor_mid_transfer(
+    tag: &str,
+    prepare: impl FnOnce(&mut Cluster),
+    also: impl FnOnce(&mut Cluster),
+) {
+    let section = "[handoff]\nsend_queue_wait_ms = 0";
+    let (_cluster, log) =
+        kill_donor_mid_handoff(tag, section, prepare, Duration::from_millis(100), also);
+    assert!(
+        log.contains("no member holds the connection of an interrupted handoff"),
+        "{log}"
+    );
+}
+
+/// A crash of the donor's handoffd while its transfer travels to an acceptor that will refuse
+/// it (no application serves the DSA on node2 any more; its refusal would come back after
+/// ≥ 200 ms): the restarted handoffd asks node2 (`Recover`), which holds nothing.
 #[test]
 fn privileged_restarted_donor_revives_a_captured_connection_no_member_took() {
     if !is_root() {
         return;
     }
     let _serial = cluster::one_at_a_time();
-    let section = "[handoff]\nsend_queue_wait_ms = 0";
-    let (_cluster, log) = kill_donor_mid_handoff(
-        "frevive",
-        section,
-        |cluster| cluster.kill_fileserver(1),
-        Duration::from_millis(100),
-        |_| {},
-    );
-    assert!(
-        log.contains("no member holds the connection of an interrupted handoff"),
-        "{log}"
-    );
+    kill_donor_mid_transfer("frevive", |cluster| cluster.kill_fileserver(1), |_| {});
 }
 
 /// As above, but the acceptor's handoffd dies too, with the donor's: whatever it restored of
@@ -872,18 +876,7 @@ fn privileged_restarted_donor_revives_a_captured_connection_when_the_acceptor_is
         return;
     }
     let _serial = cluster::one_at_a_time();
-    let section = "[handoff]\nsend_queue_wait_ms = 0";
-    let (_cluster, log) = kill_donor_mid_handoff(
-        "frevdn",
-        section,
-        |_| {},
-        Duration::from_millis(100),
-        |cluster| cluster.kill_handoffd(1),
-    );
-    assert!(
-        log.contains("no member holds the connection of an interrupted handoff"),
-        "{log}"
-    );
+    kill_donor_mid_transfer("frevdn", |_| {}, |cluster| cluster.kill_handoffd(1));
 }
 
 /// The binding report of the last handoff `node` donated, once it has one (up to 10 s).
