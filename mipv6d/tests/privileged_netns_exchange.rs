@@ -818,14 +818,23 @@ fn privileged_packet_receiver_sees_mobility_headers_only() {
     let mut buf = [0u8; 2048];
     while rx.recv(&mut buf).expect("recv").is_some() {}
     for (i, (what, packet, expected)) in cases(1).into_iter().enumerate() {
-        tx.send_packet(&packet, SERVER_V6).expect("send");
+        // A packet that must arrive is sent again every 200 ms, for up to 5 s: one sent on the
+        // CI's two loaded cores once did not show within 200 ms. One that must not arrive is
+        // sent once and given 200 ms.
+        let tries = if expected { 25 } else { 1 };
         let mut seen = false;
-        let deadline = Instant::now() + Duration::from_millis(200);
-        while Instant::now() < deadline {
-            if rx.wait(Duration::from_millis(20)).expect("wait") {
-                while let Some((n, _)) = rx.recv(&mut buf).expect("recv") {
-                    seen |= buf[..n] == packet[..];
+        for _ in 0..tries {
+            tx.send_packet(&packet, SERVER_V6).expect("send");
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < deadline && !seen {
+                if rx.wait(Duration::from_millis(20)).expect("wait") {
+                    while let Some((n, _)) = rx.recv(&mut buf).expect("recv") {
+                        seen |= buf[..n] == packet[..];
+                    }
                 }
+            }
+            if seen {
+                break;
             }
         }
         assert_eq!(seen, expected, "case {i}: {what}");
