@@ -808,7 +808,7 @@ fn kill_donor_mid_handoff(
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
     let log = std::fs::read_to_string(cluster.dir.join("node1.handoffd.log")).unwrap();
     assert!(
-        log.contains("unsettled connection: the handoff did not happen"),
+        log.contains("unsettled connection: ") && log.contains("it is the application's again"),
         "{}",
         cluster.logs()
     );
@@ -829,8 +829,12 @@ fn privileged_restarted_donor_gives_back_a_connection_it_held_before_the_capture
     }
     let _serial = cluster::one_at_a_time();
     let section = "[handoff]\nsend_queue_wait_ms = 10000";
-    let (cluster, _log) =
+    let (cluster, log) =
         kill_donor_mid_handoff("fkept", section, |_| {}, Duration::from_millis(120), |_| {});
+    assert!(
+        log.contains("unsettled connection: the handoff did not happen"),
+        "{log}"
+    );
     // It moves as any other connection.
     let conn = conns(&cluster, "node1").remove(0);
     move_conn(&cluster, &conn, "node1", "node2");
@@ -838,19 +842,28 @@ fn privileged_restarted_donor_gives_back_a_connection_it_held_before_the_capture
 
 /// [`kill_donor_mid_handoff`] after the capture: no send-queue wait, so the transfer (the
 /// whole queue, ~130 kB over 50 ms links) is on its way when SIGKILL comes, 100 ms after the
-/// move starts; the flow stays frozen and the socket in repair mode. Checks that the restarted
-/// handoffd found no member holding the connection and revived the socket the file server
-/// gave back (out of repair mode, thawed, the application's again).
+/// move starts; the socket stays in repair mode, the flow frozen (two-phase) or redirected to
+/// node2 (one-phase, `commit`). Checks that the restarted handoffd found no member holding the
+/// connection and revived the socket the file server gave back (out of repair mode, thawed,
+/// the application's again).
 fn kill_donor_mid_transfer(
     tag: &str,
+    commit: &str,
     prepare: impl FnOnce(&mut Cluster),
     also: impl FnOnce(&mut Cluster),
 ) {
-    let section = "[handoff]\nsend_queue_wait_ms = 0";
+    let section = format!("[handoff]\nsend_queue_wait_ms = 0\ncommit = \"{commit}\"");
     let (_cluster, log) =
-        kill_donor_mid_handoff(tag, section, prepare, Duration::from_millis(100), also);
+        kill_donor_mid_handoff(tag, &section, prepare, Duration::from_millis(100), also);
+    let found = match commit {
+        "two-phase" => "no member holds the connection of an interrupted handoff",
+        _ => {
+            "redirect entries from before the restart checked with the members kept=0 repointed=0 removed=1"
+        }
+    };
+    assert!(log.contains(found), "{log}");
     assert!(
-        log.contains("no member holds the connection of an interrupted handoff"),
+        log.contains("unsettled connection: captured, but no member took it: revived"),
         "{log}"
     );
 }
@@ -864,7 +877,30 @@ fn privileged_restarted_donor_revives_a_captured_connection_no_member_took() {
         return;
     }
     let _serial = cluster::one_at_a_time();
-    kill_donor_mid_transfer("frevive", |cluster| cluster.kill_fileserver(1), |_| {});
+    kill_donor_mid_transfer(
+        "frevive",
+        "two-phase",
+        |cluster| cluster.kill_fileserver(1),
+        |_| {},
+    );
+}
+
+/// As above with one-phase commit: the donor redirected the flow to node2 before the transfer
+/// left, so the restart finds a redirect entry, not a frozen one. node2 refuses the transfer
+/// (or never reads it: the channel it came on belongs to the donor's previous run) and says it
+/// does not serve the connection (`WhoServes`); the restarted donor revives its copy.
+#[test]
+fn privileged_restarted_one_phase_donor_revives_a_captured_connection_no_member_took() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    kill_donor_mid_transfer(
+        "frev1p",
+        "one-phase",
+        |cluster| cluster.kill_fileserver(1),
+        |_| {},
+    );
 }
 
 /// As above, but the acceptor's handoffd dies too, with the donor's: whatever it restored of
@@ -876,7 +912,12 @@ fn privileged_restarted_donor_revives_a_captured_connection_when_the_acceptor_is
         return;
     }
     let _serial = cluster::one_at_a_time();
-    kill_donor_mid_transfer("frevdn", |_| {}, |cluster| cluster.kill_handoffd(1));
+    kill_donor_mid_transfer(
+        "frevdn",
+        "two-phase",
+        |_| {},
+        |cluster| cluster.kill_handoffd(1),
+    );
 }
 
 /// The binding report of the last handoff `node` donated, once it has one (up to 10 s).
@@ -1828,6 +1869,7 @@ fn privileged_agent_with_a_wrong_cluster_key_is_refused_and_logged() {
     let hello = |node: &str| {
         postcard::to_allocvec(&PeerMessage::Hello {
             node: node.to_owned(),
+            run: 1,
         })
         .unwrap()
     };

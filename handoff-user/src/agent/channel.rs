@@ -29,7 +29,7 @@ use super::proto::PROTOCOL_VERSION;
 const PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// Bound to this protocol and version (`PROTOCOL_VERSION`): a peer speaking another version
 /// fails the handshake even if it sent this version's preamble.
-const PROLOGUE: &[u8] = b"dsl-handoff agent channel v3";
+const PROLOGUE: &[u8] = b"dsl-handoff agent channel v4";
 /// The start of the preamble, followed by the version.
 const MAGIC: &[u8; 6] = b"DSLAGT";
 const MAX_NOISE: usize = 65535;

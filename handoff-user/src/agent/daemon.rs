@@ -33,6 +33,7 @@ use super::{
         AppEvent, AppRequest, ConnId, ConnSelector, ControlRequest, DrainError, DrainMove,
         DrainProgress, DrainReport, PeerMessage, PhaseReport, monotonic_ns,
     },
+    runs::Runs,
     seqpacket::{Received, SeqPacket, SeqPacketListener},
 };
 use crate::{
@@ -114,6 +115,16 @@ struct Accepting {
     _busy: Busy,
 }
 
+/// Ends the listing of an activation as being received ([`Runs::activating`]), however
+/// `activate` returns.
+struct Activating<'a>(&'a Mutex<Runs>, &'a str, u64, ConnId);
+
+impl Drop for Activating<'_> {
+    fn drop(&mut self) {
+        lock(self.0).done(self.1, self.2, self.3);
+    }
+}
+
 /// A one-phase handoff announced by `Prepare` (flow frozen here): its connection, until when
 /// its transfer may come, and the stop it holds up.
 type Prepared = (ConnId, Instant, Busy);
@@ -140,6 +151,10 @@ pub struct Agent {
     peers: Mutex<HashMap<String, ChannelSender>>,
     /// Why each member's channel last failed to open or closed (`handoff status`).
     channel_errors: Mutex<HashMap<String, String>>,
+    /// This run of the agent (its start time; in every `Hello`).
+    run: u64,
+    /// The peers' current runs and the transfers being taken in.
+    runs: Mutex<Runs>,
     /// Per member: one opening of its channel at a time, and when and why the last attempt
     /// failed — threads that waited for an attempt take its failure rather than each trying
     /// again (every attempt at an unreachable member waits for the timeout).
@@ -170,8 +185,9 @@ pub struct Agent {
     interrupted: Mutex<Vec<FlowKey>>,
     /// Until `complete_interrupted` is done: an `unsettled` connection waits for it.
     recovering: AtomicBool,
-    /// Connections of those interrupted handoffs that no member completed: an application that
-    /// kept the socket (`unsettled`) gets them back.
+    /// Connections of those interrupted handoffs that no member completed, and of redirect
+    /// entries of the earlier run that no member serves: an application that kept the socket
+    /// (`unsettled`) gets them back.
     unclaimed: Mutex<HashSet<ConnId>>,
     /// Connections this run is handing off (an `unsettled` one waits for the outcome).
     donating: Mutex<HashSet<ConnId>>,
@@ -312,6 +328,10 @@ impl Agent {
             yields: Mutex::default(),
             peers: Mutex::default(),
             channel_errors: Mutex::default(),
+            run: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as u64),
+            runs: Mutex::default(),
             opening: Mutex::default(),
             waiting: Mutex::default(),
             accepting: Mutex::default(),
@@ -404,10 +424,13 @@ impl Agent {
     /// holds the connection's only live copy, so each member is asked to activate it
     /// (`Recover`) and the flow is redirected to the one that does. An entry no member claims
     /// is removed, and the connection is the application's again if it kept the socket
-    /// (`unsettled`); otherwise it is lost.
+    /// (`unsettled`); otherwise it is lost. Then the redirect entries are checked
+    /// ([`Agent::check_redirects`]): a one-phase handoff redirects before its transfer leaves,
+    /// so an entry no member serves may be one whose transfer never arrived — or arrives now,
+    /// and is refused as coming from the earlier run ([`Runs`]) — and its connection too is the
+    /// application's again if it kept the socket.
     fn complete_interrupted(self: Arc<Self>) {
-        let _busy = self.busy();
-        /// Ends the recovery however `complete_interrupted_flows` returns (a panic included).
+        /// Ends the recovery however it returns (a panic included).
         struct Done<'a>(&'a AtomicBool);
         impl Drop for Done<'_> {
             fn drop(&mut self) {
@@ -415,7 +438,11 @@ impl Agent {
             }
         }
         let _done = Done(&self.recovering);
-        self.complete_interrupted_flows();
+        {
+            let _busy = self.busy();
+            self.complete_interrupted_flows();
+        }
+        self.check_redirects(true);
     }
 
     fn complete_interrupted_flows(self: &Arc<Self>) {
@@ -492,7 +519,7 @@ impl Agent {
     /// entry in `FLOWS` (a map of bounded size), a connection moved on leaves its packets going
     /// to a member that no longer has it.
     fn check_redirects_periodically(self: Arc<Self>) {
-        self.check_redirects(true);
+        // The check at start is part of `complete_interrupted`.
         let Some(interval) = self.config.handoff.redirect_check() else {
             return;
         };
@@ -538,7 +565,11 @@ impl Agent {
                     }
                     [] if everyone && last => {
                         removed += 1;
-                        self.update_redirect(entry, None);
+                        if self.update_redirect(entry, None) && at_start {
+                            // Served nowhere: if the earlier run captured it and the
+                            // application kept the socket, the connection is only there.
+                            lock(&self.unclaimed).insert(conn_of(&entry.0));
+                        }
                     }
                     [] if everyone => unclaimed.push(*entry),
                     _ => unresolved += 1,
@@ -598,20 +629,21 @@ impl Agent {
     }
 
     /// Points the redirect entry `(flow, target)` at `owner`, or removes it (`None`) — only if
-    /// it still names `target`: an announcement since is newer news.
-    fn update_redirect(&self, (flow, target): &(FlowKey, Addr), owner: Option<Ipv6Addr>) {
+    /// it still names `target`: an announcement since is newer news. Returns whether it did.
+    fn update_redirect(&self, (flow, target): &(FlowKey, Addr), owner: Option<Ipv6Addr>) -> bool {
         let mut datapath = lock(&self.datapath);
         let freeze = datapath.maps().freeze();
         if freeze.redirect_target(flow).ok().flatten() != Some(*target) {
-            return;
+            return false;
         }
         let updated = match owner {
             Some(owner) => freeze.redirect(*flow, owner.octets()),
             None => freeze.thaw(flow).map(|_| ()),
         };
-        if let Err(e) = updated {
+        if let Err(e) = &updated {
             tracing::warn!(conn = %conn_of(flow), "cannot update its redirect entry: {e}");
         }
+        updated.is_ok()
     }
 
     /// Stops without losing a connection in the middle of its handoff: from now on no handoff
@@ -683,15 +715,27 @@ impl Agent {
     fn hello(&self) -> Vec<u8> {
         postcard::to_allocvec(&PeerMessage::Hello {
             node: self.config.node.clone(),
+            run: self.run,
         })
         .expect("a hello always encodes")
     }
 
-    fn peer_name(&self, hello: &[u8]) -> Result<String, String> {
+    /// The member a hello names, and its run.
+    fn peer_name(&self, hello: &[u8]) -> Result<(String, u64), String> {
         match postcard::from_bytes(hello) {
-            Ok(PeerMessage::Hello { node }) if self.config.peer(&node).is_some() => Ok(node),
-            Ok(PeerMessage::Hello { node }) => Err(format!("unknown member {node:?}")),
+            Ok(PeerMessage::Hello { node, run }) if self.config.peer(&node).is_some() => {
+                Ok((node, run))
+            }
+            Ok(PeerMessage::Hello { node, .. }) => Err(format!("unknown member {node:?}")),
             _ => Err("no hello".into()),
+        }
+    }
+
+    /// A channel of `node`'s run `run` is up, before any of its messages is read: from now on
+    /// transfers on channels of an earlier run of `node` are refused.
+    fn heard_from(&self, node: &str, run: u64) {
+        if let Some(earlier) = lock(&self.runs).hello(node, run) {
+            tracing::info!(peer = %node, run, earlier, "the member restarted: transfers still coming from its earlier run are refused");
         }
     }
 
@@ -713,14 +757,15 @@ impl Agent {
                 };
                 match channel::accept(stream, &agent.key, &agent.hello()) {
                     Ok((sender, receiver, hello)) => match agent.peer_name(&hello) {
-                        Ok(node) => {
+                        Ok((node, run)) => {
+                            agent.heard_from(&node, run);
                             tracing::info!(peer = %node, "agent channel up (incoming)");
                             lock(&agent.channel_errors).remove(&node);
                             lock(&agent.peers)
                                 .entry(node.clone())
                                 .or_insert_with(|| sender.clone());
                             agent.send_tokens(&node, &sender);
-                            agent.read_peer(node, sender, receiver);
+                            agent.read_peer(node, run, sender, receiver);
                         }
                         Err(why) => {
                             refused(why);
@@ -785,24 +830,29 @@ impl Agent {
             self.config.handoff.peer_timeout(),
         )
         .map_err(|e| format!("agent channel to {node} at {}: {e}", peer.channel_addr()))?;
-        match self.peer_name(&hello) {
-            Ok(name) if name == node => {}
-            Ok(name) => return Err(format!("{} answered as {name}, not {node}", peer.address)),
+        let run = match self.peer_name(&hello) {
+            Ok((name, run)) if name == node => run,
+            Ok((name, _)) => {
+                return Err(format!("{} answered as {name}, not {node}", peer.address));
+            }
             Err(why) => return Err(format!("{node}: {why}")),
-        }
+        };
+        self.heard_from(node, run);
         tracing::info!(peer = %node, "agent channel up (outgoing)");
         lock(&self.peers).insert(node.to_owned(), sender.clone());
         self.send_tokens(node, &sender);
         let agent = Arc::clone(self);
         let reader_sender = sender.clone();
         let name = node.to_owned();
-        thread::spawn(move || agent.read_peer(name, reader_sender, receiver));
+        thread::spawn(move || agent.read_peer(name, run, reader_sender, receiver));
         Ok(sender)
     }
 
+    /// Reads the channel of `node`'s run `run`.
     fn read_peer(
         self: Arc<Self>,
         node: String,
+        run: u64,
         sender: ChannelSender,
         mut receiver: ChannelReceiver,
     ) {
@@ -816,7 +866,7 @@ impl Agent {
                 }
             };
             match postcard::from_bytes::<PeerMessage>(&message) {
-                Ok(message) => self.on_peer_message(&node, &sender, message),
+                Ok(message) => self.on_peer_message(&node, run, &sender, message),
                 Err(e) => {
                     tracing::warn!(peer = %node, "undecodable message, channel dropped: {e}");
                     let why = format!("undecodable message, channel dropped: {e}");
@@ -837,7 +887,13 @@ impl Agent {
         sender.send(&bytes).map_err(|e| e.to_string())
     }
 
-    fn on_peer_message(self: &Arc<Self>, from: &str, sender: &ChannelSender, message: PeerMessage) {
+    fn on_peer_message(
+        self: &Arc<Self>,
+        from: &str,
+        run: u64,
+        sender: &ChannelSender,
+        message: PeerMessage,
+    ) {
         match message {
             PeerMessage::Hello { .. } => {}
             PeerMessage::Prepare { id, conn, freeze } => {
@@ -866,6 +922,16 @@ impl Agent {
                 bu_sequence,
                 one_phase,
             } => {
+                if !lock(&self.runs).receive(from, run, id, conn) {
+                    // The donor restarted since it sent this, and may have taken the connection
+                    // back (asked whether this member serves it, after the new run's hello).
+                    lock(&self.prepared).remove(&(from.to_owned(), id));
+                    self.return_flow(conn, from);
+                    tracing::warn!(%conn, donor = %from, "handoff refused: its transfer comes from the donor's run before a restart");
+                    let reason = format!("{from} restarted since this transfer was sent");
+                    let _ = Self::send_to(sender, &PeerMessage::Refused { id, reason });
+                    return;
+                }
                 // Restores and activations run beside the channel's reader, so that one slow
                 // handoff never holds up the messages of the others (a drain has many in flight).
                 let received_ns = monotonic_ns();
@@ -884,7 +950,10 @@ impl Agent {
                 };
                 thread::spawn(move || {
                     let _busy = busy;
-                    let reply = match agent.restore(&from, &sender, transfer) {
+                    let restored = agent.restore(&from, &sender, transfer);
+                    // Parked in `accepting` now, or refused.
+                    lock(&agent.runs).done(&from, id, conn);
+                    let reply = match restored {
                         // One-phase: the donor already redirects; activate at once.
                         Ok(()) if one_phase => return agent.activate(&from, id),
                         Ok(()) => PeerMessage::Ready { id },
@@ -935,9 +1004,15 @@ impl Agent {
                 }
             }
             PeerMessage::WhoServes { id, conns } => {
-                // One lock at a time (no order to keep with the other users of either).
-                let incoming: Vec<ConnId> =
-                    lock(&self.accepting).values().map(|a| a.conn).collect();
+                // A connection on its way here is being received or parked (`activate` lists it
+                // as received before it leaves `accepting`, under that lock: read both at once),
+                // and then served (listed before it leaves the others).
+                let incoming: Vec<ConnId> = {
+                    let accepting = lock(&self.accepting);
+                    let runs = lock(&self.runs);
+                    let parked = accepting.values().map(|a| a.conn);
+                    parked.chain(runs.receiving().copied()).collect()
+                };
                 let served: Vec<ConnId> = {
                     let owned = lock(&self.conns);
                     conns
@@ -1209,7 +1284,19 @@ impl Agent {
 
     /// Phase 7 at the acceptor.
     fn activate(&self, donor: &str, id: u64) {
-        let Some(accepting) = lock(&self.accepting).remove(&(donor.to_owned(), id)) else {
+        // Listed as being received until it is served (or refused): `WhoServes` sees it.
+        let accepting = {
+            let mut accepting = lock(&self.accepting);
+            let entry = accepting.remove(&(donor.to_owned(), id));
+            if let Some(entry) = &entry {
+                lock(&self.runs).activating(donor, id, entry.conn);
+            }
+            entry
+        };
+        let _activating = accepting
+            .as_ref()
+            .map(|entry| Activating(&self.runs, donor, id, entry.conn));
+        let Some(accepting) = accepting else {
             tracing::warn!(%donor, id, "commit for an unknown or expired handoff: refused");
             if let Some(reply) = lock(&self.peers).get(donor).cloned() {
                 let reason = "no restored socket waits for this commit (expired)".to_owned();
@@ -1648,7 +1735,9 @@ impl Agent {
     }
 
     fn settle_one(self: &Arc<Self>, app: AppId, conn: ConnId, socket: OwnedFd, state: Vec<u8>) {
+        let mut was_captured = false;
         let revived = tcpstate::in_repair_mode(&socket).and_then(|captured| {
+            was_captured = captured;
             if !captured {
                 return Ok(true);
             }
@@ -1675,6 +1764,9 @@ impl Agent {
         }
         self.take_conn(app, conn, true);
         match self.adopt(app, conn, socket.as_fd(), &state) {
+            Ok(()) if was_captured => {
+                tracing::info!(%conn, "unsettled connection: captured, but no member took it: revived, it is the application's again")
+            }
             Ok(()) => {
                 tracing::info!(%conn, "unsettled connection: the handoff did not happen; it is the application's again")
             }

@@ -7,6 +7,7 @@
 //! - [`seqpacket`]: the application socket's transport (JSON datagrams + SCM_RIGHTS);
 //! - [`daemon`]: the agent itself — donor and acceptor sides of a handoff, drain, status;
 //! - [`mipv6`]: its client of mipv6d (home tokens, Binding Updates).
+//! - `runs`: which run of each peer's agent is current (late transfers of a restarted donor).
 //!
 //! Applications use [`crate::app`]; operators the `handoff` CLI. docs/handoffd.md has the
 //! protocols and the handoff sequence.
@@ -17,4 +18,5 @@ pub mod daemon;
 pub mod mipv6;
 mod netcfg;
 pub mod proto;
+mod runs;
 pub mod seqpacket;

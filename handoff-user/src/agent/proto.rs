@@ -82,7 +82,7 @@ pub fn monotonic_ns() -> Nanos {
 /// misread a message without noticing (a field added to `Transfer` read as something else) —,
 /// so members of different versions refuse each other's channel (`channel.rs`). Bump it with
 /// any change to either; the test `peer_messages_encode_as_recorded` fails until then.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Agent ↔ agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,6 +91,11 @@ pub enum PeerMessage {
     Hello {
         /// The sender's node name.
         node: String,
+        /// Which run of the sender's agent (its start time, CLOCK_REALTIME nanoseconds): once
+        /// a member has heard from a new run of a peer, it refuses the transfers still arriving
+        /// on a channel of an earlier run (the peer restarted since and may have revived the
+        /// connection — one-phase commit would otherwise activate a second endpoint).
+        run: u64,
     },
     /// Donor → acceptor, as the handoff starts (before the freeze): get ready for `conn`
     /// (resolve the next hop toward the client).
@@ -518,7 +523,7 @@ mod tests {
 
     /// One message of every kind, as members of this version encode it.
     const RECORDED: &str = "
-00026e31
+00026e31ef9bafcdf8acd19101
 010101fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f01
 020201fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f020102010301071030313233343536373839616263646566dc0b010901
 0303fd0000ff000000000000000000000001fd000000000000000000000000000001
@@ -552,7 +557,10 @@ mod tests {
             age_ms: 1500,
         };
         let messages = [
-            PeerMessage::Hello { node: "n1".into() },
+            PeerMessage::Hello {
+                node: "n1".into(),
+                run: 0x0123_4567_89ab_cdef,
+            },
             PeerMessage::Prepare {
                 id: 1,
                 conn,
