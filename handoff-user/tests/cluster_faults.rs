@@ -28,7 +28,7 @@ use handoff_common::FlowKey;
 use handoff_user::{
     agent::{
         channel::{self, ClusterKey},
-        proto::PeerMessage,
+        proto::{ConnId, PeerMessage},
         seqpacket::MAX_DATAGRAM,
     },
     datapath::FreezeMap,
@@ -474,12 +474,17 @@ fn privileged_acceptor_killed_the_connection_stays_on_the_donor() {
 
 /// Two members, 50 ms per link (a handoff lasts ~0.6 s), files served at 200 KiB/s.
 fn slow_links_cluster(tag: &str) -> Cluster {
-    let settings = Settings {
+    start(tag, &slow_links(""))
+}
+
+/// 50 ms links, downloads paced at 200 KB/s, `handoff_section` for every handoffd.
+fn slow_links(handoff_section: &str) -> Settings {
+    Settings {
         delay_ms: 50.0,
         fileserver_args: strings(&["--rate", "200K"]),
+        handoff_section: handoff_section.into(),
         ..Settings::default()
-    };
-    start(tag, &settings)
+    }
 }
 
 /// `handoff move CONN --from node1 --to node2 --json`, started, not waited for.
@@ -733,23 +738,18 @@ fn privileged_restarted_donor_completes_the_interrupted_handoff() {
 
 /// Kills node1's handoffd `kill_after` into a move of a download to node2 and restarts it,
 /// and checks that node1 serves the connection again and the download ends byte-exact with no
-/// reset. 50 ms links; the client stops reading after 100 kB (until node1 serves the
-/// connection again), so that the donor's send queue cannot drain. `prepare` runs before the
-/// download, `also` right after the kill. Returns the cluster and node1's log.
+/// reset. Links as `settings` say ([`slow_links`]); the client stops reading after 100 kB
+/// (until node1 serves the connection again), so that the donor's send queue cannot drain.
+/// `prepare` runs before the download, `also` right after the kill. Returns the cluster and
+/// node1's log.
 fn kill_donor_mid_handoff(
     tag: &str,
-    handoff_section: &str,
+    settings: &Settings,
     prepare: impl FnOnce(&mut Cluster),
     kill_after: Duration,
     also: impl FnOnce(&mut Cluster),
 ) -> (Cluster, String) {
-    let settings = Settings {
-        delay_ms: 50.0,
-        fileserver_args: strings(&["--rate", "200K"]),
-        handoff_section: handoff_section.into(),
-        ..Settings::default()
-    };
-    let mut cluster = start(tag, &settings);
+    let mut cluster = start(tag, settings);
     prepare(&mut cluster);
     let resets = cluster.tcp_counter("client1", "EstabResets");
     let stream = connect(&cluster, "client1");
@@ -829,8 +829,14 @@ fn privileged_restarted_donor_gives_back_a_connection_it_held_before_the_capture
     }
     let _serial = cluster::one_at_a_time();
     let section = "[handoff]\nsend_queue_wait_ms = 10000";
-    let (cluster, log) =
-        kill_donor_mid_handoff("fkept", section, |_| {}, Duration::from_millis(120), |_| {});
+    let settings = slow_links(section);
+    let (cluster, log) = kill_donor_mid_handoff(
+        "fkept",
+        &settings,
+        |_| {},
+        Duration::from_millis(120),
+        |_| {},
+    );
     assert!(
         log.contains("unsettled connection: the handoff did not happen"),
         "{log}"
@@ -853,8 +859,9 @@ fn kill_donor_mid_transfer(
     also: impl FnOnce(&mut Cluster),
 ) {
     let section = format!("[handoff]\nsend_queue_wait_ms = 0\ncommit = \"{commit}\"");
+    let settings = slow_links(&section);
     let (_cluster, log) =
-        kill_donor_mid_handoff(tag, &section, prepare, Duration::from_millis(100), also);
+        kill_donor_mid_handoff(tag, &settings, prepare, Duration::from_millis(100), also);
     let found = match commit {
         "two-phase" => "no member holds the connection of an interrupted handoff",
         _ => {
@@ -1928,6 +1935,88 @@ fn privileged_agent_with_a_wrong_cluster_key_is_refused_and_logged() {
             .unwrap()
             .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
     });
+}
+
+/// A donor that restarts mid-handoff may revive its copy of the connection once the acceptor
+/// says it does not serve it; a transfer of its earlier run that reaches the acceptor later
+/// (the dead process's kernel goes on sending what it was given) must then not be activated,
+/// or the connection would have two live endpoints. The test speaks for node1 (its handoffd
+/// killed): a channel to node2 as run 1, then one as run 2, then a one-phase transfer on each.
+/// The first is refused because run 2 has said hello since; the second is looked at (and
+/// refused for its state, which is no state at all).
+#[test]
+fn privileged_transfer_on_a_channel_of_a_donors_earlier_run_is_refused() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let mut cluster = start("fruns", &Settings::default());
+    cluster.kill_handoffd(0);
+    let node2 = SocketAddr::new(cluster.nodes[1].address.into(), 7740);
+    let key = std::fs::read_to_string(cluster.dir.join("cluster.key")).unwrap();
+    let key = ClusterKey::from_hex(&key).unwrap();
+    let encode = |message: &PeerMessage| postcard::to_allocvec(message).unwrap();
+    let hello = |run| {
+        encode(&PeerMessage::Hello {
+            node: "node1".into(),
+            run,
+        })
+    };
+    let transfer = |id| {
+        encode(&PeerMessage::Transfer {
+            id,
+            conn: ConnId {
+                client: "[fd00:d51:1:1::1]:40000".parse().unwrap(),
+                local: SocketAddr::new(DSA.into(), PORT),
+            },
+            tcp_state: vec![0xff; 8],
+            app_state: Vec::new(),
+            home_token: None,
+            bu_sequence: None,
+            one_phase: true,
+        })
+    };
+    // node2's answer to handoff `id` on a channel (other messages skipped), within 5 s.
+    let answer = |mut receiver: channel::ChannelReceiver, id: u64| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            while let Ok(bytes) = receiver.recv() {
+                match postcard::from_bytes(&bytes) {
+                    Ok(PeerMessage::Refused { id: of, reason }) if of == id => {
+                        let _ = tx.send(reason);
+                        return;
+                    }
+                    Ok(other) => eprintln!("node2 said {other:?}"),
+                    Err(e) => panic!("undecodable: {e}"),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("no answer to transfer {id}\n{}", cluster.logs()))
+    };
+    let (old, new) = cluster
+        .testbed
+        .host("node1")
+        .unwrap()
+        .run(|| {
+            let old = channel::connect(node2, &key, &hello(1), Duration::from_secs(2))?;
+            let new = channel::connect(node2, &key, &hello(2), Duration::from_secs(2))?;
+            Ok::<_, channel::ChannelError>((old, new))
+        })
+        .unwrap();
+    old.0.send(&transfer(1)).unwrap();
+    let reason = answer(old.1, 1);
+    assert!(reason.contains("node1 restarted since"), "{reason}");
+    new.0.send(&transfer(1)).unwrap();
+    let reason = answer(new.1, 1);
+    assert!(reason.contains("state refused"), "{reason}");
+    let log = std::fs::read_to_string(cluster.dir.join("node2.handoffd.log")).unwrap();
+    assert!(
+        log.contains(
+            "the member restarted: transfers still coming from its earlier run are refused"
+        ),
+        "{log}"
+    );
 }
 
 // ---- e, f. curl, a move at 500 kB --------------------------------------------------------------
