@@ -202,6 +202,10 @@ pub struct Agent {
     /// Announcements queued and not yet sent or dropped (a stop waits for them, briefly).
     announcing: Arc<AtomicUsize>,
     drain_targets: Mutex<Vec<String>>,
+    /// The next handoff's (and request's) number. It starts at the run, so numbers stay unique
+    /// across restarts (fewer than one is taken per nanosecond): a member keys the sockets it
+    /// parks by donor and number, and a restarted donor's handoff must not take the place of
+    /// one its previous run left there (a `Recover` still asks for that).
     next_id: AtomicU64,
     next_app: AtomicU64,
     round_robin: AtomicUsize,
@@ -320,6 +324,9 @@ impl Agent {
             std::os::unix::fs::PermissionsExt::from_mode(0o660),
         )?;
         let (announcements, announcement_queue) = mpsc::channel();
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |since| since.as_nanos() as u64);
         let agent = Arc::new(Agent {
             key,
             datapath: Mutex::new(datapath),
@@ -328,9 +335,7 @@ impl Agent {
             yields: Mutex::default(),
             peers: Mutex::default(),
             channel_errors: Mutex::default(),
-            run: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos() as u64),
+            run,
             runs: Mutex::default(),
             opening: Mutex::default(),
             waiting: Mutex::default(),
@@ -359,7 +364,7 @@ impl Agent {
             } else {
                 Vec::new()
             }),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(run),
             next_app: AtomicU64::new(1),
             round_robin: AtomicUsize::new(0),
             config,

@@ -52,7 +52,10 @@ impl Runs {
     /// Registers handoff `id` of `node` as being received whatever the run (its activation,
     /// which a `Commit` or `Recover` of the current run asked for).
     pub fn activating(&mut self, node: &str, id: u64, conn: ConnId) {
-        *self.receiving.entry((node.to_owned(), id, conn)).or_default() += 1;
+        *self
+            .receiving
+            .entry((node.to_owned(), id, conn))
+            .or_default() += 1;
     }
 
     /// Handoff `id` of `node` (of `conn`) is done with: restored and parked, activated, or
