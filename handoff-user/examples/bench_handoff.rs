@@ -350,6 +350,8 @@ fn phases(
     };
     let started = Instant::now();
     let mut windows = Vec::new();
+    // The report `move --json` printed for each window (same order).
+    let mut move_reports: Vec<Value> = Vec::new();
     let mut failures = Vec::new();
     thread::scope(|scope| -> anyhow::Result<()> {
         scope.spawn(|| stream_reader(&stream, &stop, &seen));
@@ -378,6 +380,8 @@ fn phases(
                 let e = Instant::now();
                 if output.status.success() {
                     at = to;
+                    move_reports
+                        .push(serde_json::from_slice(&output.stdout).unwrap_or(Value::Null));
                 } else {
                     // The acceptor's view of the 4-tuple, for the report.
                     let sockets = cluster
@@ -484,6 +488,30 @@ fn phases(
         .filter_map(|(s, e)| longest_interval(&seen.reads, *s, *e))
         .map(us)
         .collect();
+    // Each move: when (after the CLI started) the client's silence began and ended, beside the
+    // handoff's phases, to tell a slow handoff from a slow resumption.
+    let per_move: Vec<Value> = windows
+        .iter()
+        .zip(&move_reports)
+        .filter_map(|((s, e), report)| {
+            let silence = seen
+                .reads
+                .windows(2)
+                .filter(|w| w[1] > *s && w[1] <= *e)
+                .max_by_key(|w| w[1] - w[0])?;
+            let phase = |name: &str| report[name].as_f64().map(round);
+            Some(json!({
+                "gap_us": round(us(silence[1] - silence[0])),
+                "silence_from_us": round(us(silence[0].saturating_duration_since(*s))),
+                "silence_to_us": round(us(silence[1] - *s)),
+                "yield_us": phase("yield_us"),
+                "transfer_us": phase("transfer_us"),
+                "frozen_us": phase("frozen_us"),
+                "total_us": phase("total_us"),
+                "send_queue_bytes": report["send_queue_bytes"],
+            }))
+        })
+        .collect();
     // The delay the handoff added to the paced download: how far the chunks arriving in the
     // window fell behind the pacing schedule, counted from the last chunk before the move.
     let added: Vec<f64> = windows
@@ -541,6 +569,7 @@ fn phases(
         "cwnd_applied": cwnd_applied,
         "cwnd_failed": cwnd_failed,
         "gap_us": stats(&gaps),
+        "per_move": per_move,
         "added_delay_us": stats(&added),
         "baseline_chunk_interval_us": stats(&baseline_chunks),
         "baseline_read_gap_us": stats(&baseline_reads),
