@@ -910,6 +910,71 @@ fn privileged_restarted_one_phase_donor_revives_a_captured_connection_no_member_
     );
 }
 
+/// One-phase: the donor's handoffd dies after the acceptor activated the connection and before
+/// its `Activated` arrived (50 ms links: it travels 100 ms); the connection then ends on node2
+/// (the download completes, the client closes it) while node1 is down. The restarted node1
+/// finds a redirect entry that no member claims — node2 serves the connection no more — but
+/// node2 says it took it (`Serves.taken`): the copy the file server gave back is closed, not
+/// revived (before, a live socket came back to the file server for a connection its client
+/// had closed).
+#[test]
+fn privileged_restarted_donor_does_not_revive_a_connection_that_ended_on_the_acceptor() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let settings = slow_links("[handoff]\nsend_queue_wait_ms = 0\ncommit = \"one-phase\"");
+    let mut cluster = start("fended", &settings);
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
+        wait_progress(&progress, 100_000, "download");
+        let mut mover = start_move(&cluster, &conn);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !conns(&cluster, "node2").contains(&conn) {
+            assert!(
+                Instant::now() < deadline,
+                "node2 never served the connection"
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
+        cluster.kill_handoffd(0);
+        let _ = mover.wait();
+        reader
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
+    });
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while conns(&cluster, "node2").contains(&conn) {
+        assert!(
+            Instant::now() < deadline,
+            "node2 still lists the closed connection"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    cluster.restart_handoffd(0).unwrap();
+    let log = || std::fs::read_to_string(cluster.dir.join("node1.handoffd.log")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !log().contains("unsettled connection: ") {
+        assert!(
+            Instant::now() < deadline,
+            "node1 never settled the connection\n{}",
+            cluster.logs()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let log = log();
+    assert!(
+        log.contains("unsettled connection: handed off before; its copy is closed"),
+        "{log}"
+    );
+    assert!(!conns(&cluster, "node1").contains(&conn), "{log}");
+}
+
 /// As above, but the acceptor's handoffd dies too, with the donor's: whatever it restored of
 /// the connection closed with it. The restarted donor cannot open a channel to it, so nobody
 /// was asked who could still activate the connection: it revives its own copy.
@@ -1943,7 +2008,8 @@ fn privileged_agent_with_a_wrong_cluster_key_is_refused_and_logged() {
 /// or the connection would have two live endpoints. The test speaks for node1 (its handoffd
 /// killed): a channel to node2 as run 1, then one as run 2, then a one-phase transfer on each.
 /// The first is refused because run 2 has said hello since; the second is looked at (and
-/// refused for its state, which is no state at all).
+/// refused for its state, which is no state at all). A third channel as run 1 (a hello read
+/// after the later run's) is refused itself.
 #[test]
 fn privileged_transfer_on_a_channel_of_a_donors_earlier_run_is_refused() {
     if !is_root() {
@@ -2010,11 +2076,23 @@ fn privileged_transfer_on_a_channel_of_a_donors_earlier_run_is_refused() {
     new.0.send(&transfer(1)).unwrap();
     let reason = answer(new.1, 1);
     assert!(reason.contains("state refused"), "{reason}");
+    let stale = cluster
+        .testbed
+        .host("node1")
+        .unwrap()
+        .run(|| channel::connect(node2, &key, &hello(1), Duration::from_secs(2)));
+    if let Ok((_, mut receiver, _)) = stale {
+        assert!(receiver.recv().is_err(), "a channel of run 1 was kept");
+    }
     let log = std::fs::read_to_string(cluster.dir.join("node2.handoffd.log")).unwrap();
     assert!(
-        log.contains(
-            "the member restarted: transfers still coming from its earlier run are refused"
-        ),
+        log.lines().any(|l| l.contains("the member restarted")
+            && l.contains("run=2")
+            && l.contains("earlier=1")),
+        "{log}"
+    );
+    assert!(
+        log.contains("a channel of node1's run 1, which a later run has replaced"),
         "{log}"
     );
 }

@@ -33,7 +33,7 @@ use super::{
         AppEvent, AppRequest, ConnId, ConnSelector, ControlRequest, DrainError, DrainMove,
         DrainProgress, DrainReport, PeerMessage, PhaseReport, monotonic_ns,
     },
-    runs::Runs,
+    runs::{Runs, Superseded},
     seqpacket::{Received, SeqPacket, SeqPacketListener},
 };
 use crate::{
@@ -115,11 +115,32 @@ struct Accepting {
     _busy: Busy,
 }
 
-/// Ends the listing of an activation as being received ([`Runs::activating`]), however
-/// `activate` returns.
-struct Activating<'a>(&'a Mutex<Runs>, &'a str, u64, ConnId);
+/// What the members said of one connection (`Serves`).
+struct Claims {
+    /// The members that serve it.
+    serving: Vec<Ipv6Addr>,
+    /// The members it is on its way to.
+    arriving: Vec<Ipv6Addr>,
+    /// Whether a member took it from the asker (and has not handed it on).
+    taken: bool,
+}
 
-impl Drop for Activating<'_> {
+impl Claims {
+    /// The members that have it or are taking it over.
+    fn owners(&self) -> Vec<Ipv6Addr> {
+        let mut owners: Vec<Ipv6Addr> =
+            self.serving.iter().chain(&self.arriving).copied().collect();
+        owners.sort();
+        owners.dedup();
+        owners
+    }
+}
+
+/// Ends the listing of a transfer or an activation as being received ([`Runs::activating`]),
+/// however the work returns (a panic included).
+struct Listed<'a>(&'a Mutex<Runs>, &'a str, u64, ConnId);
+
+impl Drop for Listed<'_> {
     fn drop(&mut self) {
         lock(self.0).done(self.1, self.2, self.3);
     }
@@ -442,11 +463,9 @@ impl Agent {
                 self.0.store(false, Ordering::SeqCst);
             }
         }
+        let _busy = self.busy();
         let _done = Done(&self.recovering);
-        {
-            let _busy = self.busy();
-            self.complete_interrupted_flows();
-        }
+        self.complete_interrupted_flows();
         self.check_redirects(true);
     }
 
@@ -516,15 +535,15 @@ impl Agent {
         }
     }
 
-    /// Checks the redirect entries with the other members at start, then every
-    /// `redirect_check_ms`. At start, entries left by an earlier run may be stale — the `Owner`
+    /// Checks the redirect entries with the other members every `redirect_check_ms` (the
+    /// check at start ends `complete_interrupted`). At start, entries left by an earlier run may be stale — the `Owner`
     /// and `Gone` announcements sent while this agent was down are lost; while it runs, one is
     /// lost whenever a member cannot be reached for a moment (the announcement is not sent
     /// again), and a stale entry would stay for good: a connection closed elsewhere leaves its
     /// entry in `FLOWS` (a map of bounded size), a connection moved on leaves its packets going
     /// to a member that no longer has it.
     fn check_redirects_periodically(self: Arc<Self>) {
-        // The check at start is part of `complete_interrupted`.
+        // The check at start is the end of `complete_interrupted`.
         let Some(interval) = self.config.handoff.redirect_check() else {
             return;
         };
@@ -550,7 +569,9 @@ impl Agent {
             }
         };
         let (mut kept, mut repointed, mut removed, mut unresolved) = (0, 0, 0, 0);
-        // Two rounds: an entry nobody claims in the first is asked about again in the second.
+        // Two rounds: an entry nobody claims in the first is asked about again in the second —
+        // at start also one whose connection is only on its way to a member (its transfer may
+        // yet be refused, and then the connection is nowhere but in the earlier run's socket).
         let mut pending = entries;
         for last in [false, true] {
             if last {
@@ -559,10 +580,12 @@ impl Agent {
                 }
                 thread::sleep(self.config.handoff.peer_timeout());
             }
-            let (served, everyone) = self.who_serves(&pending);
-            let mut unclaimed = Vec::new();
-            for (entry, owners) in pending.iter().zip(served) {
-                match owners.as_slice() {
+            let (claims, everyone) = self.who_serves(&pending);
+            let mut again = Vec::new();
+            for (entry, claims) in pending.iter().zip(claims) {
+                let arriving_only = claims.serving.is_empty() && !claims.arriving.is_empty();
+                match claims.owners().as_slice() {
+                    _ if at_start && arriving_only && !last => again.push(*entry),
                     [owner] if owner.octets() == entry.1 => kept += 1,
                     [owner] => {
                         repointed += 1;
@@ -570,17 +593,18 @@ impl Agent {
                     }
                     [] if everyone && last => {
                         removed += 1;
-                        if self.update_redirect(entry, None) && at_start {
-                            // Served nowhere: if the earlier run captured it and the
-                            // application kept the socket, the connection is only there.
+                        if self.update_redirect(entry, None) && at_start && !claims.taken {
+                            // Served nowhere, and no member took it (to close it since): if
+                            // the earlier run captured it and the application kept the socket,
+                            // the connection is only there.
                             lock(&self.unclaimed).insert(conn_of(&entry.0));
                         }
                     }
-                    [] if everyone => unclaimed.push(*entry),
+                    [] if everyone => again.push(*entry),
                     _ => unresolved += 1,
                 }
             }
-            pending = unclaimed;
+            pending = again;
         }
         let peers = self.config.peers.len();
         let what = if at_start {
@@ -595,9 +619,9 @@ impl Agent {
     }
 
     /// Asks every peer which of the connections of `entries` it serves (a peer not up yet is
-    /// asked again for up to five `peer_timeout`s). Returns, per entry, the addresses of the
-    /// members that claim it, and whether every peer answered.
-    fn who_serves(self: &Arc<Self>, entries: &[(FlowKey, Addr)]) -> (Vec<Vec<Ipv6Addr>>, bool) {
+    /// asked again for up to five `peer_timeout`s). Returns, per entry, what the members said
+    /// of it, and whether every peer answered.
+    fn who_serves(self: &Arc<Self>, entries: &[(FlowKey, Addr)]) -> (Vec<Claims>, bool) {
         let conns: Vec<ConnId> = entries.iter().map(|(flow, _)| conn_of(flow)).collect();
         let (id, answers, _waiting) = self.reply_slot();
         let question = PeerMessage::WhoServes {
@@ -606,7 +630,9 @@ impl Agent {
         };
         let deadline = Instant::now() + self.config.handoff.peer_timeout() * 5;
         let mut unasked: Vec<String> = self.config.peers.iter().map(|p| p.node.clone()).collect();
-        let mut served: HashMap<String, HashSet<ConnId>> = HashMap::new();
+        // Per member: the connections it serves, those on their way to it, those it took.
+        type Said = [HashSet<ConnId>; 3];
+        let mut served: HashMap<String, Said> = HashMap::new();
         while served.len() < self.config.peers.len() && Instant::now() < deadline {
             unasked.retain(|node| {
                 let asked = self
@@ -614,23 +640,34 @@ impl Agent {
                     .and_then(|sender| Self::send_to(&sender, &question));
                 asked.is_err()
             });
-            if let Ok(PeerMessage::Serves { node, conns, .. }) =
-                answers.recv_timeout(Duration::from_millis(200))
+            if let Ok(PeerMessage::Serves {
+                node,
+                conns,
+                arriving,
+                taken,
+                ..
+            }) = answers.recv_timeout(Duration::from_millis(200))
             {
-                served.insert(node, conns.into_iter().collect());
+                let said = [conns, arriving, taken].map(|c| c.into_iter().collect());
+                served.insert(node, said);
             }
         }
-        let owners = conns
+        let members = |conn: &ConnId, what: usize| -> Vec<Ipv6Addr> {
+            served
+                .iter()
+                .filter(|(_, said)| said[what].contains(conn))
+                .filter_map(|(node, _)| self.config.peer(node).map(|p| p.address))
+                .collect()
+        };
+        let claims = conns
             .iter()
-            .map(|conn| {
-                served
-                    .iter()
-                    .filter(|(_, conns)| conns.contains(conn))
-                    .filter_map(|(node, _)| self.config.peer(node).map(|p| p.address))
-                    .collect()
+            .map(|conn| Claims {
+                serving: members(conn, 0),
+                arriving: members(conn, 1),
+                taken: !members(conn, 2).is_empty(),
             })
             .collect();
-        (owners, served.len() == self.config.peers.len())
+        (claims, served.len() == self.config.peers.len())
     }
 
     /// Points the redirect entry `(flow, target)` at `owner`, or removes it (`None`) — only if
@@ -737,10 +774,18 @@ impl Agent {
     }
 
     /// A channel of `node`'s run `run` is up, before any of its messages is read: from now on
-    /// transfers on channels of an earlier run of `node` are refused.
-    fn heard_from(&self, node: &str, run: u64) {
-        if let Some(earlier) = lock(&self.runs).hello(node, run) {
-            tracing::info!(peer = %node, run, earlier, "the member restarted: transfers still coming from its earlier run are refused");
+    /// transfers on channels of an earlier run of `node` are refused. A channel of a run
+    /// superseded since (its process is gone: a hello read late) is refused itself.
+    fn heard_from(&self, node: &str, run: u64) -> Result<(), String> {
+        match lock(&self.runs).hello(node, run) {
+            Ok(Some(earlier)) => {
+                tracing::info!(peer = %node, run, earlier, "the member restarted: transfers still coming from its earlier run are refused");
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(Superseded) => Err(format!(
+                "a channel of {node}'s run {run}, which a later run has replaced"
+            )),
         }
     }
 
@@ -763,7 +808,11 @@ impl Agent {
                 match channel::accept(stream, &agent.key, &agent.hello()) {
                     Ok((sender, receiver, hello)) => match agent.peer_name(&hello) {
                         Ok((node, run)) => {
-                            agent.heard_from(&node, run);
+                            if let Err(why) = agent.heard_from(&node, run) {
+                                refused(why);
+                                sender.shutdown();
+                                return;
+                            }
                             tracing::info!(peer = %node, "agent channel up (incoming)");
                             lock(&agent.channel_errors).remove(&node);
                             lock(&agent.peers)
@@ -842,7 +891,10 @@ impl Agent {
             }
             Err(why) => return Err(format!("{node}: {why}")),
         };
-        self.heard_from(node, run);
+        if let Err(why) = self.heard_from(node, run) {
+            sender.shutdown();
+            return Err(why);
+        }
         tracing::info!(peer = %node, "agent channel up (outgoing)");
         lock(&self.peers).insert(node.to_owned(), sender.clone());
         self.send_tokens(node, &sender);
@@ -955,9 +1007,10 @@ impl Agent {
                 };
                 thread::spawn(move || {
                     let _busy = busy;
+                    let listed = Listed(&agent.runs, &from, id, conn);
                     let restored = agent.restore(&from, &sender, transfer);
                     // Parked in `accepting` now, or refused.
-                    lock(&agent.runs).done(&from, id, conn);
+                    drop(listed);
                     let reply = match restored {
                         // One-phase: the donor already redirects; activate at once.
                         Ok(()) if one_phase => return agent.activate(&from, id),
@@ -1012,23 +1065,28 @@ impl Agent {
                 // A connection on its way here is being received or parked (`activate` lists it
                 // as received before it leaves `accepting`, under that lock: read both at once),
                 // and then served (listed before it leaves the others).
-                let incoming: Vec<ConnId> = {
+                let (incoming, taken): (HashSet<ConnId>, Vec<ConnId>) = {
                     let accepting = lock(&self.accepting);
                     let runs = lock(&self.runs);
                     let parked = accepting.values().map(|a| a.conn);
-                    parked.chain(runs.receiving().copied()).collect()
+                    let incoming = parked.chain(runs.receiving().copied()).collect();
+                    let taken = conns.iter().filter(|c| runs.took_from(from, c)).copied();
+                    (incoming, taken.collect())
                 };
                 let served: Vec<ConnId> = {
                     let owned = lock(&self.conns);
                     conns
-                        .into_iter()
-                        .filter(|c| owned.contains_key(c) || incoming.contains(c))
+                        .iter()
+                        .filter(|c| owned.contains_key(c))
+                        .copied()
                         .collect()
                 };
                 let answer = PeerMessage::Serves {
                     id,
                     node: self.config.node.clone(),
                     conns: served,
+                    arriving: conns.into_iter().filter(|c| incoming.contains(c)).collect(),
+                    taken,
                 };
                 if let Err(e) = Self::send_to(sender, &answer) {
                     tracing::warn!(peer = %from, "cannot answer which connections are here: {e}");
@@ -1298,9 +1356,9 @@ impl Agent {
             }
             entry
         };
-        let _activating = accepting
+        let _listed = accepting
             .as_ref()
-            .map(|entry| Activating(&self.runs, donor, id, entry.conn));
+            .map(|entry| Listed(&self.runs, donor, id, entry.conn));
         let Some(accepting) = accepting else {
             tracing::warn!(%donor, id, "commit for an unknown or expired handoff: refused");
             if let Some(reply) = lock(&self.peers).get(donor).cloned() {
@@ -1348,6 +1406,7 @@ impl Agent {
                 arrived: true,
             },
         );
+        lock(&self.runs).took(donor, conn);
         if let Err(e) = self.adopt(app, conn, stream.as_fd(), &app_state) {
             tracing::error!(%conn, "cannot hand the connection to its application: {e}");
             lock(&self.conns).remove(&conn);
@@ -1746,7 +1805,8 @@ impl Agent {
             if !captured {
                 return Ok(true);
             }
-            while self.recovering.load(Ordering::SeqCst) {
+            // A connection found unclaimed need not wait for the rest of the recovery.
+            while self.recovering.load(Ordering::SeqCst) && !lock(&self.unclaimed).contains(&conn) {
                 thread::sleep(Duration::from_millis(10));
             }
             if !lock(&self.unclaimed).remove(&conn) {
@@ -2045,6 +2105,7 @@ impl Agent {
         };
         capture.release(socket);
         self.handed_off(app, conn);
+        lock(&self.runs).passed_on(&conn);
         self.broadcast(
             PeerMessage::Owner {
                 conn,

@@ -194,15 +194,21 @@ pub enum PeerMessage {
         /// The connections.
         conns: Vec<ConnId>,
     },
-    /// The answer to `WhoServes`: those of the connections that `node`, the sender, serves
-    /// (or is taking over).
+    /// The answer to `WhoServes`: what `node`, the sender, knows of each of the connections.
     Serves {
         /// The question's number.
         id: u64,
         /// The answering member.
         node: String,
-        /// The connections it serves.
+        /// The connections it serves (its applications have them).
         conns: Vec<ConnId>,
+        /// The connections on their way to it: a transfer being received, a restored socket
+        /// waiting for its commit, an activation in progress.
+        arriving: Vec<ConnId>,
+        /// The connections it took from the asker and has not handed on since (served, or closed
+        /// here): a restarted asker must not revive its copy of them (of the last 65,536
+        /// taken).
+        taken: Vec<ConnId>,
     },
     /// The connection is now served by the member at `owner`: members that see its packets
     /// redirect them there.
@@ -535,7 +541,7 @@ mod tests {
 0909
 0a0a0b0c0d
 0b0e0101fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f
-0c0f026e320101fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f
+0c0f026e320101fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f0101fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f0101fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f
 0d01fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903ffd0000ff000000000000000000000001
 0efd0000ff000000000000000000000001fd00000000000000000000000000000110
 0f01fd000000000000000000000000000001c0b80201fd0000ff000000000000000000000001903f
@@ -605,6 +611,8 @@ mod tests {
                 id: 15,
                 node: "n2".into(),
                 conns: vec![conn],
+                arriving: vec![conn],
+                taken: vec![conn],
             },
             PeerMessage::Owner { conn, owner: dsa },
             PeerMessage::ClientBound {

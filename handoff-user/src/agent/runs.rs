@@ -1,4 +1,5 @@
-//! Which run of each peer's agent is current, and the transfers being taken in.
+//! What an acceptor knows of the transfers its peers send it: which run of each peer's agent is
+//! current, the transfers being taken in, and the connections it took.
 //!
 //! A donor that crashes in the middle of a one-phase handoff leaves a transfer that may still
 //! reach the acceptor after the donor has restarted: the kernel keeps sending what the dead
@@ -6,32 +7,63 @@
 //! connection and, if not, revives its own copy; the acceptor must then never activate that
 //! late transfer, or the connection would have two live endpoints. So each channel carries its
 //! sender's run (in `Hello`), and a transfer is taken only while its channel's run is the last
-//! one heard from that peer. The check and the registration of the transfer as being received
-//! happen under one lock with the news of a new run, so an answer about the connection given
-//! after that news either sees the transfer or can rely on it being refused.
+//! one heard from that peer (a channel of a run superseded since is refused). The check and the
+//! registration of the transfer as being received happen under one lock with the news of a new
+//! run, so an answer about the connection given after that news either sees the transfer or
+//! can rely on it being refused.
+//!
+//! A connection the acceptor took and that closed (or moved on) while its donor was down is
+//! served nowhere either: the acceptor remembers what it took from whom, so that the restarted
+//! donor does not revive a copy of a connection that went on without it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::proto::ConnId;
 
-/// The runs heard from and the transfers in progress (one lock: see the module).
+/// How many taken connections an acceptor remembers (the oldest are forgotten first).
+const TAKEN_REMEMBERED: usize = 65_536;
+
+/// A hello of a run that a later run of the same peer has superseded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Superseded;
+
+/// The runs heard from, the transfers in progress and the connections taken (one lock: see
+/// the module).
 #[derive(Debug, Default)]
 pub struct Runs {
     /// The run of each peer's most recent hello.
     current: HashMap<String, u64>,
+    /// The runs of each peer that a later one replaced.
+    superseded: HashMap<String, HashSet<u64>>,
     /// Transfers taken in and not yet done with (restored and parked, or activated), by donor,
-    /// handoff number and connection, with how many (a donor's numbers start again at 1 when
-    /// it restarts, so one of each run may be in progress).
+    /// handoff number and connection, with how many listings (a one-phase activation is
+    /// listed while its transfer still is).
     receiving: HashMap<(String, u64, ConnId), usize>,
+    /// The donor each connection was last taken from, and when (a count), while this member
+    /// has not handed the connection on.
+    taken: HashMap<ConnId, (String, u64)>,
+    /// The same in the order taken, for forgetting the oldest.
+    taken_order: VecDeque<(ConnId, u64)>,
+    taken_count: u64,
 }
 
 impl Runs {
     /// A channel of `node`'s run `run` is up: that run is the current one. Returns the run it
-    /// replaces, if another.
-    pub fn hello(&mut self, node: &str, run: u64) -> Option<u64> {
-        self.current
+    /// replaces, if another, or `Superseded` if a later run has been heard from (the channel
+    /// is refused: it belongs to a process that is gone).
+    pub fn hello(&mut self, node: &str, run: u64) -> Result<Option<u64>, Superseded> {
+        let superseded = self.superseded.entry(node.to_owned()).or_default();
+        if superseded.contains(&run) {
+            return Err(Superseded);
+        }
+        let previous = self
+            .current
             .insert(node.to_owned(), run)
-            .filter(|previous| *previous != run)
+            .filter(|previous| *previous != run);
+        if let Some(previous) = previous {
+            superseded.insert(previous);
+        }
+        Ok(previous)
     }
 
     /// A transfer of `conn` (handoff `id`) arrives from `node` on a channel of its run `run`:
@@ -49,8 +81,8 @@ impl Runs {
         true
     }
 
-    /// Registers handoff `id` of `node` as being received whatever the run (its activation,
-    /// which a `Commit` or `Recover` of the current run asked for).
+    /// Registers handoff `id` of `node` as being received whatever the run: its activation,
+    /// which its transfer (one-phase), a `Commit` or a `Recover` asked for.
     pub fn activating(&mut self, node: &str, id: u64, conn: ConnId) {
         *self
             .receiving
@@ -74,6 +106,31 @@ impl Runs {
     pub fn receiving(&self) -> impl Iterator<Item = &ConnId> {
         self.receiving.keys().map(|(_, _, conn)| conn)
     }
+
+    /// `conn` was taken from `donor` (activated here).
+    pub fn took(&mut self, donor: &str, conn: ConnId) {
+        self.taken_count += 1;
+        self.taken
+            .insert(conn, (donor.to_owned(), self.taken_count));
+        self.taken_order.push_back((conn, self.taken_count));
+        if self.taken_order.len() > TAKEN_REMEMBERED
+            && let Some((oldest, count)) = self.taken_order.pop_front()
+            && self.taken.get(&oldest).is_some_and(|(_, c)| *c == count)
+        {
+            self.taken.remove(&oldest);
+        }
+    }
+
+    /// This member handed `conn` on: whoever it was taken from does not hear of it from here
+    /// any more.
+    pub fn passed_on(&mut self, conn: &ConnId) {
+        self.taken.remove(conn);
+    }
+
+    /// Whether `conn` was last taken from `donor` (and not handed on since).
+    pub fn took_from(&self, donor: &str, conn: &ConnId) -> bool {
+        self.taken.get(conn).is_some_and(|(from, _)| from == donor)
+    }
 }
 
 #[cfg(test)]
@@ -90,14 +147,14 @@ mod tests {
     #[test]
     fn a_transfer_of_a_run_superseded_since_is_refused() {
         let mut runs = Runs::default();
-        assert_eq!(runs.hello("node1", 10), None);
+        assert_eq!(runs.hello("node1", 10), Ok(None));
         // The same run on its second channel changes nothing.
-        assert_eq!(runs.hello("node1", 10), None);
+        assert_eq!(runs.hello("node1", 10), Ok(None));
         assert!(runs.receive("node1", 10, 1, conn(1)));
-        // node1 restarted: its new run said hello (and numbers its handoffs from 1 again).
-        assert_eq!(runs.hello("node1", 20), Some(10));
+        // node1 restarted: its new run said hello.
+        assert_eq!(runs.hello("node1", 20), Ok(Some(10)));
         assert!(!runs.receive("node1", 10, 2, conn(2)));
-        assert!(runs.receive("node1", 20, 1, conn(3)));
+        assert!(runs.receive("node1", 20, 3, conn(3)));
         // Another member's runs are its own.
         assert!(runs.receive("node2", 10, 1, conn(4)));
         let mut receiving: Vec<u16> = runs.receiving().map(|c| c.client.port()).collect();
@@ -106,18 +163,32 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_of_a_superseded_run_is_refused() {
+        let mut runs = Runs::default();
+        runs.hello("node1", 10).unwrap();
+        runs.hello("node1", 20).unwrap();
+        // A channel of run 10 whose hello is read late (its accept delayed past the restart):
+        // refused, and run 20 stays the current one.
+        assert_eq!(runs.hello("node1", 10), Err(Superseded));
+        assert!(!runs.receive("node1", 10, 1, conn(1)));
+        assert!(runs.receive("node1", 20, 1, conn(1)));
+        // Whatever the clock says: a later run with a smaller start time is still later.
+        assert_eq!(runs.hello("node1", 5), Ok(Some(20)));
+        assert!(!runs.receive("node1", 20, 2, conn(2)));
+    }
+
+    #[test]
     fn a_transfer_taken_in_before_the_new_run_is_seen_until_done() {
         let mut runs = Runs::default();
-        runs.hello("node1", 10);
+        runs.hello("node1", 10).unwrap();
         assert!(runs.receive("node1", 10, 7, conn(1)));
-        runs.hello("node1", 20);
+        runs.hello("node1", 20).unwrap();
         // Whoever asks after the new run's hello still sees it…
         assert_eq!(runs.receiving().count(), 1);
         // …until it is parked or activated (then listed there) or refused.
         runs.done("node1", 7, conn(1));
         assert_eq!(runs.receiving().count(), 0);
-        // An activation asked for by the current run is listed while it runs, also when its
-        // transfer still is (one-phase: activated as soon as restored).
+        // A one-phase activation is listed while its transfer still is.
         runs.activating("node1", 8, conn(2));
         runs.activating("node1", 8, conn(2));
         runs.done("node1", 8, conn(2));
@@ -127,5 +198,38 @@ mod tests {
         // Done with something never listed: nothing happens.
         runs.done("node1", 9, conn(3));
         assert_eq!(runs.receiving().count(), 0);
+    }
+
+    #[test]
+    fn a_taken_connection_is_remembered_until_handed_on() {
+        let mut runs = Runs::default();
+        runs.took("node1", conn(1));
+        assert!(runs.took_from("node1", &conn(1)));
+        assert!(!runs.took_from("node3", &conn(1)));
+        runs.passed_on(&conn(1));
+        assert!(!runs.took_from("node1", &conn(1)));
+        // Taken again, from another member: that one is named.
+        runs.took("node1", conn(2));
+        runs.took("node3", conn(2));
+        assert!(runs.took_from("node3", &conn(2)));
+        assert!(!runs.took_from("node1", &conn(2)));
+    }
+
+    #[test]
+    fn the_oldest_taken_connections_are_forgotten() {
+        let mut runs = Runs::default();
+        for port in 0..TAKEN_REMEMBERED as u32 + 2 {
+            let conn = ConnId {
+                client: format!("[fd00::{:x}]:{}", (port >> 16) + 1, port & 0xffff)
+                    .parse()
+                    .unwrap(),
+                ..conn(0)
+            };
+            runs.took("node1", conn);
+        }
+        assert_eq!(runs.taken.len(), TAKEN_REMEMBERED);
+        assert!(!runs.took_from("node1", &conn(0)));
+        assert!(!runs.took_from("node1", &conn(1)));
+        assert!(runs.took_from("node1", &conn(2)));
     }
 }
