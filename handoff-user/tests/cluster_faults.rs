@@ -894,8 +894,9 @@ fn privileged_restarted_donor_revives_a_captured_connection_no_member_took() {
 
 /// As above with one-phase commit: the donor redirected the flow to node2 before the transfer
 /// left, so the restart finds a redirect entry, not a frozen one. node2 refuses the transfer
-/// (or never reads it: the channel it came on belongs to the donor's previous run) and says it
-/// does not serve the connection (`WhoServes`); the restarted donor revives its copy.
+/// (no application serves the DSA there) and later tells the restarted donor that it neither
+/// serves nor took the connection (`WhoServes`): the donor removes the entry and revives its
+/// copy (before, it closed the copy and the connection was lost).
 #[test]
 fn privileged_restarted_one_phase_donor_revives_a_captured_connection_no_member_took() {
     if !is_root() {

@@ -1772,11 +1772,12 @@ impl Agent {
     /// An `unsettled` connection: the application handed it over to an earlier session and
     /// kept the socket, and never heard the outcome. Once no handoff of this run holds the
     /// connection, the socket tells: not in repair mode, nothing was captured — the connection
-    /// is the application's. In repair mode it was captured: once this run's recovery of
-    /// interrupted handoffs is done, it is the application's again only if its handoff was
-    /// interrupted and every member refused to complete it (revived: out of repair mode);
-    /// otherwise another member serves it (or a failed rollback lost it) and the copy is
-    /// closed. A report that comes again meanwhile (a later session of the application) is
+    /// is the application's. In repair mode it was captured: it is the application's again
+    /// (revived: out of repair mode) only if this run's recovery found it nowhere — its frozen
+    /// entry every member refused to complete, or its redirect entry no member claims or took
+    /// (see `complete_interrupted`) —, which a connection waits for until the recovery is
+    /// done; otherwise another member serves it (or a failed rollback lost it) and the copy
+    /// is closed. A report that comes again meanwhile (a later session of the application) is
     /// answered after this one, to that session.
     fn settle(self: Arc<Self>, conn: ConnId) {
         loop {
