@@ -257,13 +257,14 @@ fn stream_reader(mut stream: &TcpStream, stop: &AtomicBool, seen: &Mutex<Seen>) 
     }
 }
 
-/// Longest interval between successive instants whose later one lies in `(from, to]`.
-fn longest_interval(times: &[Instant], from: Instant, to: Instant) -> Option<Duration> {
+/// Longest interval between successive instants whose later one lies in `(from, to]`: its
+/// start and end.
+fn longest_interval(times: &[Instant], from: Instant, to: Instant) -> Option<(Instant, Instant)> {
     times
         .windows(2)
         .filter(|w| w[1] > from && w[1] <= to)
-        .map(|w| w[1] - w[0])
-        .max()
+        .max_by_key(|w| w[1] - w[0])
+        .map(|w| (w[0], w[1]))
 }
 
 fn handoff_json(cluster: &Cluster, args: &[&str]) -> anyhow::Result<Value> {
@@ -486,7 +487,7 @@ fn phases(
     let gaps: Vec<f64> = windows
         .iter()
         .filter_map(|(s, e)| longest_interval(&seen.reads, *s, *e))
-        .map(us)
+        .map(|(from, to)| us(to - from))
         .collect();
     // Each move: when (after the CLI started) the client's silence began and ended, beside the
     // handoff's phases, to tell a slow handoff from a slow resumption.
@@ -494,16 +495,12 @@ fn phases(
         .iter()
         .zip(&move_reports)
         .filter_map(|((s, e), report)| {
-            let silence = seen
-                .reads
-                .windows(2)
-                .filter(|w| w[1] > *s && w[1] <= *e)
-                .max_by_key(|w| w[1] - w[0])?;
+            let (from, to) = longest_interval(&seen.reads, *s, *e)?;
             let phase = |name: &str| report[name].as_f64().map(round);
             Some(json!({
-                "gap_us": round(us(silence[1] - silence[0])),
-                "silence_from_us": round(us(silence[0].saturating_duration_since(*s))),
-                "silence_to_us": round(us(silence[1] - *s)),
+                "gap_us": round(us(to - from)),
+                "silence_from_us": round(us(from.saturating_duration_since(*s))),
+                "silence_to_us": round(us(to - *s)),
                 "yield_us": phase("yield_us"),
                 "transfer_us": phase("transfer_us"),
                 "frozen_us": phase("frozen_us"),
