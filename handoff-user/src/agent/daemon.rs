@@ -780,6 +780,14 @@ impl Agent {
         match lock(&self.runs).hello(node, run) {
             Ok(Some(earlier)) => {
                 tracing::info!(peer = %node, run, earlier, "the member restarted: transfers still coming from its earlier run are refused");
+                // Its handoffs announced before the restart will not come: their flows go back
+                // to it now (the restarted member may have revived the connections).
+                let prepared: Vec<_> = lock(&self.prepared)
+                    .extract_if(|(donor, _), _| donor == node)
+                    .collect();
+                for (_, (conn, _, _busy)) in prepared {
+                    self.return_flow(conn, node);
+                }
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -1258,7 +1266,9 @@ impl Agent {
             bu_sequence,
             received_ns,
         } = transfer;
-        lock(&self.prepared).remove(&(donor.to_owned(), id));
+        // Announced by its `Prepare` — and any other announcement of this connection: an
+        // earlier attempt whose transfer never came must not give the flow back later.
+        lock(&self.prepared).retain(|_, (prepared, _, _)| *prepared != conn);
         if self.draining.load(Ordering::Relaxed) {
             return Err(format!("{} is draining", self.config.node));
         }
@@ -1696,6 +1706,10 @@ impl Agent {
                 .extract_if(|_, (_, deadline, _)| *deadline <= now)
                 .collect();
             for ((donor, _), (conn, _, _busy)) in stale {
+                // Unless the connection came here since (by another handoff).
+                if lock(&self.conns).contains_key(&conn) {
+                    continue;
+                }
                 tracing::warn!(%conn, "prepared handoff never came: flow given back to {donor}");
                 self.return_flow(conn, &donor);
             }
