@@ -535,13 +535,13 @@ impl Agent {
         }
     }
 
-    /// Checks the redirect entries with the other members every `redirect_check_ms` (the
-    /// check at start ends `complete_interrupted`). At start, entries left by an earlier run may be stale — the `Owner`
-    /// and `Gone` announcements sent while this agent was down are lost; while it runs, one is
-    /// lost whenever a member cannot be reached for a moment (the announcement is not sent
-    /// again), and a stale entry would stay for good: a connection closed elsewhere leaves its
-    /// entry in `FLOWS` (a map of bounded size), a connection moved on leaves its packets going
-    /// to a member that no longer has it.
+    /// Checks the redirect entries with the other members every `redirect_check_ms` (the check
+    /// at start ends `complete_interrupted`). At start, entries left by an earlier run may be
+    /// stale — the `Owner` and `Gone` announcements sent while this agent was down are lost;
+    /// while it runs, one is lost whenever a member cannot be reached for a moment (the
+    /// announcement is not sent again), and a stale entry would stay for good: a connection
+    /// closed elsewhere leaves its entry in `FLOWS` (a map of bounded size), a connection moved
+    /// on leaves its packets going to a member that no longer has it.
     fn check_redirects_periodically(self: Arc<Self>) {
         // The check at start is the end of `complete_interrupted`.
         let Some(interval) = self.config.handoff.redirect_check() else {
@@ -558,7 +558,10 @@ impl Agent {
     /// member claims is asked about once more a `peer_timeout` later — a connection between two
     /// members (after the donor let go, before the acceptor listed it) is claimed by neither for
     /// a moment — and removed only if every peer answered both times and none claims it. An
-    /// entry that changed meanwhile (an announcement arrived) is left as it is.
+    /// entry that changed meanwhile (an announcement arrived) is left as it is. At start
+    /// (`at_start`), an entry whose connection is only on its way to a member is asked about
+    /// again (every `peer_timeout`, up to five rounds in all), and the connection of an entry
+    /// removed goes to `unclaimed` unless a member took it (see `complete_interrupted`).
     fn check_redirects(self: &Arc<Self>, at_start: bool) {
         let entries = match lock(&self.datapath).maps().freeze().redirects() {
             Ok(entries) if !entries.is_empty() => entries,
@@ -569,17 +572,21 @@ impl Agent {
             }
         };
         let (mut kept, mut repointed, mut removed, mut unresolved) = (0, 0, 0, 0);
-        // Two rounds: an entry nobody claims in the first is asked about again in the second —
-        // at start also one whose connection is only on its way to a member (its transfer may
-        // yet be refused, and then the connection is nowhere but in the earlier run's socket).
+        // An entry nobody claims in the first round is asked about again in the second; at
+        // start one whose connection is only on its way to a member is asked about again up to
+        // `ARRIVING_ROUNDS` times (its transfer may yet be refused, and then the connection is
+        // nowhere but in the earlier run's socket).
+        const ARRIVING_ROUNDS: usize = 5;
+        let rounds = if at_start { ARRIVING_ROUNDS } else { 2 };
         let mut pending = entries;
-        for last in [false, true] {
-            if last {
+        for round in 0..rounds {
+            if round > 0 {
                 if pending.is_empty() {
                     break;
                 }
                 thread::sleep(self.config.handoff.peer_timeout());
             }
+            let last = round + 1 == rounds;
             let (claims, everyone) = self.who_serves(&pending);
             let mut again = Vec::new();
             for (entry, claims) in pending.iter().zip(claims) {
@@ -591,7 +598,7 @@ impl Agent {
                         repointed += 1;
                         self.update_redirect(entry, Some(*owner));
                     }
-                    [] if everyone && last => {
+                    [] if everyone && round > 0 => {
                         removed += 1;
                         if self.update_redirect(entry, None) && at_start && !claims.taken {
                             // Served nowhere, and no member took it (to close it since): if
@@ -777,14 +784,23 @@ impl Agent {
     /// transfers on channels of an earlier run of `node` are refused. A channel of a run
     /// superseded since (its process is gone: a hello read late) is refused itself.
     fn heard_from(&self, node: &str, run: u64) -> Result<(), String> {
-        match lock(&self.runs).hello(node, run) {
+        // Held throughout: no transfer of `node` is taken in meanwhile (`Runs::receive`).
+        let mut runs = lock(&self.runs);
+        match runs.hello(node, run) {
             Ok(Some(earlier)) => {
                 tracing::info!(peer = %node, run, earlier, "the member restarted: transfers still coming from its earlier run are refused");
-                // Its handoffs announced before the restart will not come: their flows go back
-                // to it now (the restarted member may have revived the connections).
+                // Its handoffs announced before the restart whose transfer has not arrived will
+                // not come any more: their flows go back to it now (the restarted member may
+                // revive the connections).
+                let arriving: HashSet<ConnId> = runs.receiving().copied().collect();
                 let prepared: Vec<_> = lock(&self.prepared)
-                    .extract_if(|(donor, _), _| donor == node)
+                    .extract_if(|(donor, _), (conn, _, _)| {
+                        donor == node && !arriving.contains(conn)
+                    })
                     .collect();
+                if !prepared.is_empty() {
+                    tracing::info!(peer = %node, flows = prepared.len(), "flows frozen for its earlier run's handoffs given back to it");
+                }
                 for (_, (conn, _, _busy)) in prepared {
                     self.return_flow(conn, node);
                 }
@@ -817,7 +833,8 @@ impl Agent {
                     Ok((sender, receiver, hello)) => match agent.peer_name(&hello) {
                         Ok((node, run)) => {
                             if let Err(why) = agent.heard_from(&node, run) {
-                                refused(why);
+                                // Not the member's fault: it is up, under its later run.
+                                tracing::info!(?from, "refused agent channel: {why}");
                                 sender.shutdown();
                                 return;
                             }
@@ -941,6 +958,7 @@ impl Agent {
             }
         }
         sender.shutdown();
+        lock(&self.runs).closed(&node, run);
         let mut peers = lock(&self.peers);
         if peers.get(&node).is_some_and(|s| s.same_channel(&sender)) {
             peers.remove(&node);
@@ -962,6 +980,20 @@ impl Agent {
         match message {
             PeerMessage::Hello { .. } => {}
             PeerMessage::Prepare { id, conn, freeze } => {
+                {
+                    let mut runs = lock(&self.runs);
+                    if !runs.is_current(from, run) {
+                        // A leftover of the member's run before a restart: its handoff is over.
+                        tracing::debug!(%conn, donor = %from, "Prepare of an earlier run ignored");
+                        return;
+                    }
+                    // The sender holds the connection now.
+                    runs.passed_on(&conn);
+                }
+                if freeze && lock(&self.conns).contains_key(&conn) {
+                    tracing::warn!(%conn, donor = %from, "Prepare for a connection served here ignored");
+                    return;
+                }
                 if freeze {
                     // One-phase: the donor will redirect before the state arrives; a packet
                     // finding no socket here would be answered with a reset.
@@ -987,7 +1019,12 @@ impl Agent {
                 bu_sequence,
                 one_phase,
             } => {
-                if !lock(&self.runs).receive(from, run, id, conn) {
+                let taken_in = {
+                    let mut runs = lock(&self.runs);
+                    runs.passed_on(&conn);
+                    runs.receive(from, run, id, conn)
+                };
+                if !taken_in {
                     // The donor restarted since it sent this, and may have taken the connection
                     // back (asked whether this member serves it, after the new run's hello).
                     lock(&self.prepared).remove(&(from.to_owned(), id));
@@ -2112,6 +2149,7 @@ impl Agent {
                 capture.release(socket);
                 self.handed_off(app, conn);
                 lock(&self.conns).remove(&conn);
+                lock(&self.runs).passed_on(&conn);
                 return Err(format!(
                     "{to} did not confirm the activation ({other:?}); the connection is \
                      redirected to it"

@@ -205,9 +205,9 @@ pub enum PeerMessage {
         /// The connections on their way to it: a transfer being received, a restored socket
         /// waiting for its commit, an activation in progress.
         arriving: Vec<ConnId>,
-        /// The connections it took from the asker and has not handed on since (served, or closed
-        /// here): a restarted asker must not revive its copy of them (of the last 65,536
-        /// taken).
+        /// The connections it took from the asker and that have not left it since (served, or
+        /// closed here; of the last 65,536 taken): a restarted asker must not revive its copy
+        /// of them.
         taken: Vec<ConnId>,
     },
     /// The connection is now served by the member at `owner`: members that see its packets

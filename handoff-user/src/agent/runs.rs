@@ -7,8 +7,11 @@
 //! connection and, if not, revives its own copy; the acceptor must then never activate that
 //! late transfer, or the connection would have two live endpoints. So each channel carries its
 //! sender's run (in `Hello`), and a transfer is taken only while its channel's run is the last
-//! one heard from that peer (a channel of a run superseded since is refused). The check and the
-//! registration of the transfer as being received happen under one lock with the news of a new
+//! one heard from that peer (a channel of a run superseded since is refused; so is one of a
+//! run never heard from before whose start time is earlier than the current run's while a
+//! channel of the current run is open — a hello read late, its process gone; a new run after a
+//! backward step of the clock gets through once the old run's channels have closed). The check
+//! and the registration of the transfer as being received happen under one lock with the news of a new
 //! run, so an answer about the connection given after that news either sees the transfer or
 //! can rely on it being refused.
 //!
@@ -35,6 +38,8 @@ pub struct Runs {
     current: HashMap<String, u64>,
     /// The runs of each peer that a later one replaced.
     superseded: HashMap<String, HashSet<u64>>,
+    /// Open channels per peer and run.
+    open: HashMap<(String, u64), usize>,
     /// Transfers taken in and not yet done with (restored and parked, or activated), by donor,
     /// handoff number and connection, with how many listings (a one-phase activation is
     /// listed while its transfer still is).
@@ -48,33 +53,55 @@ pub struct Runs {
 }
 
 impl Runs {
-    /// A channel of `node`'s run `run` is up: that run is the current one. Returns the run it
-    /// replaces, if another, or `Superseded` if a later run has been heard from (the channel
-    /// is refused: it belongs to a process that is gone).
+    /// A channel of `node`'s run `run` is up: that run is the current one, and the channel is
+    /// counted open (until [`Runs::closed`]). Returns the run it replaces, if another, or
+    /// `Superseded` if a later run has been heard from (the channel is refused: it belongs to a
+    /// process that is gone; see the module for the order of runs).
     pub fn hello(&mut self, node: &str, run: u64) -> Result<Option<u64>, Superseded> {
         let superseded = self.superseded.entry(node.to_owned()).or_default();
-        if superseded.contains(&run) {
+        let current = self.current.get(node).copied();
+        let stale = superseded.contains(&run)
+            || current.is_some_and(|current| {
+                run < current
+                    && self
+                        .open
+                        .get(&(node.to_owned(), current))
+                        .is_some_and(|n| *n > 0)
+            });
+        if stale {
+            superseded.insert(run);
             return Err(Superseded);
         }
-        let previous = self
-            .current
-            .insert(node.to_owned(), run)
-            .filter(|previous| *previous != run);
+        let previous = current.filter(|current| *current != run);
         if let Some(previous) = previous {
             superseded.insert(previous);
         }
+        self.current.insert(node.to_owned(), run);
+        *self.open.entry((node.to_owned(), run)).or_default() += 1;
         Ok(previous)
+    }
+
+    /// A channel of `node`'s run `run` (one [`Runs::hello`] let through) has closed.
+    pub fn closed(&mut self, node: &str, run: u64) {
+        let key = (node.to_owned(), run);
+        if let Some(open) = self.open.get_mut(&key) {
+            *open -= 1;
+            if *open == 0 {
+                self.open.remove(&key);
+            }
+        }
+    }
+
+    /// Whether `run` is `node`'s current run (its messages are news, not leftovers).
+    pub fn is_current(&self, node: &str, run: u64) -> bool {
+        self.current.get(node).is_none_or(|current| *current == run)
     }
 
     /// A transfer of `conn` (handoff `id`) arrives from `node` on a channel of its run `run`:
     /// registered as being received — unless a later run of `node` has been heard from, in
     /// which case it is refused (false).
     pub fn receive(&mut self, node: &str, run: u64, id: u64, conn: ConnId) -> bool {
-        if self
-            .current
-            .get(node)
-            .is_some_and(|current| *current != run)
-        {
+        if !self.is_current(node, run) {
             return false;
         }
         self.activating(node, id, conn);
@@ -121,8 +148,8 @@ impl Runs {
         }
     }
 
-    /// This member handed `conn` on: whoever it was taken from does not hear of it from here
-    /// any more.
+    /// `conn` left this member (handed on, or another member is handing it over: it holds the
+    /// connection): whoever it was taken from does not hear of it from here any more.
     pub fn passed_on(&mut self, conn: &ConnId) {
         self.taken.remove(conn);
     }
@@ -172,9 +199,19 @@ mod tests {
         assert_eq!(runs.hello("node1", 10), Err(Superseded));
         assert!(!runs.receive("node1", 10, 1, conn(1)));
         assert!(runs.receive("node1", 20, 1, conn(1)));
-        // Whatever the clock says: a later run with a smaller start time is still later.
+        // A run never heard from, earlier than the current one while a channel of that is
+        // open: a late hello of a process that died before the current one started.
+        assert_eq!(runs.hello("node1", 15), Err(Superseded));
+        assert!(runs.is_current("node1", 20));
+        // A run that starts earlier than the current one by the clock (stepped back) once the
+        // current run's channels have closed: the member restarted.
+        runs.closed("node1", 20);
         assert_eq!(runs.hello("node1", 5), Ok(Some(20)));
         assert!(!runs.receive("node1", 20, 2, conn(2)));
+        assert!(runs.is_current("node1", 5));
+        assert!(!runs.is_current("node1", 20));
+        // A peer never heard from: whatever it says is news.
+        assert!(runs.is_current("node3", 1));
     }
 
     #[test]
