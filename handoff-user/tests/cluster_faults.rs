@@ -2037,10 +2037,11 @@ fn privileged_agent_with_a_wrong_cluster_key_is_refused_and_logged() {
 /// says it does not serve it; a transfer of its earlier run that reaches the acceptor later
 /// (the dead process's kernel goes on sending what it was given) must then not be activated,
 /// or the connection would have two live endpoints. The test speaks for node1 (its handoffd
-/// killed): a channel to node2 as run 1, then one as run 2, then a one-phase transfer on each.
-/// The first is refused because run 2 has said hello since; the second is looked at (and
-/// refused for its state, which is no state at all). A third channel as run 1 (a hello read
-/// after the later run's) is refused itself.
+/// killed): a channel to node2 as run `OLD`, then one as run `NEW`, then a one-phase transfer
+/// on each. The first is refused because run `NEW` has said hello since; the second is looked
+/// at (and refused for its state, which is no state at all). A third channel as run `OLD` (a
+/// hello read after the later run's) is refused itself. (Runs are start times in nanoseconds:
+/// these two come after the real node1's.)
 #[test]
 fn privileged_transfer_on_a_channel_of_a_donors_earlier_run_is_refused() {
     if !is_root() {
@@ -2052,6 +2053,8 @@ fn privileged_transfer_on_a_channel_of_a_donors_earlier_run_is_refused() {
     let node2 = SocketAddr::new(cluster.nodes[1].address.into(), 7740);
     let key = std::fs::read_to_string(cluster.dir.join("cluster.key")).unwrap();
     let key = ClusterKey::from_hex(&key).unwrap();
+    const OLD: u64 = u64::MAX - 2;
+    const NEW: u64 = u64::MAX - 1;
     let encode = |message: &PeerMessage| postcard::to_allocvec(message).unwrap();
     let hello = |run| {
         encode(&PeerMessage::Hello {
@@ -2096,8 +2099,8 @@ fn privileged_transfer_on_a_channel_of_a_donors_earlier_run_is_refused() {
         .host("node1")
         .unwrap()
         .run(|| {
-            let old = channel::connect(node2, &key, &hello(1), Duration::from_secs(2))?;
-            let new = channel::connect(node2, &key, &hello(2), Duration::from_secs(2))?;
+            let old = channel::connect(node2, &key, &hello(OLD), Duration::from_secs(2))?;
+            let new = channel::connect(node2, &key, &hello(NEW), Duration::from_secs(2))?;
             Ok::<_, channel::ChannelError>((old, new))
         })
         .unwrap();
@@ -2111,19 +2114,24 @@ fn privileged_transfer_on_a_channel_of_a_donors_earlier_run_is_refused() {
         .testbed
         .host("node1")
         .unwrap()
-        .run(|| channel::connect(node2, &key, &hello(1), Duration::from_secs(2)));
+        .run(|| channel::connect(node2, &key, &hello(OLD), Duration::from_secs(2)));
     if let Ok((_, mut receiver, _)) = stale {
-        assert!(receiver.recv().is_err(), "a channel of run 1 was kept");
+        assert!(
+            receiver.recv().is_err(),
+            "a channel of the old run was kept"
+        );
     }
     let log = std::fs::read_to_string(cluster.dir.join("node2.handoffd.log")).unwrap();
     assert!(
         log.lines().any(|l| l.contains("the member restarted")
-            && l.contains("run=2")
-            && l.contains("earlier=1")),
+            && l.contains(&format!("run={NEW}"))
+            && l.contains(&format!("earlier={OLD}"))),
         "{log}"
     );
     assert!(
-        log.contains("a channel of node1's run 1, which a later run has replaced"),
+        log.contains(&format!(
+            "a channel of node1's run {OLD}, which a later run has replaced"
+        )),
         "{log}"
     );
 }
