@@ -573,9 +573,9 @@ impl Agent {
         };
         let (mut kept, mut repointed, mut removed, mut unresolved) = (0, 0, 0, 0);
         // An entry nobody claims in the first round is asked about again in the second; at
-        // start one whose connection is only on its way to a member is asked about again up to
-        // `ARRIVING_ROUNDS` times (its transfer may yet be refused, and then the connection is
-        // nowhere but in the earlier run's socket).
+        // start one whose connection is only on its way to a member is asked about again, up to
+        // `ARRIVING_ROUNDS` rounds in all (its transfer may yet be refused, and then the
+        // connection is nowhere but in the earlier run's socket).
         const ARRIVING_ROUNDS: usize = 5;
         let rounds = if at_start { ARRIVING_ROUNDS } else { 2 };
         let mut pending = entries;
@@ -592,7 +592,9 @@ impl Agent {
             for (entry, claims) in pending.iter().zip(claims) {
                 let arriving_only = claims.serving.is_empty() && !claims.arriving.is_empty();
                 match claims.owners().as_slice() {
-                    _ if at_start && arriving_only && !last => again.push(*entry),
+                    // Only while every peer answers: else nothing can be removed anyway, and each
+                    // round would wait for the silent one.
+                    _ if at_start && arriving_only && everyone && !last => again.push(*entry),
                     [owner] if owner.octets() == entry.1 => kept += 1,
                     [owner] => {
                         repointed += 1;
