@@ -84,6 +84,18 @@ struct Conn {
     arrived: bool,
 }
 
+impl Conn {
+    /// Served by `app` from now on, not moving.
+    fn new(app: AppId, arrived: bool) -> Conn {
+        Conn {
+            app,
+            since: Instant::now(),
+            moving: false,
+            arrived,
+        }
+    }
+}
+
 /// A `PeerMessage::Transfer`'s contents, for the acceptor.
 struct Transfer {
     id: u64,
@@ -1446,15 +1458,7 @@ impl Agent {
             }
         };
         lock(&self.unclaimed).remove(&conn);
-        lock(&self.conns).insert(
-            conn,
-            Conn {
-                app,
-                since: Instant::now(),
-                moving: false,
-                arrived: true,
-            },
-        );
+        lock(&self.conns).insert(conn, Conn::new(app, true));
         lock(&self.runs).took(donor, conn);
         if let Err(e) = self.adopt(app, conn, stream.as_fd(), &app_state) {
             tracing::error!(%conn, "cannot hand the connection to its application: {e}");
@@ -1791,15 +1795,7 @@ impl Agent {
             },
             None,
         );
-        lock(&self.conns).insert(
-            conn,
-            Conn {
-                app,
-                since: Instant::now(),
-                moving: false,
-                arrived,
-            },
-        );
+        lock(&self.conns).insert(conn, Conn::new(app, arrived));
         self.prefetch_home_token(conn);
     }
 
