@@ -4,7 +4,8 @@
 //! Per packet: each program runs on its golden frame (from `tests/golden/packets.py`) through
 //! `BPF_PROG_TEST_RUN`, once per call (repeating inside the kernel would run the program again
 //! on its own output), many times; the kernel's own measurement of the run is reported (p50,
-//! p99). Throughput: one TCP connection sends as fast as it can for a fixed time, plain (client
+//! p99), beside hand-assembled reference programs that do nothing but return or change the
+//! packet's length (what any rewrite pays at least). Throughput: one TCP connection sends as fast as it can for a fixed time, plain (client
 //! to the node's address, no programs) and route-optimized (client to the DSA, RH2/HAO
 //! programs on both ends); three runs each, interleaved, the median reported; the programs'
 //! run statistics come from a fourth route-optimized run.
@@ -12,11 +13,12 @@
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use handoff_user::datapath::{Datapath, PinDir, Program, enable_run_stats, mtu};
+use handoff_user::datapath::{Datapath, PinDir, Program, enable_run_stats, mtu, test_run_fd};
 use testbed::{HostPair, Netns, veth_pair};
 
 #[path = "../tests/golden/support.rs"]
@@ -43,11 +45,21 @@ const MEASURED: [(Program, &str); 8] = [
     (Program::CnIngress, "cn_hao_accepted"),
 ];
 
+/// The reference programs: what each does (a change of the packet's length by
+/// `bpf_skb_adjust_room` right behind the IPv6 header, or nothing) and the golden case whose
+/// input it runs on. Every rewrite of ours inserts or removes a header, so it costs at least
+/// its reference; the first is the test run's own floor.
+const REFERENCES: [(&str, i32, &str); 4] = [
+    ("return only", 0, "node_egress_not_from_dsa"),
+    ("adjust_room +24 (RH2, HAO)", 24, "node_hao_inserted"),
+    ("adjust_room +40 (tunnel)", 40, "ha_tunneled"),
+    ("adjust_room -24 (RH2, HAO)", -24, "node_rh2_restored"),
+];
+
 fn main() -> anyhow::Result<()> {
-    let (per_packet, floor) = per_packet()?;
+    let (per_packet, references) = per_packet()?;
     let (plain, optimized, live) = throughput()?;
-    println!("\nper-packet cost (BPF_PROG_TEST_RUN, {SAMPLES} runs each; one run of a program");
-    println!("that only reads the EtherType costs {floor} ns: the test-run floor)");
+    println!("\nper-packet cost (BPF_PROG_TEST_RUN, {SAMPLES} runs each)");
     println!(
         "{:<14} {:<32} {:>8} {:>8}",
         "program", "case", "p50 ns", "p99 ns"
@@ -60,6 +72,14 @@ fn main() -> anyhow::Result<()> {
             program.name()
         ));
     }
+    let mut reference_json = Vec::new();
+    for ((what, _, _), (p50, p99)) in REFERENCES.iter().zip(&references) {
+        println!("{:<14} {what:<32} {p50:>8} {p99:>8}", "reference");
+        reference_json.push(format!(
+            r#"{{"reference":"{what}","p50_ns":{p50},"p99_ns":{p99}}}"#
+        ));
+    }
+    let floor = references[0].0;
     println!("\nper-packet cost on live traffic (kernel run statistics, route-optimized run)");
     println!("{:<14} {:>12} {:>10}", "program", "runs", "ns/run");
     let mut live_json = Vec::new();
@@ -82,8 +102,9 @@ fn main() -> anyhow::Result<()> {
         ratio * 100.0
     );
     let json = format!(
-        r#"{{"test_run_floor_ns":{floor},"per_packet":[{}],"live":[{}],"throughput_gbit_s":{{"plain":{plain:.3},"route_optimized":{optimized:.3},"ratio":{ratio:.4}}}}}"#,
+        r#"{{"test_run_floor_ns":{floor},"per_packet":[{}],"reference":[{}],"live":[{}],"throughput_gbit_s":{{"plain":{plain:.3},"route_optimized":{optimized:.3},"ratio":{ratio:.4}}}}}"#,
         programs.join(","),
+        reference_json.join(","),
         live_json.join(",")
     );
     let dir = std::env::var_os("BENCH_OUT_DIR").unwrap_or_else(|| "target/bench".into());
@@ -94,19 +115,18 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// p50 of `program` on `frame`, and its p99, in ns (kernel-measured, one run per call).
-fn sample(datapath: &mut Datapath, program: Program, frame: &[u8]) -> anyhow::Result<(u32, u32)> {
+/// p50 of `run`, and its p99, in ns (kernel-measured, one run per call).
+fn sample(mut run: impl FnMut() -> anyhow::Result<u32>) -> anyhow::Result<(u32, u32)> {
     let mut nanos = Vec::with_capacity(SAMPLES);
     for _ in 0..SAMPLES {
-        nanos.push(datapath.test_run(program, frame, 1)?.nanos_per_run);
+        nanos.push(run()?);
     }
     nanos.sort_unstable();
     Ok((nanos[SAMPLES / 2], nanos[SAMPLES * 99 / 100]))
 }
 
-/// Per program and case: (program, case, p50, p99); and the test-run floor (p50 of the freeze
-/// program on an ARP frame, which it leaves at the first check).
-type PerPacket = (Vec<(Program, &'static str, u32, u32)>, u32);
+/// Per program and case: (program, case, p50, p99); and (p50, p99) of each of [`REFERENCES`].
+type PerPacket = (Vec<(Program, &'static str, u32, u32)>, Vec<(u32, u32)>);
 
 fn per_packet() -> anyhow::Result<PerPacket> {
     let frames = golden::golden_frames();
@@ -122,14 +142,82 @@ fn per_packet() -> anyhow::Result<PerPacket> {
         for (program, case) in MEASURED {
             golden::configure(&mut datapath, program);
             let (input, _) = frames.get(case).context("golden case missing")?;
-            let (p50, p99) = sample(&mut datapath, program, input)?;
+            let (p50, p99) = sample(|| Ok(datapath.test_run(program, input, 1)?.nanos_per_run))?;
             out.push((program, case, p50, p99));
         }
-        let mut arp = vec![0u8; 60];
-        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        let (floor, _) = sample(&mut datapath, Program::Freeze, &arp)?;
-        Ok((out, floor))
+        let mut references = Vec::new();
+        for (_, delta, case) in REFERENCES {
+            let (input, _) = frames.get(case).context("golden case missing")?;
+            let program = reference_program(delta)?;
+            references.push(sample(|| {
+                Ok(test_run_fd(program.as_fd(), input, 1)?.nanos_per_run)
+            })?);
+        }
+        Ok((out, references))
     })
+}
+
+/// Loads a TC program that calls `bpf_skb_adjust_room(skb, delta, BPF_ADJ_ROOM_NET, 0)` unless
+/// `delta` is 0, and returns `TC_ACT_PIPE`: six eBPF instructions, assembled here.
+fn reference_program(delta: i32) -> anyhow::Result<OwnedFd> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    const MOV64_IMM: u8 = 0xb7;
+    const CALL: u8 = 0x85;
+    const EXIT: u8 = 0x95;
+    const BPF_FUNC_SKB_ADJUST_ROOM: i32 = 50;
+    /// An instruction with an immediate: opcode, destination register (source 0, offset 0).
+    fn insn(code: u8, dst: u8, imm: i32) -> u64 {
+        u64::from(code) | u64::from(dst) << 8 | u64::from(imm as u32) << 32
+    }
+    /// The `BPF_PROG_LOAD` member of `union bpf_attr`, as far as it is used.
+    #[repr(C)]
+    #[derive(Default)]
+    struct LoadAttr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+    }
+    let mut instructions = Vec::new();
+    if delta != 0 {
+        instructions.extend([
+            insn(MOV64_IMM, 2, delta),
+            insn(MOV64_IMM, 3, 0), // BPF_ADJ_ROOM_NET
+            insn(MOV64_IMM, 4, 0), // no flags
+            insn(CALL, 0, BPF_FUNC_SKB_ADJUST_ROOM),
+        ]);
+    }
+    instructions.extend([insn(MOV64_IMM, 0, 3), insn(EXIT, 0, 0)]); // TC_ACT_PIPE
+    let license = c"GPL";
+    let mut attr = LoadAttr {
+        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        insn_cnt: instructions.len() as u32,
+        insns: instructions.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..LoadAttr::default()
+    };
+    attr.prog_name[..9].copy_from_slice(b"reference");
+    // SAFETY: attr is a valid bpf_attr prefix whose pointers outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &mut attr as *mut LoadAttr,
+            std::mem::size_of::<LoadAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("loading a reference program");
+    }
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Per program of a live run: (program, runs, ns per run).

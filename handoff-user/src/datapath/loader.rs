@@ -2,7 +2,7 @@
 //! program to the cgroup hierarchy), and running them on crafted packets.
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::PathBuf,
 };
 
@@ -309,11 +309,9 @@ impl Datapath {
         let fd = loaded
             .fd()
             .map_err(|source| program_error(program, "(test run)", source))?;
-        test_run_raw(fd.as_fd().as_raw_fd(), frame, repeat).map_err(|source| {
-            DatapathError::TestRun {
-                program: program.name(),
-                source,
-            }
+        test_run_fd(fd.as_fd(), frame, repeat).map_err(|source| DatapathError::TestRun {
+            program: program.name(),
+            source,
         })
     }
 
@@ -457,8 +455,14 @@ pub struct TestRunOutput {
     pub nanos_per_run: u32,
 }
 
-/// `BPF_PROG_TEST_RUN` through the raw syscall: aya cannot pass the checksum flag.
-fn test_run_raw(prog_fd: i32, frame: &[u8], repeat: u32) -> std::io::Result<TestRunOutput> {
+/// Runs the TC program `prog` on `frame` with `BPF_PROG_TEST_RUN` (the raw syscall: aya cannot
+/// pass the checksum flag), `repeat` times, as [`Datapath::test_run`] does for our programs;
+/// for programs loaded by other means (the data-path benchmark's reference programs).
+pub fn test_run_fd(
+    prog: BorrowedFd<'_>,
+    frame: &[u8],
+    repeat: u32,
+) -> std::io::Result<TestRunOutput> {
     const BPF_PROG_TEST_RUN: libc::c_long = 10;
     const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
     /// Room for the largest growth a program makes (an outer IPv6 header).
@@ -486,7 +490,7 @@ fn test_run_raw(prog_fd: i32, frame: &[u8], repeat: u32) -> std::io::Result<Test
     }
     let mut out = vec![0u8; frame.len() + HEADROOM];
     let mut attr = TestAttr {
-        prog_fd: prog_fd as u32,
+        prog_fd: prog.as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
         data_size_out: out.len() as u32,
         data_in: frame.as_ptr() as u64,

@@ -10,7 +10,7 @@ mod pin;
 mod replay;
 
 pub use freeze::FreezeFilter;
-pub use loader::{Datapath, Program, TestRunOutput, enable_run_stats};
+pub use loader::{Datapath, Program, TestRunOutput, enable_run_stats, test_run_fd};
 pub use maps::{
     BindingMaps, CounterValues, FreezeCounters, FreezeMap, FrozenPackets, Maps, QueuedFrame,
 };
