@@ -1749,12 +1749,27 @@ impl Agent {
                 .extract_if(|_, (_, deadline, _)| *deadline <= now)
                 .collect();
             for ((donor, _), (conn, _, _busy)) in stale {
-                // Unless the connection came here since (by another handoff).
+                // Unless the connection came here since (by another handoff): served here, or
+                // its flow thawed by an activation (which may land at any moment, so the
+                // redirect replaces the announcement's freeze only if it is still there).
                 if lock(&self.conns).contains_key(&conn) {
                     continue;
                 }
-                tracing::warn!(%conn, "prepared handoff never came: flow given back to {donor}");
-                self.return_flow(conn, &donor);
+                let Some(peer) = self.config.peer(&donor) else {
+                    continue;
+                };
+                match lock(&self.datapath)
+                    .maps()
+                    .freeze()
+                    .redirect_if_present(flow(&conn), peer.address.octets())
+                {
+                    Ok(true) => tracing::warn!(
+                        %conn,
+                        "prepared handoff never came: flow given back to {donor}"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(%conn, "cannot redirect back to {donor}: {e}"),
+                }
             }
         }
     }

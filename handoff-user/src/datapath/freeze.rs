@@ -158,6 +158,19 @@ mod tests {
     }
 
     #[test]
+    fn privileged_conditional_redirect_leaves_a_thawed_flow_alone() {
+        let Some(mut filter) = loaded() else { return };
+        let (flow, node) = (key(CLIENT, SERVER), [0xfd; 16]);
+        let maps = filter.maps();
+        assert!(!maps.redirect_if_present(flow, node).unwrap());
+        assert_eq!(maps.redirect_target(&flow).unwrap(), None);
+        maps.freeze(flow).unwrap();
+        assert!(maps.redirect_if_present(flow, node).unwrap());
+        assert_eq!(maps.redirect_target(&flow).unwrap(), Some(node));
+        assert!(!maps.is_frozen(&flow).unwrap());
+    }
+
+    #[test]
     fn privileged_frozen_flow_behind_extension_headers_is_dropped() {
         let Some(mut filter) = loaded() else { return };
         filter.maps().freeze(key(CLIENT, SERVER)).unwrap();

@@ -361,6 +361,27 @@ impl FreezeMap {
         self.set(flow, FLOW_REDIRECT, node, 0)
     }
 
+    /// Like [`FreezeMap::redirect`], but only if `flow` still has an entry (in one update, with
+    /// `BPF_EXIST`); returns whether it had one. For giving a flow frozen for an announced
+    /// handoff back to its donor: an activation that thawed it in the meantime keeps it.
+    pub fn redirect_if_present(
+        &mut self,
+        flow: FlowKey,
+        node: Addr,
+    ) -> Result<bool, DatapathError> {
+        const BPF_EXIST: u64 = 2;
+        let entry = FlowEntry {
+            action: FLOW_REDIRECT,
+            node,
+            cwnd: 0,
+        };
+        match self.flows.insert(flow, entry, BPF_EXIST) {
+            Ok(()) => Ok(true),
+            Err(err) if is_not_found(&err) => Ok(false),
+            Err(err) => Err(map_error(map::FLOWS)(err)),
+        }
+    }
+
     fn set(
         &mut self,
         flow: FlowKey,
