@@ -7,8 +7,9 @@
 //! p99), beside hand-assembled reference programs that do nothing but return or change the
 //! packet's length (what any rewrite pays at least). Throughput: one TCP connection sends as fast as it can for a fixed time, plain (client
 //! to the node's address, no programs) and route-optimized (client to the DSA, RH2/HAO
-//! programs on both ends); three runs each, interleaved, the median reported; the programs'
-//! run statistics come from a fourth route-optimized run.
+//! programs on both ends), in pairs run back to back, the median of the pairs' ratios
+//! reported (this VM's throughput drifts by tens of percent between minutes, which a ratio of
+//! neighbours cancels); the programs' run statistics come from a further route-optimized run.
 
 use std::{
     io::{Read as _, Write as _},
@@ -28,8 +29,9 @@ mod route_optimized;
 use route_optimized::DSA;
 
 const SAMPLES: usize = 20_000;
-const THROUGHPUT_FOR: Duration = Duration::from_secs(2);
-const RUNS: usize = 3;
+const THROUGHPUT_FOR: Duration = Duration::from_secs(1);
+/// Pairs of throughput runs (plain, then route-optimized).
+const PAIRS: usize = 9;
 const PORT: u16 = 9000;
 
 /// The program and the golden case whose input it is measured on: each transformation, and the
@@ -45,20 +47,40 @@ const MEASURED: [(Program, &str); 8] = [
     (Program::CnIngress, "cn_hao_accepted"),
 ];
 
-/// The reference programs: what each does (a change of the packet's length by
-/// `bpf_skb_adjust_room` right behind the IPv6 header, or nothing) and the golden case whose
-/// input it runs on. Every rewrite of ours inserts or removes a header, so it costs at least
-/// its reference; the first is the test run's own floor.
-const REFERENCES: [(&str, i32, &str); 4] = [
-    ("return only", 0, "node_egress_not_from_dsa"),
-    ("adjust_room +24 (RH2, HAO)", 24, "node_hao_inserted"),
-    ("adjust_room +40 (tunnel)", 40, "ha_tunneled"),
-    ("adjust_room -24 (RH2, HAO)", -24, "node_rh2_restored"),
+/// The reference programs: what each does (a change of the packet's length by `delta` bytes, or
+/// nothing) at which hook, and the golden case whose input it runs on. TC: by
+/// `bpf_skb_adjust_room` right behind the IPv6 header; every rewrite of ours inserts or removes
+/// a header, so it costs at least its reference; the first is the test run's own floor. XDP
+/// (which has no egress hook, and only shrinks here): by `bpf_xdp_adjust_head`, for comparison.
+const REFERENCES: [(&str, Hook, i32, &str); 6] = [
+    ("return only", Hook::Tc, 0, "node_egress_not_from_dsa"),
+    (
+        "adjust_room +24 (RH2, HAO)",
+        Hook::Tc,
+        24,
+        "node_hao_inserted",
+    ),
+    ("adjust_room +40 (tunnel)", Hook::Tc, 40, "ha_tunneled"),
+    (
+        "adjust_room -24 (RH2, HAO)",
+        Hook::Tc,
+        -24,
+        "node_rh2_restored",
+    ),
+    ("XDP return only", Hook::Xdp, 0, "node_egress_not_from_dsa"),
+    ("XDP adjust_head -24", Hook::Xdp, 24, "node_rh2_restored"),
 ];
+
+/// Where a reference program runs.
+#[derive(Clone, Copy)]
+enum Hook {
+    Tc,
+    Xdp,
+}
 
 fn main() -> anyhow::Result<()> {
     let (per_packet, references) = per_packet()?;
-    let (plain, optimized, live) = throughput()?;
+    let (pairs, live) = throughput()?;
     println!("\nper-packet cost (BPF_PROG_TEST_RUN, {SAMPLES} runs each)");
     println!(
         "{:<14} {:<32} {:>8} {:>8}",
@@ -73,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         ));
     }
     let mut reference_json = Vec::new();
-    for ((what, _, _), (p50, p99)) in REFERENCES.iter().zip(&references) {
+    for ((what, _, _, _), (p50, p99)) in REFERENCES.iter().zip(&references) {
         println!("{:<14} {what:<32} {p50:>8} {p99:>8}", "reference");
         reference_json.push(format!(
             r#"{{"reference":"{what}","p50_ns":{p50},"p99_ns":{p99}}}"#
@@ -90,22 +112,36 @@ fn main() -> anyhow::Result<()> {
             program.name()
         ));
     }
-    let ratio = optimized / plain;
     println!(
-        "\nTCP throughput, one connection, {} s, median of {RUNS}",
+        "\nTCP throughput, one connection, {PAIRS} pairs of {} s runs (Gbit/s)",
         THROUGHPUT_FOR.as_secs()
     );
-    println!("plain IPv6           {:>8.2} Gbit/s", plain);
+    println!("{:>10} {:>16} {:>8}", "plain", "route-optimized", "ratio");
+    let mut ratios = Vec::new();
+    for (plain, optimized) in &pairs {
+        println!(
+            "{plain:>10.2} {optimized:>16.2} {:>7.1}%",
+            optimized / plain * 100.0
+        );
+        ratios.push(optimized / plain);
+    }
+    let plain = median(pairs.iter().map(|p| p.0).collect());
+    let optimized = median(pairs.iter().map(|p| p.1).collect());
+    let ratio = median(ratios.clone());
     println!(
-        "route-optimized      {:>8.2} Gbit/s ({:.1} % of plain)",
-        optimized,
+        "median {plain:>5.2} {optimized:>16.2} {:>7.1}% (median of the pairs' ratios)",
         ratio * 100.0
     );
+    let pairs_json: Vec<String> = pairs
+        .iter()
+        .map(|(plain, optimized)| format!("[{plain:.3},{optimized:.3}]"))
+        .collect();
     let json = format!(
-        r#"{{"test_run_floor_ns":{floor},"per_packet":[{}],"reference":[{}],"live":[{}],"throughput_gbit_s":{{"plain":{plain:.3},"route_optimized":{optimized:.3},"ratio":{ratio:.4}}}}}"#,
+        r#"{{"test_run_floor_ns":{floor},"per_packet":[{}],"reference":[{}],"live":[{}],"throughput_gbit_s":{{"plain":{plain:.3},"route_optimized":{optimized:.3},"ratio":{ratio:.4},"pairs":[{}]}}}}"#,
         programs.join(","),
         reference_json.join(","),
-        live_json.join(",")
+        live_json.join(","),
+        pairs_json.join(",")
     );
     let dir = std::env::var_os("BENCH_OUT_DIR").unwrap_or_else(|| "target/bench".into());
     std::fs::create_dir_all(&dir)?;
@@ -146,26 +182,33 @@ fn per_packet() -> anyhow::Result<PerPacket> {
             out.push((program, case, p50, p99));
         }
         let mut references = Vec::new();
-        for (_, delta, case) in REFERENCES {
+        for (_, hook, delta, case) in REFERENCES {
             let (input, _) = frames.get(case).context("golden case missing")?;
-            let program = reference_program(delta)?;
+            let program = reference_program(hook, delta)?;
+            // The checksum check is for skbs: an XDP test run takes no flags.
+            let skb_checksum = matches!(hook, Hook::Tc);
             references.push(sample(|| {
-                Ok(test_run_fd(program.as_fd(), input, 1)?.nanos_per_run)
+                Ok(test_run_fd(program.as_fd(), input, 1, skb_checksum)?.nanos_per_run)
             })?);
         }
         Ok((out, references))
     })
 }
 
-/// Loads a TC program that calls `bpf_skb_adjust_room(skb, delta, BPF_ADJ_ROOM_NET, 0)` unless
-/// `delta` is 0, and returns `TC_ACT_PIPE`: six eBPF instructions, assembled here.
-fn reference_program(delta: i32) -> anyhow::Result<OwnedFd> {
+/// Loads a program that, unless `delta` is 0, calls `bpf_skb_adjust_room(skb, delta,
+/// BPF_ADJ_ROOM_NET, 0)` (TC) or `bpf_xdp_adjust_head(xdp, delta)` (XDP), and lets the packet
+/// pass: up to six eBPF instructions, assembled here.
+fn reference_program(hook: Hook, delta: i32) -> anyhow::Result<OwnedFd> {
     const BPF_PROG_LOAD: libc::c_long = 5;
     const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
     const MOV64_IMM: u8 = 0xb7;
     const CALL: u8 = 0x85;
     const EXIT: u8 = 0x95;
     const BPF_FUNC_SKB_ADJUST_ROOM: i32 = 50;
+    const BPF_FUNC_XDP_ADJUST_HEAD: i32 = 44;
+    const TC_ACT_PIPE: i32 = 3;
+    const XDP_PASS: i32 = 2;
     /// An instruction with an immediate: opcode, destination register (source 0, offset 0).
     fn insn(code: u8, dst: u8, imm: i32) -> u64 {
         u64::from(code) | u64::from(dst) << 8 | u64::from(imm as u32) << 32
@@ -186,18 +229,32 @@ fn reference_program(delta: i32) -> anyhow::Result<OwnedFd> {
         prog_name: [u8; 16],
     }
     let mut instructions = Vec::new();
-    if delta != 0 {
-        instructions.extend([
-            insn(MOV64_IMM, 2, delta),
-            insn(MOV64_IMM, 3, 0), // BPF_ADJ_ROOM_NET
-            insn(MOV64_IMM, 4, 0), // no flags
-            insn(CALL, 0, BPF_FUNC_SKB_ADJUST_ROOM),
-        ]);
-    }
-    instructions.extend([insn(MOV64_IMM, 0, 3), insn(EXIT, 0, 0)]); // TC_ACT_PIPE
+    let (prog_type, pass) = match hook {
+        Hook::Tc => {
+            if delta != 0 {
+                instructions.extend([
+                    insn(MOV64_IMM, 2, delta),
+                    insn(MOV64_IMM, 3, 0), // BPF_ADJ_ROOM_NET
+                    insn(MOV64_IMM, 4, 0), // no flags
+                    insn(CALL, 0, BPF_FUNC_SKB_ADJUST_ROOM),
+                ]);
+            }
+            (BPF_PROG_TYPE_SCHED_CLS, TC_ACT_PIPE)
+        }
+        Hook::Xdp => {
+            if delta != 0 {
+                instructions.extend([
+                    insn(MOV64_IMM, 2, delta),
+                    insn(CALL, 0, BPF_FUNC_XDP_ADJUST_HEAD),
+                ]);
+            }
+            (BPF_PROG_TYPE_XDP, XDP_PASS)
+        }
+    };
+    instructions.extend([insn(MOV64_IMM, 0, pass), insn(EXIT, 0, 0)]);
     let license = c"GPL";
     let mut attr = LoadAttr {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        prog_type,
         insn_cnt: instructions.len() as u32,
         insns: instructions.as_ptr() as u64,
         license: license.as_ptr() as u64,
@@ -223,19 +280,19 @@ fn reference_program(delta: i32) -> anyhow::Result<OwnedFd> {
 /// Per program of a live run: (program, runs, ns per run).
 type Live = Vec<(Program, u64, f64)>;
 
-/// (plain, route-optimized) throughput in Gbit/s, and the programs' cost during a further
-/// route-optimized run.
-fn throughput() -> anyhow::Result<(f64, f64, Live)> {
+/// [`PAIRS`] × (plain, route-optimized) throughput in Gbit/s, and the programs' cost during a
+/// further route-optimized run.
+fn throughput() -> anyhow::Result<(Vec<(f64, f64)>, Live)> {
     let hosts = HostPair::new("bench-tp")?;
     let care_of = HostPair::SERVER_V6;
     route_optimized::prepare(&hosts)?;
-    // Interleaved (plain, then with the programs attached, RUNS times), so that a drift of the
-    // machine — another tenant, a slower core — weighs on both alike.
-    let (mut plain, mut optimized) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
-        plain.push(bulk(&hosts, IpAddr::V6(care_of))?);
+    // In pairs (plain, then with the programs attached), so that a drift of the machine —
+    // another tenant, a slower core — weighs on both runs of a pair alike.
+    let mut pairs = Vec::new();
+    for _ in 0..PAIRS {
+        let plain = bulk(&hosts, IpAddr::V6(care_of))?;
         let programs = route_optimized::attach(&hosts)?;
-        optimized.push(bulk(&hosts, IpAddr::V6(DSA))?);
+        pairs.push((plain, bulk(&hosts, IpAddr::V6(DSA))?));
         drop(programs);
     }
     // The programs' own cost on live traffic, from a run of its own: the kernel's run
@@ -255,7 +312,7 @@ fn throughput() -> anyhow::Result<(f64, f64, Live)> {
         live.push((program, runs, time.as_nanos() as f64 / runs.max(1) as f64));
     }
     drop(stats);
-    Ok((median(plain), median(optimized), live))
+    Ok((pairs, live))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

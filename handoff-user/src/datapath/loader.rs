@@ -309,7 +309,7 @@ impl Datapath {
         let fd = loaded
             .fd()
             .map_err(|source| program_error(program, "(test run)", source))?;
-        test_run_fd(fd.as_fd(), frame, repeat).map_err(|source| DatapathError::TestRun {
+        test_run_fd(fd.as_fd(), frame, repeat, true).map_err(|source| DatapathError::TestRun {
             program: program.name(),
             source,
         })
@@ -455,13 +455,15 @@ pub struct TestRunOutput {
     pub nanos_per_run: u32,
 }
 
-/// Runs the TC program `prog` on `frame` with `BPF_PROG_TEST_RUN` (the raw syscall: aya cannot
+/// Runs the program `prog` on `frame` with `BPF_PROG_TEST_RUN` (the raw syscall: aya cannot
 /// pass the checksum flag), `repeat` times, as [`Datapath::test_run`] does for our programs;
 /// for programs loaded by other means (the data-path benchmark's reference programs).
+/// `skb_checksum` (TC programs only): check that the program left `CHECKSUM_COMPLETE` right.
 pub fn test_run_fd(
     prog: BorrowedFd<'_>,
     frame: &[u8],
     repeat: u32,
+    skb_checksum: bool,
 ) -> std::io::Result<TestRunOutput> {
     const BPF_PROG_TEST_RUN: libc::c_long = 10;
     const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
@@ -496,7 +498,11 @@ pub fn test_run_fd(
         data_in: frame.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
         repeat,
-        flags: BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
+        flags: if skb_checksum {
+            BPF_F_TEST_SKB_CHECKSUM_COMPLETE
+        } else {
+            0
+        },
         ..TestAttr::default()
     };
     // SAFETY: attr is a valid bpf_attr prefix whose buffers outlive the call.
