@@ -5,9 +5,9 @@
 //! `BPF_PROG_TEST_RUN`, once per call (repeating inside the kernel would run the program again
 //! on its own output), many times; the kernel's own measurement of the run is reported (p50,
 //! p99), beside hand-assembled reference programs that do nothing but return or change the
-//! packet's length (what any rewrite pays at least). Throughput: one TCP connection sends as fast as it can for a fixed time, plain (client
-//! to the node's address, no programs) and route-optimized (client to the DSA, RH2/HAO
-//! programs on both ends), in pairs run back to back, the median of the pairs' ratios
+//! packet's length (what any rewrite pays at least). Throughput: one TCP connection sends as
+//! fast as it can for a fixed time, plain (client to the node's address, no programs) and
+//! route-optimized (client to the DSA, RH2/HAO programs on both ends), in pairs run back to back, the median of the pairs' ratios
 //! reported (this VM's throughput drifts by tens of percent between minutes, which a ratio of
 //! neighbours cancels); the programs' run statistics come from a further route-optimized run.
 
@@ -47,11 +47,12 @@ const MEASURED: [(Program, &str); 8] = [
     (Program::CnIngress, "cn_hao_accepted"),
 ];
 
-/// The reference programs: what each does (a change of the packet's length by `delta` bytes, or
-/// nothing) at which hook, and the golden case whose input it runs on. TC: by
-/// `bpf_skb_adjust_room` right behind the IPv6 header; every rewrite of ours inserts or removes
-/// a header, so it costs at least its reference; the first is the test run's own floor. XDP
-/// (which has no egress hook, and only shrinks here): by `bpf_xdp_adjust_head`, for comparison.
+/// The reference programs: what each does (nothing, or a change of the packet's length by the
+/// helper's `delta`), at which hook, and the golden case whose input it runs on. TC:
+/// `bpf_skb_adjust_room` right behind the IPv6 header (a positive delta inserts); every rewrite
+/// of ours inserts or removes a header, so it costs at least its reference; the first is the
+/// test run's own floor. XDP, for comparison (it has no egress hook): `bpf_xdp_adjust_head`
+/// (a positive delta removes bytes at the front).
 const REFERENCES: [(&str, Hook, i32, &str); 6] = [
     ("return only", Hook::Tc, 0, "node_egress_not_from_dsa"),
     (
