@@ -472,6 +472,72 @@ fn privileged_acceptor_killed_the_connection_stays_on_the_donor() {
     assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
 }
 
+/// One-phase commit: the donor redirects the connection to the acceptor as it captures it, and
+/// the acceptor activates without waiting for a commit. Its handoffd killed while the transfer
+/// is on its way (50 ms links, four between the members: 0.2 s; no send-queue wait, so the
+/// transfer leaves right after the move starts) ends its channel cleanly before it could send
+/// `Ready`, the point after which its socket may go live: the donor takes the connection back at
+/// once (before, it waited `peer_timeout_ms`, then left the connection redirected to the dead
+/// member, lost).
+#[test]
+fn privileged_one_phase_acceptor_killed_with_the_transfer_on_its_way_the_donor_takes_it_back() {
+    if !is_root() {
+        return;
+    }
+    let _serial = cluster::one_at_a_time();
+    let handoff = "[handoff]\ncommit = \"one-phase\"\nsend_queue_wait_ms = 0";
+    let mut cluster = start("f1kl", &slow_links(handoff));
+    let resets = cluster.tcp_counter("client1", "EstabResets");
+    let stream = connect(&cluster, "client1");
+    let conn = endpoint(&stream);
+    let progress = AtomicUsize::new(0);
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
+        wait_progress(&progress, 100_000, "download");
+        let started = Instant::now();
+        let mover = start_move(&cluster, &conn);
+        wait_moving(&cluster, &conn);
+        // The transfer has left (a few ms after the start) and is 0.2 s from node2.
+        thread::sleep(Duration::from_millis(30));
+        cluster.kill_handoffd(1);
+        let output = mover.wait_with_output().unwrap();
+        let took = started.elapsed();
+        assert_failed_with(
+            &output,
+            &["the channel to node2 ended", "rolled back"],
+            &cluster,
+        );
+        // Not waited out: peer_timeout_ms is 2000 by default.
+        assert!(
+            took < Duration::from_millis(1800),
+            "the rollback took {took:?}"
+        );
+        let at = progress.load(Ordering::SeqCst);
+        assert!(at < 1_000_000, "the download ended before the rollback");
+        assert!(conns(&cluster, "node1").contains(&conn));
+        wait_progress(&progress, at + 30_000, "download after the rollback");
+        reader
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("download: {e}\n{}", cluster.logs()));
+    });
+    assert_eq!(cluster.tcp_counter("client1", "EstabResets"), resets);
+}
+
+/// Waits until node1 lists `conn` as moving (a handoff of it has started).
+fn wait_moving(cluster: &Cluster, conn: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !handoff_json(cluster, &["conns", "node1", "--json"])["conns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["client"] == conn && c["moving"] == true)
+    {
+        assert!(Instant::now() < deadline, "the move did not start");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Two members, 50 ms per link (a handoff lasts ~0.6 s), files served at 200 KiB/s.
 fn slow_links_cluster(tag: &str) -> Cluster {
     start(tag, &slow_links(""))
@@ -515,17 +581,8 @@ fn privileged_stopped_donor_finishes_the_handoff_in_flight() {
         let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
         wait_progress(&progress, 100_000, "download");
         let mover = start_move(&cluster, &conn);
-        // Into the handoff (it lasts ~0.6 s): node1 lists the connection as moving.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !handoff_json(&cluster, &["conns", "node1", "--json"])["conns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["client"] == conn.as_str() && c["moving"] == true)
-        {
-            assert!(Instant::now() < deadline, "the move did not start");
-            thread::sleep(Duration::from_millis(5));
-        }
+        // Into the handoff (it lasts ~0.6 s).
+        wait_moving(&cluster, &conn);
         let (status, took) = cluster.stop_handoffd(0).unwrap();
         assert!(status.success(), "handoffd on node1: {status}");
         let output = mover.wait_with_output().unwrap();
@@ -796,16 +853,7 @@ fn kill_donor_mid_handoff(
         // The server fills the send buffer and the client's window.
         thread::sleep(Duration::from_millis(500));
         let mut mover = start_move(&cluster, &conn);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !handoff_json(&cluster, &["conns", "node1", "--json"])["conns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["client"] == conn.as_str() && c["moving"] == true)
-        {
-            assert!(Instant::now() < deadline, "node1 never started the move");
-            thread::sleep(Duration::from_millis(5));
-        }
+        wait_moving(&cluster, &conn);
         thread::sleep(kill_after);
         cluster.kill_handoffd(0);
         also(&mut cluster);

@@ -17,7 +17,10 @@
 use std::{
     io::{self, Read, Write},
     net::{SocketAddr, TcpStream},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU8, Ordering},
+    },
     time::Duration,
 };
 
@@ -29,7 +32,7 @@ use super::proto::PROTOCOL_VERSION;
 const PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// Bound to this protocol and version (`PROTOCOL_VERSION`): a peer speaking another version
 /// fails the handshake even if it sent this version's preamble.
-const PROLOGUE: &[u8] = b"dsl-handoff agent channel v4";
+const PROLOGUE: &[u8] = b"dsl-handoff agent channel v5";
 /// The start of the preamble, followed by the version.
 const MAGIC: &[u8; 6] = b"DSLAGT";
 const MAX_NOISE: usize = 65535;
@@ -101,7 +104,18 @@ pub enum ChannelError {
 
 struct Shared {
     transport: StatelessTransportState,
+    /// How the channel ended, if it did: [`OPEN`], [`SHUT_HERE`] or [`ENDED_BY_PEER`].
+    state: AtomicU8,
 }
+
+/// The channel is open (as far as this side knows).
+const OPEN: u8 = 0;
+/// This side shut it down ([`ChannelSender::shutdown`]).
+const SHUT_HERE: u8 = 1;
+/// The peer ended it cleanly: its FIN came after everything it had written (a closed socket,
+/// a process that exited or was killed with nothing unread). A reset is not a clean end: it may
+/// have thrown away what the peer wrote last.
+const ENDED_BY_PEER: u8 = 2;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -247,6 +261,7 @@ fn split(noise: snow::HandshakeState, stream: TcpStream, peer_hello: Vec<u8>) ->
         transport: noise
             .into_stateless_transport_mode()
             .map_err(ChannelError::Authentication)?,
+        state: AtomicU8::new(OPEN),
     });
     let sender = ChannelSender {
         shared: Arc::clone(&shared),
@@ -292,10 +307,22 @@ impl ChannelSender {
         Arc::ptr_eq(&self.stream, &other.stream)
     }
 
-    /// Closes both directions (the receiver's `recv` then fails).
+    /// Closes both directions (the receiver's `recv` then fails). Under the sending lock: a
+    /// message is either sent whole before, or its `send` fails.
     pub fn shutdown(&self) {
         let guard = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        let _ =
+            self.shared
+                .state
+                .compare_exchange(OPEN, SHUT_HERE, Ordering::SeqCst, Ordering::SeqCst);
         let _ = guard.0.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Whether the peer ended the channel cleanly (FIN, not reset, not shut down here): then
+    /// every message it sent before has been received — a message its `send` completed cannot
+    /// be missing. Set by the receiving half when its `recv` reads the end of the stream.
+    pub fn ended_by_peer(&self) -> bool {
+        self.shared.state.load(Ordering::SeqCst) == ENDED_BY_PEER
     }
 }
 
@@ -307,7 +334,16 @@ impl ChannelReceiver {
         let mut message = Vec::new();
         let mut expected = None;
         loop {
-            let len = read_frame(&mut self.stream, &mut cipher)?;
+            let len = read_frame(&mut self.stream, &mut cipher).inspect_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    let _ = self.shared.state.compare_exchange(
+                        OPEN,
+                        ENDED_BY_PEER,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
+                }
+            })?;
             let n = self
                 .shared
                 .transport

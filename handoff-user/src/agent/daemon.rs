@@ -1071,8 +1071,19 @@ impl Agent {
                     // Parked in `accepting` now, or refused.
                     drop(listed);
                     let reply = match restored {
-                        // One-phase: the donor already redirects; activate at once.
-                        Ok(()) if one_phase => return agent.activate(&from, id),
+                        // One-phase: the donor already redirects; activate at once — once
+                        // `Ready` is on its way (see `PeerMessage::Ready`).
+                        Ok(()) if one_phase => {
+                            if let Err(e) = Self::send_to(&sender, &PeerMessage::Ready { id }) {
+                                tracing::warn!(%conn, donor = %from, "cannot tell the donor of the activation ({e}): restored socket dropped");
+                                let parked = lock(&agent.accepting).remove(&(from.clone(), id));
+                                if let Some(accepting) = parked {
+                                    agent.drop_restored(accepting, &from);
+                                }
+                                return;
+                            }
+                            return agent.activate(&from, id);
+                        }
                         Ok(()) => PeerMessage::Ready { id },
                         Err(reason) => {
                             lock(&agent.aborted).remove(&(from.clone(), id));
@@ -2119,21 +2130,36 @@ impl Agent {
         }
         prepared.disarm();
         let timeout = self.config.handoff.peer_timeout();
-        if !one_phase {
-            match replies.recv_timeout(timeout) {
-                Ok(PeerMessage::Ready { .. }) => {}
-                Ok(PeerMessage::Refused { reason, .. }) => {
-                    return roll_back(capture, format!("{to} refused: {reason}"));
-                }
-                Ok(other) => return roll_back(capture, format!("{to} answered {other:?}")),
-                Err(_) => {
-                    let _ = Self::send_to(&sender, &PeerMessage::Abort { id });
-                    return roll_back(
-                        capture,
-                        format!("{to} did not answer within {} ms", timeout.as_millis()),
-                    );
-                }
+        // `Ready`: the acceptor restored the socket; one-phase, it activates right after, and
+        // only if it could send `Ready`. Until then nothing of the connection is live there: a
+        // refusal, or a channel that ends cleanly (the acceptor's handoffd exited or was killed,
+        // or dropped the channel), rolls back; so does silence in two-phase (the acceptor
+        // activates on `Commit` only), while one-phase, the acceptor may still activate.
+        let mut heard = None;
+        match hear(&replies, &sender, timeout) {
+            Heard::Message(PeerMessage::Ready { .. }) => {}
+            Heard::Message(PeerMessage::Refused { reason, .. }) => {
+                return roll_back(capture, format!("{to} refused: {reason}"));
             }
+            Heard::Ended => {
+                return roll_back(
+                    capture,
+                    format!("the channel to {to} ended before it restored the connection"),
+                );
+            }
+            other if one_phase => heard = Some(other),
+            Heard::Message(other) => {
+                return roll_back(capture, format!("{to} answered {other:?}"));
+            }
+            Heard::Silent => {
+                let _ = Self::send_to(&sender, &PeerMessage::Abort { id });
+                return roll_back(
+                    capture,
+                    format!("{to} did not answer within {} ms", timeout.as_millis()),
+                );
+            }
+        }
+        if !one_phase {
             // From here on the connection is the acceptor's, unless it refuses the commit.
             if let Err(e) = redirect() {
                 let _ = Self::send_to(&sender, &PeerMessage::Abort { id });
@@ -2146,14 +2172,15 @@ impl Agent {
                 return roll_back(capture, format!("commit to {to} failed: {e}"));
             }
         }
-        let (received_ns, restored_ns, activated_ns) = match replies.recv_timeout(timeout) {
-            Ok(PeerMessage::Activated {
+        let answer = heard.unwrap_or_else(|| hear(&replies, &sender, timeout));
+        let (received_ns, restored_ns, activated_ns) = match answer {
+            Heard::Message(PeerMessage::Activated {
                 received_ns,
                 restored_ns,
                 activated_ns,
                 ..
             }) => (received_ns, restored_ns, activated_ns),
-            Ok(PeerMessage::Refused { reason, .. }) => {
+            Heard::Message(PeerMessage::Refused { reason, .. }) => {
                 return roll_back(capture, format!("{to} refused: {reason}"));
             }
             other => {
@@ -2954,6 +2981,44 @@ impl Unregister<'_> {
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {
         lock(&self.0.waiting).remove(&self.1);
+    }
+}
+
+/// What a donor heard from its acceptor while it waited for an answer to a handoff.
+#[derive(Debug)]
+enum Heard {
+    /// An answer.
+    Message(PeerMessage),
+    /// The channel ended cleanly with no (further) answer on it: the acceptor sent none.
+    Ended,
+    /// Nothing within the time allowed (or no one to hear it from any more).
+    Silent,
+}
+
+/// The next answer on `replies` (those coming over `channel`), waiting at most `timeout`, or
+/// [`Heard::Ended`] as soon as the peer ends the channel cleanly with nothing more said.
+fn hear(
+    replies: &mpsc::Receiver<PeerMessage>,
+    channel: &ChannelSender,
+    timeout: Duration,
+) -> Heard {
+    /// How often the channel's end is looked for (only while no answer comes).
+    const LOOK: Duration = Duration::from_millis(5);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Heard::Silent;
+        }
+        match replies.recv_timeout(LOOK.min(left)) {
+            Ok(message) => return Heard::Message(message),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Heard::Silent,
+            Err(mpsc::RecvTimeoutError::Timeout) if channel.ended_by_peer() => {
+                // The channel's reader hands every answer over before it reads the end.
+                return replies.try_recv().map_or(Heard::Ended, Heard::Message);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
     }
 }
 

@@ -81,8 +81,10 @@ pub fn monotonic_ns() -> Nanos {
 /// of [`PeerMessage`]. postcard is not self-describing — a member of another build could
 /// misread a message without noticing (a field added to `Transfer` read as something else) —,
 /// so members of different versions refuse each other's channel (`channel.rs`). Bump it with
-/// any change to either; the test `peer_messages_encode_as_recorded` fails until then.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// any change to either, and with any change of what a message means (5: a one-phase acceptor
+/// answers `Ready` before it leaves repair mode); the test `peer_messages_encode_as_recorded`
+/// fails on a change of the encoding until then.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Agent ↔ agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,7 +126,7 @@ pub enum PeerMessage {
         /// The last Binding Update sequence number the client accepted for the DSA.
         bu_sequence: Option<u16>,
         /// One-phase commit: the donor already redirects the connection here; activate as
-        /// soon as the socket is restored (no Ready/Commit round trip).
+        /// soon as the socket is restored, right after sending `Ready` (no wait for `Commit`).
         one_phase: bool,
     },
     /// Any member → contact node: a fresh home token for (dsa, client).
@@ -151,7 +153,10 @@ pub enum PeerMessage {
         /// The sequence number accepted and mipv6d's BU → BA time in µs, or the failure.
         result: Result<(u16, f64), String>,
     },
-    /// Acceptor → donor: restored and frozen, waiting for `Commit` (two-phase commit).
+    /// Acceptor → donor: restored and frozen. Two-phase commit: waiting for `Commit`. One-phase:
+    /// activating now — sent on the transfer's channel before the socket leaves repair mode,
+    /// and the acceptor activates only if it could send it; so a donor whose channel ends
+    /// cleanly before `Ready` reaches it knows that nothing of the connection went live there.
     Ready {
         /// The donor's handoff number.
         id: u64,
