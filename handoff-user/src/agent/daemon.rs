@@ -2190,9 +2190,14 @@ impl Agent {
                 self.handed_off(app, conn);
                 lock(&self.conns).remove(&conn);
                 lock(&self.runs).passed_on(&conn);
+                let why = match other {
+                    Heard::Silent => format!("no answer within {} ms", timeout.as_millis()),
+                    Heard::Ended => "its channel ended".to_owned(),
+                    Heard::Message(message) => format!("it answered {message:?}"),
+                };
                 return Err(format!(
-                    "{to} did not confirm the activation ({other:?}); the connection is \
-                     redirected to it"
+                    "{to} did not confirm the activation ({why}); the connection is redirected \
+                     to it"
                 ));
             }
         };
