@@ -1054,7 +1054,6 @@ impl Agent {
                 let agent = Arc::clone(self);
                 // A stopping agent refuses the transfer (in `restore`), and waits for it.
                 let busy = self.busy();
-                let (from, sender) = (from.to_owned(), sender.clone());
                 let transfer = Transfer {
                     id,
                     conn,
@@ -1064,6 +1063,12 @@ impl Agent {
                     bu_sequence,
                     received_ns,
                 };
+                // One-phase: `Ready` goes out from here while the restore runs (a send costs
+                // tens of µs), and the socket is activated only once it did (see
+                // `PeerMessage::Ready`).
+                let (ready_sent, ready) = mpsc::channel();
+                let reader_sender = sender.clone();
+                let (from, sender) = (from.to_owned(), sender.clone());
                 thread::spawn(move || {
                     let _busy = busy;
                     let listed = Listed(&agent.runs, &from, id, conn);
@@ -1071,10 +1076,9 @@ impl Agent {
                     // Parked in `accepting` now, or refused.
                     drop(listed);
                     let reply = match restored {
-                        // One-phase: the donor already redirects; activate at once — once
-                        // `Ready` is on its way (see `PeerMessage::Ready`).
+                        // One-phase: the donor already redirects; activate at once.
                         Ok(()) if one_phase => {
-                            if let Err(e) = Self::send_to(&sender, &PeerMessage::Ready { id }) {
+                            if let Ok(Err(e)) | Err(e) = ready.recv().map_err(|e| e.to_string()) {
                                 tracing::warn!(%conn, donor = %from, "cannot tell the donor of the activation ({e}): restored socket dropped");
                                 let parked = lock(&agent.accepting).remove(&(from.clone(), id));
                                 if let Some(accepting) = parked {
@@ -1096,6 +1100,10 @@ impl Agent {
                         tracing::warn!(peer = %from, "cannot answer handoff {id}: {e}");
                     }
                 });
+                if one_phase {
+                    let _ =
+                        ready_sent.send(Self::send_to(&reader_sender, &PeerMessage::Ready { id }));
+                }
             }
             PeerMessage::Commit { id } => self.activate_beside(from, id),
             PeerMessage::Abort { id } => {

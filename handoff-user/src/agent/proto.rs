@@ -153,10 +153,11 @@ pub enum PeerMessage {
         /// The sequence number accepted and mipv6d's BU → BA time in µs, or the failure.
         result: Result<(u16, f64), String>,
     },
-    /// Acceptor → donor: restored and frozen. Two-phase commit: waiting for `Commit`. One-phase:
-    /// activating now — sent on the transfer's channel before the socket leaves repair mode,
-    /// and the acceptor activates only if it could send it; so a donor whose channel ends
-    /// cleanly before `Ready` reaches it knows that nothing of the connection went live there.
+    /// Acceptor → donor. Two-phase commit: restored and frozen, waiting for `Commit`. One-phase:
+    /// the transfer is taken in and will be activated once restored — sent on the transfer's
+    /// channel while the restore runs, and the socket leaves repair mode only if it was sent;
+    /// so a donor whose channel ends cleanly before `Ready` reaches it knows that nothing of
+    /// the connection went live there.
     Ready {
         /// The donor's handoff number.
         id: u64,
