@@ -2998,7 +2998,6 @@ impl Drop for Unregister<'_> {
 }
 
 /// What a donor heard from its acceptor while it waited for an answer to a handoff.
-#[derive(Debug)]
 enum Heard {
     /// An answer.
     Message(PeerMessage),
