@@ -27,6 +27,11 @@ use serde_json::{Value, json};
 use super::{
     channel::{self, ChannelReceiver, ChannelSender, ClusterKey},
     config::{CommitMode, Config},
+    engine::{
+        donor::{Activation, Donor, DonorAction, DonorInput, DonorParams, Rollback},
+        ids::HandoffId,
+        outcome::{Fate, HandoffError},
+    },
     mipv6::{HomeToken, Mipv6d, TokenCache},
     netcfg,
     proto::{
@@ -1935,18 +1940,25 @@ impl Agent {
         conn: ConnId,
         to: &str,
         yielded: Option<(OwnedFd, Vec<u8>)>,
-    ) -> Result<PhaseReport, String> {
+    ) -> Result<PhaseReport, HandoffError> {
         let start_ns = monotonic_ns();
         let app = {
             let mut conns = lock(&self.conns);
             match conns.get_mut(&conn) {
                 None => Err((
                     None,
-                    format!("{conn} is not served by {}", self.config.node),
+                    HandoffError {
+                        fate: Fate::NotHere,
+                        reason: format!("{conn} is not served by {}", self.config.node),
+                    },
                 )),
-                Some(entry) if entry.moving => {
-                    Err((Some(entry.app), format!("{conn} is already moving")))
-                }
+                Some(entry) if entry.moving => Err((
+                    Some(entry.app),
+                    HandoffError {
+                        fate: Fate::Moving,
+                        reason: format!("{conn} is already moving"),
+                    },
+                )),
                 Some(entry) => {
                     entry.moving = true;
                     Ok(entry.app)
@@ -1971,20 +1983,27 @@ impl Agent {
         lock(&self.unclaimed).remove(&conn);
         let result = self.hand_off_inner(conn, app, to, yielded, start_ns);
         lock(&self.donating).remove(&conn);
-        let mut conns = lock(&self.conns);
         match &result {
-            Ok(_) => {
-                conns.remove(&conn);
-            }
-            Err(_) => {
-                if let Some(entry) = conns.get_mut(&conn) {
+            Err(HandoffError {
+                fate: Fate::Here, ..
+            }) => {
+                if let Some(entry) = lock(&self.conns).get_mut(&conn) {
                     entry.moving = false;
                 }
             }
+            // Served elsewhere, possibly served elsewhere, or gone: not here any more.
+            _ => {
+                lock(&self.conns).remove(&conn);
+            }
+        }
+        if !matches!(&result, Err(e) if e.fate != Fate::Unknown) {
+            lock(&self.runs).passed_on(&conn);
         }
         result
     }
 
+    /// Runs one handoff's [`Donor`] machine: performs each step it asks for, and waits for the
+    /// acceptor while it does.
     fn hand_off_inner(
         self: &Arc<Self>,
         conn: ConnId,
@@ -1992,226 +2011,217 @@ impl Agent {
         to: &str,
         yielded: Option<(OwnedFd, Vec<u8>)>,
         start_ns: u64,
-    ) -> Result<PhaseReport, String> {
+    ) -> Result<PhaseReport, HandoffError> {
         let give_back = |socket: &OwnedFd, state: &[u8]| {
             if let Err(e) = self.adopt(app, conn, socket.as_fd(), state) {
                 tracing::error!(%conn, "cannot give the connection back: {e}");
             }
         };
-        let Some(_busy) = self.busy_unless_stopping() else {
+        let refuse = |why: String| {
             if let Some((socket, state)) = &yielded {
                 give_back(socket, state);
             }
-            return Err(self.stopping_error());
+            Err(HandoffError::stays(why))
+        };
+        let Some(_busy) = self.busy_unless_stopping() else {
+            return refuse(self.stopping_error());
         };
         if to == self.config.node {
-            if let Some((socket, state)) = &yielded {
-                give_back(socket, state);
-            }
-            return Err(format!("{conn} is already on {to}"));
+            return refuse(format!("{conn} is already on {to}"));
         }
-        let owner = match (self.config.peer(to), self.peer(to)) {
+        let (to_address, sender) = match (self.config.peer(to), self.peer(to)) {
             (Some(peer), Ok(sender)) => (peer.address, sender),
-            (_, Err(e)) => {
-                if let Some((socket, state)) = &yielded {
-                    give_back(socket, state);
-                }
-                return Err(e);
-            }
+            (_, Err(e)) => return refuse(e),
             (None, Ok(_)) => unreachable!("peer() only opens channels to configured members"),
         };
-        let (to_address, sender) = owner;
         let (id, replies, _waiting) = self.reply_slot();
-        let one_phase = self.config.handoff.commit == CommitMode::OnePhase;
-        let _ = Self::send_to(
-            &sender,
-            &PeerMessage::Prepare {
-                id,
-                conn,
-                freeze: one_phase,
-            },
-        );
-        // A one-phase acceptor froze the flow at Prepare: any failure before the transfer
-        // must tell it (Abort gives the flow back to this member).
-        let prepared = AbortOnDrop {
-            sender: one_phase.then(|| sender.clone()),
-            id,
-        };
-        let (home_token, binding_error) = match &self.mipv6d {
-            None => (
-                None,
-                Some("route optimization is off (no mipv6d_socket)".to_owned()),
-            ),
-            Some(_) => match self.home_token(&conn, &replies, id) {
-                Ok(token) => (Some(token), None),
-                Err(e) => (None, Some(e)),
-            },
-        };
-        let token_ns = monotonic_ns();
+        let timeout = self.config.handoff.peer_timeout();
+        let mut donor = Donor::new(DonorParams {
+            id: HandoffId(id),
+            conn,
+            node: self.config.node.as_str().into(),
+            to: to.into(),
+            commit: self.config.handoff.commit,
+            peer_timeout: timeout,
+            fetch_home_token: self.mipv6d.is_some(),
+            yielded: yielded.is_some(),
+        });
+        // What the steps produce, for the steps after them and for the report.
+        let (mut socket, mut app_state) = yielded.map_or((None, Vec::new()), |(s, a)| (Some(s), a));
+        let mut capture: Option<DonorCapture> = None;
+        let mut home_token = None;
+        let mut binding_error =
+            (self.mipv6d.is_none()).then(|| "route optimization is off (no mipv6d_socket)".into());
         let bu_sequence = match conn.client.ip() {
             IpAddr::V6(client) => lock(&self.sequences).get(&client).copied(),
             IpAddr::V4(_) => None,
         };
-
-        // Phase 1: the application yields, the send queue drains (bounded), freeze + capture.
-        let (socket, app_state) = match yielded {
-            Some(yielded) => yielded,
-            // A stop that came while the channels opened: nothing is touched yet, so this
-            // handoff ends here rather than outlive the stop's bound with the socket.
-            None if self.stopping.load(Ordering::SeqCst) => return Err(self.stopping_error()),
-            None => self.ask_to_yield(app, conn)?,
-        };
-        let yielded_ns = monotonic_ns();
-        let unsent = wait_send_queue(
-            &socket,
-            self.config.handoff.send_queue_wait(),
-            self.config.handoff.peer_rate_bytes(),
-        );
-        let waited_ns = monotonic_ns();
-        let capture = {
-            let mut datapath = lock(&self.datapath);
-            DonorCapture::freeze_and_capture(datapath.maps().freeze(), &socket)
-        };
-        let capture = match capture {
-            Ok(capture) => capture,
-            Err(e) => {
-                give_back(&socket, &app_state);
-                return Err(format!("capture failed (connection stays): {e}"));
-            }
-        };
-        let captured_ns = monotonic_ns();
-        let roll_back = |capture: DonorCapture, why: String| {
-            let rolled = {
-                let mut datapath = lock(&self.datapath);
-                capture.rollback(datapath.maps().freeze(), &socket)
-            };
-            match rolled {
-                Ok(()) => {
-                    give_back(&socket, &app_state);
-                    Err(format!(
-                        "{why}; rolled back, the connection stays on {}",
-                        self.config.node
-                    ))
-                }
-                // The last step (SO_REUSEADDR) failed: the socket works, the flow is thawed.
-                Err(e) if tcpstate::in_repair_mode(&socket).is_ok_and(|repair| !repair) => {
-                    give_back(&socket, &app_state);
-                    Err(format!(
-                        "{why}; rolled back ({e}), the connection stays on {}",
-                        self.config.node
-                    ))
-                }
-                Err(e) => {
-                    self.handed_off(app, conn);
-                    Err(format!("{why}; rollback failed, connection lost: {e}"))
-                }
-            }
-        };
-        let state_bytes = match capture.state.to_bytes() {
-            Ok(bytes) => bytes,
-            Err(e) => return roll_back(capture, format!("state does not encode: {e}")),
-        };
-
-        // Phase 2: transfer; phase 3 at the acceptor; phase 7.
-        let key = capture.key();
-        let send_queue_bytes = capture.state.unacked.len() + capture.state.unsent.len();
-        let redirect = || {
-            lock(&self.datapath)
-                .maps()
-                .freeze()
-                .redirect(key, to_address.octets())
-        };
-        if one_phase && let Err(e) = redirect() {
-            return roll_back(capture, format!("cannot redirect: {e}"));
-        }
-        let transfer = PeerMessage::Transfer {
-            id,
-            conn,
-            tcp_state: state_bytes.clone(),
-            app_state: app_state.clone(),
-            home_token: home_token.clone(),
-            bu_sequence,
-            one_phase,
-        };
-        if let Err(e) = Self::send_to(&sender, &transfer) {
-            return roll_back(capture, format!("transfer to {to} failed: {e}"));
-        }
-        prepared.disarm();
-        let timeout = self.config.handoff.peer_timeout();
-        // `Ready`: the acceptor restored the socket; one-phase, it activates right after, and
-        // only if it could send `Ready`. Until then nothing of the connection is live there: a
-        // refusal, or a channel that ends cleanly (the acceptor's handoffd exited or was killed,
-        // or dropped the channel), rolls back; so does silence in two-phase (the acceptor
-        // activates on `Commit` only), while one-phase, the acceptor may still activate.
-        let mut heard = None;
-        match hear(&replies, &sender, timeout) {
-            Heard::Message(PeerMessage::Ready { .. }) => {}
-            Heard::Message(PeerMessage::Refused { reason, .. }) => {
-                return roll_back(capture, format!("{to} refused: {reason}"));
-            }
-            Heard::Ended => {
-                return roll_back(
-                    capture,
-                    format!("the channel to {to} ended before it restored the connection"),
-                );
-            }
-            other if one_phase => heard = Some(other),
-            Heard::Message(other) => {
-                return roll_back(capture, format!("{to} answered {other:?}"));
-            }
-            Heard::Silent => {
-                let _ = Self::send_to(&sender, &PeerMessage::Abort { id });
-                return roll_back(
-                    capture,
-                    format!("{to} did not answer within {} ms", timeout.as_millis()),
-                );
-            }
-        }
-        if !one_phase {
-            // From here on the connection is the acceptor's, unless it refuses the commit.
-            if let Err(e) = redirect() {
-                let _ = Self::send_to(&sender, &PeerMessage::Abort { id });
-                return roll_back(capture, format!("cannot redirect: {e}"));
-            }
-            // The socket stays here, frozen in repair mode, until the acceptor confirms: if it
-            // refuses the commit (its restored socket expired, or activation failed), nothing
-            // of the connection lives there and the donor takes it back.
-            if let Err(e) = Self::send_to(&sender, &PeerMessage::Commit { id }) {
-                return roll_back(capture, format!("commit to {to} failed: {e}"));
-            }
-        }
-        let answer = heard.unwrap_or_else(|| hear(&replies, &sender, timeout));
-        let (received_ns, restored_ns, activated_ns) = match answer {
-            Heard::Message(PeerMessage::Activated {
-                received_ns,
-                restored_ns,
-                activated_ns,
-                ..
-            }) => (received_ns, restored_ns, activated_ns),
-            Heard::Message(PeerMessage::Refused { reason, .. }) => {
-                return roll_back(capture, format!("{to} refused: {reason}"));
-            }
-            other => {
-                // Unknown outcome: the acceptor may be serving the connection. Taking it back
-                // could put two live endpoints on one connection; keep it redirected.
-                capture.release(socket);
-                self.handed_off(app, conn);
-                lock(&self.conns).remove(&conn);
-                lock(&self.runs).passed_on(&conn);
-                let why = match other {
-                    Heard::Silent => format!("no answer within {} ms", timeout.as_millis()),
-                    Heard::Ended => "its channel ended".to_owned(),
-                    Heard::Message(message) => format!("it answered {message:?}"),
+        let (mut state_bytes, mut send_queue_bytes, mut unsent) = (Vec::new(), 0, 0);
+        let mut token_ns = monotonic_ns();
+        let (mut yielded_ns, mut waited_ns, mut captured_ns) = (token_ns, token_ns, token_ns);
+        let outcome = loop {
+            while let Some(action) = donor.poll_action() {
+                let input = match action {
+                    DonorAction::SendPrepare { freeze } => {
+                        let _ = Self::send_to(&sender, &PeerMessage::Prepare { id, conn, freeze });
+                        None
+                    }
+                    DonorAction::FetchHomeToken => {
+                        match self.home_token(&conn, &replies, id) {
+                            Ok(token) => home_token = Some(token),
+                            Err(e) => binding_error = Some(e),
+                        }
+                        token_ns = monotonic_ns();
+                        Some(DonorInput::HomeToken)
+                    }
+                    DonorAction::AskToYield => {
+                        // A stop that came while the channels opened: nothing is touched yet,
+                        // so this handoff ends here rather than outlive the stop's bound.
+                        let answer = if self.stopping.load(Ordering::SeqCst) {
+                            Err(self.stopping_error())
+                        } else {
+                            self.ask_to_yield(app, conn)
+                        };
+                        Some(match answer {
+                            Ok((yielded, state)) => {
+                                (socket, app_state) = (Some(yielded), state);
+                                DonorInput::Yielded
+                            }
+                            Err(e) => DonorInput::NotYielded(e),
+                        })
+                    }
+                    DonorAction::WaitSendQueue => {
+                        yielded_ns = monotonic_ns();
+                        if let Some(socket) = &socket {
+                            unsent = wait_send_queue(
+                                socket,
+                                self.config.handoff.send_queue_wait(),
+                                self.config.handoff.peer_rate_bytes(),
+                            );
+                        }
+                        waited_ns = monotonic_ns();
+                        Some(DonorInput::SendQueueWaited)
+                    }
+                    DonorAction::Capture => {
+                        let captured = socket.as_ref().map(|socket| {
+                            let mut datapath = lock(&self.datapath);
+                            DonorCapture::freeze_and_capture(datapath.maps().freeze(), socket)
+                        });
+                        captured_ns = monotonic_ns();
+                        Some(match captured {
+                            Some(Ok(captured)) => {
+                                send_queue_bytes =
+                                    captured.state.unacked.len() + captured.state.unsent.len();
+                                let encoded = captured.state.to_bytes();
+                                capture = Some(captured);
+                                match encoded {
+                                    Ok(bytes) => {
+                                        state_bytes = bytes;
+                                        DonorInput::Captured
+                                    }
+                                    Err(e) => DonorInput::Unsendable(e.to_string()),
+                                }
+                            }
+                            Some(Err(e)) => DonorInput::CaptureFailed(e.to_string()),
+                            None => DonorInput::CaptureFailed("no socket".into()),
+                        })
+                    }
+                    DonorAction::Redirect => {
+                        let redirected = capture.as_ref().map(|capture| {
+                            lock(&self.datapath)
+                                .maps()
+                                .freeze()
+                                .redirect(capture.key(), to_address.octets())
+                        });
+                        Some(DonorInput::Redirected(match redirected {
+                            Some(result) => result.map_err(|e| e.to_string()),
+                            None => Err("nothing captured".into()),
+                        }))
+                    }
+                    DonorAction::SendTransfer => {
+                        let transfer = PeerMessage::Transfer {
+                            id,
+                            conn,
+                            tcp_state: state_bytes.clone(),
+                            app_state: app_state.clone(),
+                            home_token: home_token.clone(),
+                            bu_sequence,
+                            one_phase: self.config.handoff.commit == CommitMode::OnePhase,
+                        };
+                        Some(DonorInput::Sent(Self::send_to(&sender, &transfer)))
+                    }
+                    DonorAction::SendCommit => Some(DonorInput::Sent(Self::send_to(
+                        &sender,
+                        &PeerMessage::Commit { id },
+                    ))),
+                    DonorAction::SendAbort => {
+                        let _ = Self::send_to(&sender, &PeerMessage::Abort { id });
+                        None
+                    }
+                    DonorAction::RollBack => {
+                        let rolled = match (capture.take(), &socket) {
+                            (Some(capture), Some(socket)) => {
+                                let mut datapath = lock(&self.datapath);
+                                capture
+                                    .rollback(datapath.maps().freeze(), socket)
+                                    .map_err(|e| e.to_string())
+                            }
+                            _ => Err("nothing captured".into()),
+                        };
+                        let serves = |socket: &Option<OwnedFd>| {
+                            socket.as_ref().is_some_and(|socket| {
+                                tcpstate::in_repair_mode(socket).is_ok_and(|repair| !repair)
+                            })
+                        };
+                        Some(DonorInput::RolledBack(match rolled {
+                            Ok(()) => Rollback::Done,
+                            // The last step (SO_REUSEADDR) failed: the socket works, the flow
+                            // is thawed.
+                            Err(e) if serves(&socket) => Rollback::DoneDespite(e),
+                            Err(e) => Rollback::Failed(e),
+                        }))
+                    }
+                    DonorAction::GiveBack => {
+                        if let Some(socket) = &socket {
+                            give_back(socket, &app_state);
+                        }
+                        None
+                    }
+                    DonorAction::Release => {
+                        if let (Some(capture), Some(socket)) = (capture.take(), socket.take()) {
+                            capture.release(socket);
+                        }
+                        None
+                    }
+                    DonorAction::TellHandedOff => {
+                        self.handed_off(app, conn);
+                        None
+                    }
                 };
-                return Err(format!(
-                    "{to} did not confirm the activation ({why}); the connection is redirected \
-                     to it"
-                ));
+                if let Some(input) = input {
+                    donor.handle(input, Instant::now());
+                }
+            }
+            if let Some(outcome) = donor.outcome() {
+                break outcome.clone();
+            }
+            // With no step left and no outcome, the machine waits for the acceptor.
+            let until = donor.poll_timeout().unwrap_or_else(Instant::now);
+            match hear(
+                &replies,
+                &sender,
+                until.saturating_duration_since(Instant::now()),
+            ) {
+                Heard::Message(message) => donor.handle(DonorInput::Peer(message), Instant::now()),
+                Heard::Ended => donor.handle(DonorInput::ChannelEnded, Instant::now()),
+                Heard::Silent => donor.handle_timeout(until.max(Instant::now())),
             }
         };
-        capture.release(socket);
-        self.handed_off(app, conn);
-        lock(&self.runs).passed_on(&conn);
+        let Activation {
+            received_ns,
+            restored_ns,
+            activated_ns,
+        } = outcome?;
         self.broadcast(
             PeerMessage::Owner {
                 conn,
@@ -2632,7 +2642,9 @@ impl Agent {
                 let found = conn
                     .parse::<ConnSelector>()
                     .and_then(|selector| self.select(&selector));
-                match found.and_then(|conn| self.hand_off(conn, &to, None)) {
+                let moved =
+                    found.and_then(|conn| self.hand_off(conn, &to, None).map_err(|e| e.reason));
+                match moved {
                     Ok(report) => {
                         log_report(&report);
                         json!({"ok": true, "handoff": report})
@@ -2846,7 +2858,11 @@ impl Agent {
                         }
                         Err(error) => {
                             report.failed += 1;
-                            report.errors.push(DrainError { conn, to, error });
+                            report.errors.push(DrainError {
+                                conn,
+                                to,
+                                error: error.reason,
+                            });
                         }
                     }
                 }
@@ -2893,8 +2909,8 @@ impl Agent {
         targets: &[String],
         first: usize,
         left_out: &Mutex<Vec<String>>,
-    ) -> (String, Result<PhaseReport, String>, usize) {
-        let mut last: Option<(String, String)> = None;
+    ) -> (String, Result<PhaseReport, HandoffError>, usize) {
+        let mut last: Option<(String, HandoffError)> = None;
         let mut attempts = 0;
         for i in 0..targets.len() {
             let to = &targets[(first + i) % targets.len()];
@@ -2920,7 +2936,7 @@ impl Agent {
                     left_out.push(to.clone());
                 }
             }
-            let stays = lock(&self.conns).get(&conn).is_some_and(|c| !c.moving);
+            let stays = error.fate == Fate::Here;
             last = Some((to.clone(), error));
             if !stays {
                 break;
@@ -2931,7 +2947,9 @@ impl Agent {
             Some((to, error)) => (to, Err(error), attempts - 1),
             None => (
                 targets[first % targets.len()].clone(),
-                Err("every target was left out (none could be reached)".into()),
+                Err(HandoffError::stays(
+                    "every target was left out (none could be reached)",
+                )),
                 0,
             ),
         }
@@ -2944,26 +2962,6 @@ pub struct Listeners {
     apps: SeqPacketListener,
     control: UnixListener,
     announcement_queue: mpsc::Receiver<Announcement>,
-}
-
-/// Sends `Abort` for a prepared one-phase handoff that ends before its transfer.
-struct AbortOnDrop {
-    sender: Option<ChannelSender>,
-    id: u64,
-}
-
-impl AbortOnDrop {
-    fn disarm(mut self) {
-        self.sender = None;
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(sender) = &self.sender {
-            let _ = Agent::send_to(sender, &PeerMessage::Abort { id: self.id });
-        }
-    }
 }
 
 /// Work of a handoff in flight, counted in `Agent::busy` (or an announcement, in

@@ -15,6 +15,7 @@
 pub mod channel;
 pub mod config;
 pub mod daemon;
+pub mod engine;
 pub mod mipv6;
 mod netcfg;
 pub mod proto;

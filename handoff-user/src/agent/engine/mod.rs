@@ -1,0 +1,70 @@
+//! handoffd's protocol engine: the rules of the agent, apart from any input or output. Nothing
+//! here touches a socket, a thread, a clock, an eBPF map or a file: the shell
+//! performs the actions the engine asks for and reports their results, with the time (`now`).
+//! The test `the_engine_does_no_io` holds every module here to that (their unit tests aside).
+//!
+//! - [`ids`]: node names, handoff numbers, runs (newtypes, encoded as the bare values);
+//! - [`outcome`]: where a connection is after a handoff that did not complete;
+//! - [`donor`]: the donor's side of one handoff, as a state machine.
+
+pub mod donor;
+pub mod ids;
+pub mod outcome;
+
+#[cfg(test)]
+mod tests {
+    /// What a module of the engine must not name: sockets and threads, the clocks, the data
+    /// path's maps and the system calls behind them, files. (`core::net` has only addresses.)
+    const FORBIDDEN: &[&str] = &[
+        "std::net",
+        "std::thread",
+        "std::fs",
+        "std::os",
+        "std::process",
+        "Instant::now",
+        "SystemTime",
+        "monotonic_ns",
+        "aya",
+        "libc",
+        "nix::",
+        "socket2",
+        "tokio",
+        "OwnedFd",
+        "crate::datapath",
+        "crate::tcpstate",
+        "channel::",
+        "seqpacket",
+        "daemon",
+    ];
+
+    #[test]
+    fn the_engine_does_no_io() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/engine");
+        let mut checked = 0;
+        let mut stack = vec![dir];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                // The tests of a module may use the clock (and this one names what it forbids).
+                if path.ends_with("tests.rs") {
+                    continue;
+                }
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                for word in FORBIDDEN {
+                    assert!(
+                        !code.contains(word),
+                        "{} names {word}: the engine does no I/O",
+                        path.display()
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "only {checked} engine files found");
+    }
+}
