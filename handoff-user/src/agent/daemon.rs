@@ -28,9 +28,14 @@ use super::{
     channel::{self, ChannelReceiver, ChannelSender, ClusterKey},
     config::{CommitMode, Config},
     engine::{
+        acceptor::{
+            Acceptor, AcceptorAction, AcceptorInput, COMMIT_TIMEOUT_FACTOR, HandoffKey, Level,
+            Member, RestoreTimes,
+        },
         donor::{Activation, Donor, DonorAction, DonorInput, DonorParams, Rollback},
-        ids::HandoffId,
+        ids::{ChannelId, HandoffId, RunId},
         outcome::{Fate, HandoffError},
+        runs::Superseded,
     },
     mipv6::{HomeToken, Mipv6d, TokenCache},
     netcfg,
@@ -38,7 +43,6 @@ use super::{
         AppEvent, AppRequest, ConnId, ConnSelector, ControlRequest, DrainError, DrainMove,
         DrainProgress, DrainReport, PeerMessage, PhaseReport, monotonic_ns,
     },
-    runs::{Runs, Superseded},
     seqpacket::{Received, SeqPacket, SeqPacketListener},
 };
 use crate::{
@@ -51,11 +55,6 @@ use crate::{
     },
 };
 
-/// How long (in `peer_timeout`s after its Ready) the acceptor keeps a restored socket waiting
-/// for the donor's commit. The donor gives up waiting for Ready after one `peer_timeout` and
-/// commits at once after it, so a commit never arrives this late unless the channel stalls —
-/// and one that does is refused, which the donor answers by rolling back.
-const COMMIT_TIMEOUT_FACTOR: u32 = 4;
 /// How often the send-queue wait looks at the queue.
 const SEND_QUEUE_POLL: Duration = Duration::from_micros(100);
 /// A client that did not answer the home test is not asked again for this long (it has no
@@ -101,35 +100,22 @@ impl Conn {
     }
 }
 
-/// A `PeerMessage::Transfer`'s contents, for the acceptor.
-struct Transfer {
-    id: u64,
+/// What the shell holds of one handoff to this member: the transfer's contents, and the socket
+/// once restored (the [`Acceptor`] decides what becomes of them).
+struct Parked {
     conn: ConnId,
     tcp_state: Vec<u8>,
     app_state: Vec<u8>,
     home_token: Option<HomeToken>,
     bu_sequence: Option<u16>,
     received_ns: u64,
+    /// The restored socket and the application it goes to.
+    restored: Option<(AcceptorRestore, AppId)>,
 }
 
 enum YieldAnswer {
     Yielded(OwnedFd, Vec<u8>),
     Declined(String),
-}
-
-struct Accepting {
-    restore: AcceptorRestore,
-    conn: ConnId,
-    app: AppId,
-    app_state: Vec<u8>,
-    home_token: Option<HomeToken>,
-    bu_sequence: Option<u16>,
-    reply: ChannelSender,
-    deadline: Instant,
-    received_ns: u64,
-    restored_ns: u64,
-    /// A stop waits for the commit (or the expiry): held until the entry is done with.
-    _busy: Busy,
 }
 
 /// What the members said of one connection (`Serves`).
@@ -152,20 +138,6 @@ impl Claims {
         owners
     }
 }
-
-/// Ends the listing of a transfer or an activation as being received ([`Runs::activating`]),
-/// however the work returns (a panic included).
-struct Listed<'a>(&'a Mutex<Runs>, &'a str, u64, ConnId);
-
-impl Drop for Listed<'_> {
-    fn drop(&mut self) {
-        lock(self.0).done(self.1, self.2, self.3);
-    }
-}
-
-/// A one-phase handoff announced by `Prepare` (flow frozen here): its connection, until when
-/// its transfer may come, and the stop it holds up.
-type Prepared = (ConnId, Instant, Busy);
 
 /// The opening of one member's channel: held while an attempt runs; when and why the last
 /// attempt failed.
@@ -191,18 +163,18 @@ pub struct Agent {
     channel_errors: Mutex<HashMap<String, String>>,
     /// This run of the agent (its start time; in every `Hello`).
     run: u64,
-    /// The peers' current runs and the transfers being taken in.
-    runs: Mutex<Runs>,
+    /// The acceptor's side of the handoffs coming here (and the peers' runs).
+    acceptor: Mutex<Acceptor>,
+    /// The transfers and restored sockets of those handoffs.
+    parked: Mutex<HashMap<HandoffKey, Parked>>,
+    /// The open agent channels, by the number answers name them with.
+    channels: Mutex<HashMap<ChannelId, ChannelSender>>,
+    next_channel: AtomicU64,
     /// Per member: one opening of its channel at a time, and when and why the last attempt
     /// failed — threads that waited for an attempt take its failure rather than each trying
     /// again (every attempt at an unreachable member waits for the timeout).
     opening: Mutex<HashMap<String, Arc<Opening>>>,
     waiting: Mutex<HashMap<u64, mpsc::Sender<PeerMessage>>>,
-    accepting: Mutex<HashMap<(String, u64), Accepting>>,
-    /// One-phase handoffs announced by `Prepare` (flow frozen here), until their transfer.
-    prepared: Mutex<HashMap<(String, u64), Prepared>>,
-    /// Handoffs the donor aborted before their restore finished.
-    aborted: Mutex<HashSet<(String, u64)>>,
     history: Mutex<VecDeque<PhaseReport>>,
     mipv6d: Option<Mipv6d>,
     /// Last Binding Update sequence number each client accepted (for the next acceptor).
@@ -374,12 +346,15 @@ impl Agent {
             peers: Mutex::default(),
             channel_errors: Mutex::default(),
             run,
-            runs: Mutex::default(),
+            acceptor: Mutex::new(Acceptor::new(
+                config.node.as_str().into(),
+                config.handoff.peer_timeout(),
+            )),
+            parked: Mutex::default(),
+            channels: Mutex::default(),
+            next_channel: AtomicU64::new(1),
             opening: Mutex::default(),
             waiting: Mutex::default(),
-            accepting: Mutex::default(),
-            aborted: Mutex::default(),
-            prepared: Mutex::default(),
             history: Mutex::default(),
             mipv6d: config.mipv6d_socket.as_deref().map(Mipv6d::new),
             sequences: Mutex::default(),
@@ -435,7 +410,7 @@ impl Agent {
         let agent = Arc::clone(self);
         thread::spawn(move || agent.accept_control(control));
         let agent = Arc::clone(self);
-        thread::spawn(move || agent.reap_accepting());
+        thread::spawn(move || agent.expire_incoming());
         let agent = Arc::clone(self);
         thread::spawn(move || agent.check_redirects_periodically());
         let agent = Arc::clone(self);
@@ -729,7 +704,7 @@ impl Agent {
         let deadline = Instant::now() + bound;
         let mut told = false;
         loop {
-            let busy = self.busy.load(Ordering::SeqCst);
+            let busy = self.busy.load(Ordering::SeqCst) + lock(&self.acceptor).pending();
             if busy == 0 {
                 break;
             }
@@ -802,34 +777,11 @@ impl Agent {
     /// A channel of `node`'s run `run` is up, before any of its messages is read: from now on
     /// transfers on channels of an earlier run of `node` are refused. A channel of a run
     /// superseded since (its process is gone: a hello read late) is refused itself.
-    fn heard_from(&self, node: &str, run: u64) -> Result<(), String> {
-        // Held throughout: no transfer of `node` is taken in meanwhile (`Runs::receive`).
-        let mut runs = lock(&self.runs);
-        match runs.hello(node, run) {
-            Ok(Some(earlier)) => {
-                tracing::info!(peer = %node, run, earlier, "the member restarted: transfers still coming from its earlier run are refused");
-                // Its handoffs announced before the restart whose transfer has not arrived will
-                // not come any more: their flows go back to it now (the restarted member may
-                // revive the connections).
-                let arriving: HashSet<ConnId> = runs.receiving().copied().collect();
-                let prepared: Vec<_> = lock(&self.prepared)
-                    .extract_if(|(donor, _), (conn, _, _)| {
-                        donor == node && !arriving.contains(conn)
-                    })
-                    .collect();
-                if !prepared.is_empty() {
-                    tracing::info!(peer = %node, flows = prepared.len(), "flows frozen for its earlier run's handoffs given back to it");
-                }
-                for (_, (conn, _, _busy)) in prepared {
-                    self.return_flow(conn, node);
-                }
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(Superseded) => Err(format!(
-                "a channel of {node}'s run {run}, which a later run has replaced"
-            )),
-        }
+    fn heard_from(self: &Arc<Self>, node: &str, run: u64) -> Result<(), String> {
+        let refused = self.on_acceptor(|acceptor, _| acceptor.hello(&node.into(), RunId(run)));
+        refused.map_err(|Superseded| {
+            format!("a channel of {node}'s run {run}, which a later run has replaced")
+        })
     }
 
     fn accept_peers(self: Arc<Self>, listener: TcpListener) {
@@ -957,6 +909,8 @@ impl Agent {
         sender: ChannelSender,
         mut receiver: ChannelReceiver,
     ) {
+        let channel = ChannelId(self.next_channel.fetch_add(1, Ordering::Relaxed));
+        lock(&self.channels).insert(channel, sender.clone());
         loop {
             let message = match receiver.recv() {
                 Ok(bytes) => bytes,
@@ -967,7 +921,7 @@ impl Agent {
                 }
             };
             match postcard::from_bytes::<PeerMessage>(&message) {
-                Ok(message) => self.on_peer_message(&node, run, &sender, message),
+                Ok(message) => self.on_peer_message(&node, run, channel, &sender, message),
                 Err(e) => {
                     tracing::warn!(peer = %node, "undecodable message, channel dropped: {e}");
                     let why = format!("undecodable message, channel dropped: {e}");
@@ -977,7 +931,8 @@ impl Agent {
             }
         }
         sender.shutdown();
-        lock(&self.runs).closed(&node, run);
+        lock(&self.channels).remove(&channel);
+        self.on_acceptor(|acceptor, _| acceptor.closed(&node.as_str().into(), RunId(run)));
         let mut peers = lock(&self.peers);
         if peers.get(&node).is_some_and(|s| s.same_channel(&sender)) {
             peers.remove(&node);
@@ -993,140 +948,42 @@ impl Agent {
         self: &Arc<Self>,
         from: &str,
         run: u64,
+        channel: ChannelId,
         sender: &ChannelSender,
         message: PeerMessage,
     ) {
         match message {
             PeerMessage::Hello { .. } => {}
-            PeerMessage::Prepare { id, conn, freeze } => {
-                {
-                    let mut runs = lock(&self.runs);
-                    if !runs.is_current(from, run) {
-                        // A leftover of the member's run before a restart: its handoff is over.
-                        tracing::debug!(%conn, donor = %from, "Prepare of an earlier run ignored");
-                        return;
-                    }
-                    // The sender holds the connection now.
-                    runs.passed_on(&conn);
-                }
-                if freeze && lock(&self.conns).contains_key(&conn) {
-                    tracing::warn!(%conn, donor = %from, "Prepare for a connection served here ignored");
-                    return;
-                }
-                if freeze {
-                    // One-phase: the donor will redirect before the state arrives; a packet
-                    // finding no socket here would be answered with a reset.
-                    let frozen = lock(&self.datapath).maps().freeze().freeze(flow(&conn));
-                    match frozen {
-                        Ok(()) => {
-                            let deadline = Instant::now()
-                                + self.config.handoff.peer_timeout() * COMMIT_TIMEOUT_FACTOR;
-                            lock(&self.prepared)
-                                .insert((from.to_owned(), id), (conn, deadline, self.busy()));
-                        }
-                        Err(e) => tracing::warn!(%conn, "cannot freeze ahead of a handoff: {e}"),
-                    }
-                }
-                prime_neighbour(conn.client);
-            }
             PeerMessage::Transfer {
                 id,
                 conn,
-                tcp_state,
-                app_state,
-                home_token,
+                ref tcp_state,
+                ref app_state,
+                ref home_token,
                 bu_sequence,
-                one_phase,
+                ..
             } => {
-                let taken_in = {
-                    let mut runs = lock(&self.runs);
-                    runs.passed_on(&conn);
-                    runs.receive(from, run, id, conn)
-                };
-                if !taken_in {
-                    // The donor restarted since it sent this, and may have taken the connection
-                    // back (asked whether this member serves it, after the new run's hello).
-                    lock(&self.prepared).remove(&(from.to_owned(), id));
-                    self.return_flow(conn, from);
-                    tracing::warn!(%conn, donor = %from, "handoff refused: its transfer comes from the donor's run before a restart");
-                    let reason = format!("{from} restarted since this transfer was sent");
-                    let _ = Self::send_to(sender, &PeerMessage::Refused { id, reason });
-                    return;
-                }
-                // Restores and activations run beside the channel's reader, so that one slow
-                // handoff never holds up the messages of the others (a drain has many in flight).
-                let received_ns = monotonic_ns();
-                let agent = Arc::clone(self);
-                // A stopping agent refuses the transfer (in `restore`), and waits for it.
-                let busy = self.busy();
-                let transfer = Transfer {
-                    id,
+                // The shell holds the contents; the acceptor decides what becomes of them.
+                let parked = Parked {
                     conn,
-                    tcp_state,
-                    app_state,
-                    home_token,
+                    tcp_state: tcp_state.clone(),
+                    app_state: app_state.clone(),
+                    home_token: home_token.clone(),
                     bu_sequence,
-                    received_ns,
+                    received_ns: monotonic_ns(),
+                    restored: None,
                 };
-                // One-phase: `Ready` goes out from here while the restore runs (a send costs
-                // tens of µs), and the socket is activated only once it did (see
-                // `PeerMessage::Ready`).
-                let (ready_sent, ready) = mpsc::channel();
-                let reader_sender = sender.clone();
-                let (from, sender) = (from.to_owned(), sender.clone());
-                thread::spawn(move || {
-                    let _busy = busy;
-                    let listed = Listed(&agent.runs, &from, id, conn);
-                    let restored = agent.restore(&from, &sender, transfer);
-                    // Parked in `accepting` now, or refused.
-                    drop(listed);
-                    let reply = match restored {
-                        // One-phase: the donor already redirects; activate at once.
-                        Ok(()) if one_phase => {
-                            if let Ok(Err(e)) | Err(e) = ready.recv().map_err(|e| e.to_string()) {
-                                tracing::warn!(%conn, donor = %from, "cannot tell the donor of the activation ({e}): restored socket dropped");
-                                let parked = lock(&agent.accepting).remove(&(from.clone(), id));
-                                if let Some(accepting) = parked {
-                                    agent.drop_restored(accepting, &from);
-                                }
-                                return;
-                            }
-                            return agent.activate(&from, id);
-                        }
-                        Ok(()) => PeerMessage::Ready { id },
-                        Err(reason) => {
-                            lock(&agent.aborted).remove(&(from.clone(), id));
-                            agent.return_flow(conn, &from);
-                            tracing::warn!(%conn, donor = %from, "handoff refused: {reason}");
-                            PeerMessage::Refused { id, reason }
-                        }
-                    };
-                    if let Err(e) = Self::send_to(&sender, &reply) {
-                        tracing::warn!(peer = %from, "cannot answer handoff {id}: {e}");
-                    }
-                });
-                if one_phase {
-                    let _ =
-                        ready_sent.send(Self::send_to(&reader_sender, &PeerMessage::Ready { id }));
-                }
+                let key = HandoffKey {
+                    donor: from.into(),
+                    id: HandoffId(id),
+                };
+                lock(&self.parked).insert(key, parked);
+                self.to_acceptor(from, run, channel, message);
             }
-            PeerMessage::Commit { id } => self.activate_beside(from, id),
-            PeerMessage::Abort { id } => {
-                let key = (from.to_owned(), id);
-                if let Some((conn, _, _busy)) = lock(&self.prepared).remove(&key) {
-                    self.return_flow(conn, from);
-                }
-                match lock(&self.accepting).remove(&key) {
-                    Some(accepting) => {
-                        tracing::info!(conn = %accepting.conn, "handoff aborted by the donor");
-                        self.drop_restored(accepting, from);
-                    }
-                    // Its restore may still be running: it drops the socket when it sees this.
-                    None => {
-                        lock(&self.aborted).insert(key);
-                    }
-                }
-            }
+            PeerMessage::Prepare { .. }
+            | PeerMessage::Commit { .. }
+            | PeerMessage::Abort { .. }
+            | PeerMessage::Recover { .. } => self.to_acceptor(from, run, channel, message),
             PeerMessage::TokenRequest { id, dsa, client } => {
                 let agent = Arc::clone(self);
                 let sender = sender.clone();
@@ -1145,16 +1002,17 @@ impl Agent {
                 }
             }
             PeerMessage::WhoServes { id, conns } => {
-                // A connection on its way here is being received or parked (`activate` lists it
-                // as received before it leaves `accepting`, under that lock: read both at once),
-                // and then served (listed before it leaves the others).
+                // One look at the acceptor: a connection on its way here is listed there until
+                // it is served (and listed as served before it leaves).
                 let (incoming, taken): (HashSet<ConnId>, Vec<ConnId>) = {
-                    let accepting = lock(&self.accepting);
-                    let runs = lock(&self.runs);
-                    let parked = accepting.values().map(|a| a.conn);
-                    let incoming = parked.chain(runs.receiving().copied()).collect();
-                    let taken = conns.iter().filter(|c| runs.took_from(from, c)).copied();
-                    (incoming, taken.collect())
+                    let acceptor = lock(&self.acceptor);
+                    let from = from.into();
+                    let incoming = conns.iter().filter(|c| acceptor.arriving(c)).copied();
+                    let taken = conns
+                        .iter()
+                        .filter(|c| acceptor.took_from(&from, c))
+                        .copied();
+                    (incoming.collect(), taken.collect())
                 };
                 let served: Vec<ConnId> = {
                     let owned = lock(&self.conns);
@@ -1234,29 +1092,6 @@ impl Agent {
                     let _ = lock(&self.datapath).maps().freeze().thaw(&flow(&conn));
                 }
             }
-            PeerMessage::Recover { id, conn } => {
-                // The donor restarted in the middle of handing `conn` here: its socket died
-                // with its previous run, so the one restored here is the connection's only
-                // copy. Committed under the new id, answered on the new channel.
-                let found = {
-                    let mut accepting = lock(&self.accepting);
-                    let key = accepting
-                        .iter()
-                        .find(|((donor, _), a)| donor == from && a.conn == conn)
-                        .map(|(key, _)| key.clone());
-                    key.and_then(|key| accepting.remove(&key)).map(|mut entry| {
-                        entry.reply = sender.clone();
-                        accepting.insert((from.to_owned(), id), entry);
-                    })
-                };
-                if found.is_some() {
-                    tracing::info!(%conn, donor = %from, "completing a handoff its donor's previous run left");
-                    self.activate_beside(from, id);
-                } else {
-                    let reason = format!("{} holds no restored socket of {conn}", self.config.node);
-                    let _ = Self::send_to(sender, &PeerMessage::Refused { id, reason });
-                }
-            }
             PeerMessage::FreshToken { dsa, client, token } => {
                 if self.config.contact_node.as_deref() == Some(from) {
                     lock(&self.tokens).insert(dsa, client, token, Instant::now());
@@ -1325,31 +1160,142 @@ impl Agent {
             .map(|(id, _)| *id)
     }
 
-    /// Phase 3: checks, re-creates the socket frozen, and parks it until the commit.
-    fn restore(
-        &self,
-        donor: &str,
-        reply: &ChannelSender,
-        transfer: Transfer,
-    ) -> Result<(), String> {
-        let Transfer {
-            id,
-            conn,
-            tcp_state,
-            app_state,
-            home_token,
-            bu_sequence,
-            received_ns,
-        } = transfer;
-        // Announced by its `Prepare` — and any other announcement of this connection: an
-        // earlier attempt whose transfer never came must not give the flow back later.
-        lock(&self.prepared).retain(|_, (prepared, _, _)| *prepared != conn);
-        if self.draining.load(Ordering::Relaxed) {
-            return Err(format!("{} is draining", self.config.node));
+    /// Hands a donor's message to the [`Acceptor`].
+    fn to_acceptor(
+        self: &Arc<Self>,
+        from: &str,
+        run: u64,
+        channel: ChannelId,
+        message: PeerMessage,
+    ) {
+        let input = AcceptorInput::Peer {
+            from: from.into(),
+            run: RunId(run),
+            channel,
+            message,
+        };
+        self.acceptor_input(input);
+    }
+
+    /// Gives the [`Acceptor`] an input, then performs the steps it asks for.
+    fn acceptor_input(self: &Arc<Self>, input: AcceptorInput) {
+        let member = MemberView(self);
+        self.on_acceptor(|acceptor, now| acceptor.handle(input, now, &member));
+    }
+
+    /// Runs `f` on the [`Acceptor`], then performs — in order, outside its lock — the steps
+    /// that asked for. A step whose result the acceptor waits for reports it the same way
+    /// (the slow ones, restore and activation, from threads of their own: a drain has many
+    /// handoffs in flight on one channel, and one slow handoff must not hold up the others).
+    fn on_acceptor<T>(self: &Arc<Self>, f: impl FnOnce(&mut Acceptor, Instant) -> T) -> T {
+        let (result, actions) = {
+            let mut acceptor = lock(&self.acceptor);
+            let result = f(&mut acceptor, Instant::now());
+            let actions: Vec<_> = std::iter::from_fn(|| acceptor.poll_action()).collect();
+            (result, actions)
+        };
+        for action in actions {
+            self.perform(action);
         }
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(self.stopping_error());
+        result
+    }
+
+    fn perform(self: &Arc<Self>, action: AcceptorAction) {
+        match action {
+            AcceptorAction::Freeze { key, conn } => {
+                let result = lock(&self.datapath)
+                    .maps()
+                    .freeze()
+                    .freeze(flow(&conn))
+                    .map_err(|e| e.to_string());
+                self.acceptor_input(AcceptorInput::Frozen { key, result });
+            }
+            AcceptorAction::PrimeNeighbour { conn } => prime_neighbour(conn.client),
+            AcceptorAction::Send { channel, message } => {
+                let sender = lock(&self.channels).get(&channel).cloned();
+                let sent = sender
+                    .ok_or_else(|| "its channel is closed".to_owned())
+                    .and_then(|sender| Self::send_to(&sender, &message));
+                if let Err(e) = sent {
+                    tracing::warn!("cannot answer {message:?}: {e}");
+                }
+            }
+            AcceptorAction::SendReady { key, channel } => {
+                let sender = lock(&self.channels).get(&channel).cloned();
+                let result = sender
+                    .ok_or_else(|| "its channel is closed".to_owned())
+                    .and_then(|sender| {
+                        Self::send_to(&sender, &PeerMessage::Ready { id: key.id.0 })
+                    });
+                self.acceptor_input(AcceptorInput::ReadySent { key, result });
+            }
+            AcceptorAction::Restore { key, conn } => {
+                let agent = Arc::clone(self);
+                thread::spawn(move || {
+                    let result = agent.restore(&key, conn);
+                    agent.acceptor_input(AcceptorInput::Restored { key, result });
+                });
+            }
+            AcceptorAction::Activate { key } => {
+                let agent = Arc::clone(self);
+                thread::spawn(move || {
+                    // Held through the binding that follows the activation.
+                    let _busy = agent.busy();
+                    let result = agent.activate(&key);
+                    agent.acceptor_input(AcceptorInput::Activated { key, result });
+                });
+            }
+            AcceptorAction::Bind { key, channel, id } => self.bind_client(&key, channel, id),
+            AcceptorAction::Discard { key } => {
+                let parked = lock(&self.parked).remove(&key);
+                if let Some(Parked {
+                    conn,
+                    restored: Some((restore, _)),
+                    ..
+                }) = parked
+                {
+                    let mut datapath = lock(&self.datapath);
+                    if let Err(e) = restore.abort(datapath.maps().freeze()) {
+                        tracing::warn!(%conn, "abort: {e}");
+                    }
+                }
+            }
+            AcceptorAction::ReturnFlow { conn, donor } => self.return_flow(conn, donor.as_str()),
+            AcceptorAction::ReturnFlowIfFrozen { conn, donor } => {
+                let Some(peer) = self.config.peer(donor.as_str()) else {
+                    return;
+                };
+                if let Err(e) = lock(&self.datapath)
+                    .maps()
+                    .freeze()
+                    .redirect_if_present(flow(&conn), peer.address.octets())
+                {
+                    tracing::warn!(%conn, "cannot redirect back to {donor}: {e}");
+                }
+            }
+            AcceptorAction::Log {
+                level,
+                conn,
+                message,
+            } => {
+                let conn = conn.map(|c| c.to_string()).unwrap_or_default();
+                match level {
+                    Level::Debug => tracing::debug!(%conn, "{message}"),
+                    Level::Info => tracing::info!(%conn, "{message}"),
+                    Level::Warn => tracing::warn!(%conn, "{message}"),
+                    Level::Error => tracing::error!(%conn, "{message}"),
+                }
+            }
         }
+    }
+
+    /// Phase 3: checks the transfer held for `key` and re-creates its socket, frozen, in
+    /// repair mode (kept in `parked` until the commit).
+    fn restore(&self, key: &HandoffKey, conn: ConnId) -> Result<RestoreTimes, String> {
+        let (tcp_state, received_ns) = lock(&self.parked)
+            .get(key)
+            .map(|parked| (parked.tcp_state.clone(), parked.received_ns))
+            .ok_or("the transfer is gone")?;
         let app = self.app_serving(conn.local).ok_or_else(|| {
             format!(
                 "no application on {} serves {}",
@@ -1363,127 +1309,50 @@ impl Agent {
                 state.peer, state.local
             ));
         }
-        // A socket still parked for this connection belongs to an earlier attempt the donor
-        // gave up (it holds the 4-tuple): a new transfer replaces it.
-        let stale: Vec<_> = lock(&self.accepting)
-            .extract_if(|_, a| a.conn == conn)
-            .collect();
-        for (_, accepting) in stale {
-            tracing::info!(%conn, "dropping the socket of an abandoned earlier attempt");
-            let mut datapath = lock(&self.datapath);
-            if let Err(e) = accepting.restore.abort(datapath.maps().freeze()) {
-                tracing::warn!(%conn, "abort: {e}");
-            }
-        }
         // The map lock covers the map updates only, not the restore's system calls: a drain
         // restores dozens of connections at once.
-        let key = AcceptorRestore::freeze(lock(&self.datapath).maps().freeze(), &state)
+        let frozen = AcceptorRestore::freeze(lock(&self.datapath).maps().freeze(), &state)
             .map_err(|e| format!("cannot freeze: {e}"))?;
-        let restore = match AcceptorRestore::restore_frozen(key, &state, RestoreOptions::default())
-        {
-            Ok(restore) => restore,
-            Err(e) => {
-                let _ = lock(&self.datapath).maps().freeze().thaw(&key);
-                return Err(format!("restore failed: {e}"));
-            }
-        };
+        let restore =
+            match AcceptorRestore::restore_frozen(frozen, &state, RestoreOptions::default()) {
+                Ok(restore) => restore,
+                Err(e) => {
+                    let _ = lock(&self.datapath).maps().freeze().thaw(&frozen);
+                    return Err(format!("restore failed: {e}"));
+                }
+            };
         let restored_ns = monotonic_ns();
-        let key = (donor.to_owned(), id);
-        // Same lock order as the Abort handler (accepting, then aborted): no abort slips
-        // between the check and the insertion.
-        let mut accepting = lock(&self.accepting);
-        if lock(&self.aborted).remove(&key) {
-            drop(accepting);
-            let mut datapath = lock(&self.datapath);
-            let _ = restore.abort(datapath.maps().freeze());
-            return Err("aborted by the donor".into());
+        match lock(&self.parked).get_mut(key) {
+            Some(parked) => parked.restored = Some((restore, app)),
+            None => {
+                let _ = restore.abort(lock(&self.datapath).maps().freeze());
+                return Err("the transfer is gone".into());
+            }
         }
-        accepting.insert(
-            key,
-            Accepting {
-                restore,
-                conn,
-                app,
-                app_state,
-                home_token,
-                bu_sequence,
-                reply: reply.clone(),
-                deadline: Instant::now()
-                    + self.config.handoff.peer_timeout() * COMMIT_TIMEOUT_FACTOR,
-                received_ns,
-                restored_ns,
-                _busy: self.busy(),
-            },
-        );
-        Ok(())
-    }
-
-    /// [`Agent::activate`] beside the channel's reader (a drain commits many at once), marked
-    /// busy from here on.
-    fn activate_beside(self: &Arc<Self>, donor: &str, id: u64) {
-        let agent = Arc::clone(self);
-        let donor = donor.to_owned();
-        let busy = self.busy();
-        thread::spawn(move || {
-            let _busy = busy;
-            agent.activate(&donor, id)
-        });
-    }
-
-    /// Phase 7 at the acceptor.
-    fn activate(&self, donor: &str, id: u64) {
-        // Listed as being received until it is served (or refused): `WhoServes` sees it.
-        let accepting = {
-            let mut accepting = lock(&self.accepting);
-            let entry = accepting.remove(&(donor.to_owned(), id));
-            if let Some(entry) = &entry {
-                lock(&self.runs).activating(donor, id, entry.conn);
-            }
-            entry
-        };
-        let _listed = accepting
-            .as_ref()
-            .map(|entry| Listed(&self.runs, donor, id, entry.conn));
-        let Some(accepting) = accepting else {
-            tracing::warn!(%donor, id, "commit for an unknown or expired handoff: refused");
-            if let Some(reply) = lock(&self.peers).get(donor).cloned() {
-                let reason = "no restored socket waits for this commit (expired)".to_owned();
-                let _ = Self::send_to(&reply, &PeerMessage::Refused { id, reason });
-            }
-            return;
-        };
-        let Accepting {
-            restore,
-            conn,
-            app,
-            app_state,
-            home_token,
-            bu_sequence,
-            reply,
+        Ok(RestoreTimes {
             received_ns,
             restored_ns,
-            ..
-        } = accepting;
-        let key = restore.key();
-        let stream = match lock(&self.datapath).maps().freeze().thaw(&key) {
+        })
+    }
+
+    /// Phase 7 at the acceptor: thaw, out of repair mode, to the application. Returns when the
+    /// socket left repair mode.
+    fn activate(&self, key: &HandoffKey) -> Result<u64, String> {
+        let (restore, app, conn, app_state) = {
+            let mut parked = lock(&self.parked);
+            let parked = parked.get_mut(key).ok_or("the restored socket is gone")?;
+            let (restore, app) = parked.restored.take().ok_or("nothing restored")?;
+            (restore, app, parked.conn, parked.app_state.clone())
+        };
+        let frozen = restore.key();
+        let stream = match lock(&self.datapath).maps().freeze().thaw(&frozen) {
             Ok(_) => restore.into_restored().activate_auto(),
             Err(e) => Err(e.into()),
         };
         let activated_ns = monotonic_ns();
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(e) => {
-                // Nothing was sent from here: the donor can still take the connection back.
-                tracing::error!(%conn, "activation failed: {e}");
-                let reason = format!("activation failed: {e}");
-                self.return_flow(conn, donor);
-                let _ = Self::send_to(&reply, &PeerMessage::Refused { id, reason });
-                return;
-            }
-        };
+        let stream = stream.map_err(|e| e.to_string())?;
         lock(&self.unclaimed).remove(&conn);
         lock(&self.conns).insert(conn, Conn::new(app, true));
-        lock(&self.runs).took(donor, conn);
         if let Err(e) = self.adopt(app, conn, stream.as_fd(), &app_state) {
             tracing::error!(%conn, "cannot hand the connection to its application: {e}");
             lock(&self.conns).remove(&conn);
@@ -1491,47 +1360,53 @@ impl Agent {
         // The application has its own descriptor now; ours would keep the socket (and its
         // 4-tuple) here after the application closes it or the connection moves on.
         drop(stream);
-        let activated = PeerMessage::Activated {
-            id,
-            received_ns,
-            restored_ns,
-            activated_ns,
+        Ok(activated_ns)
+    }
+
+    /// Phases 5–6 after an activation: binds the client to this member and reports the
+    /// binding to the donor (on `channel`, as handoff `id`).
+    fn bind_client(&self, key: &HandoffKey, channel: ChannelId, id: HandoffId) {
+        let Some(Parked {
+            conn,
+            home_token,
+            bu_sequence,
+            ..
+        }) = lock(&self.parked).remove(key)
+        else {
+            return;
         };
-        if let Err(e) = Self::send_to(&reply, &activated) {
-            tracing::warn!(%conn, "cannot confirm activation: {e}");
-        }
-        // Phases 5–6 after activation: until the client has the binding, its packets come
-        // through the redirect, so the binding's round trips are not part of the pause.
-        if let (Some(mipv6d), IpAddr::V6(dsa), IpAddr::V6(client)) =
+        let (Some(mipv6d), IpAddr::V6(dsa), IpAddr::V6(client)) =
             (&self.mipv6d, conn.local.ip(), conn.client.ip())
-        {
-            let sequence = bu_sequence.or_else(|| lock(&self.sequences).get(&client).copied());
-            let result = mipv6d
-                .bind(
+        else {
+            return;
+        };
+        let sequence = bu_sequence.or_else(|| lock(&self.sequences).get(&client).copied());
+        let result = mipv6d
+            .bind(
+                dsa,
+                client,
+                home_token.as_ref(),
+                sequence,
+                self.config.handoff.peer_timeout(),
+            )
+            .map(|bound| {
+                lock(&self.sequences).insert(client, bound.sequence);
+                (bound.sequence, bound.elapsed_us)
+            });
+        match &result {
+            Ok((sequence, _)) => self.broadcast(
+                PeerMessage::ClientBound {
                     dsa,
                     client,
-                    home_token.as_ref(),
-                    sequence,
-                    self.config.handoff.peer_timeout(),
-                )
-                .map(|bound| {
-                    lock(&self.sequences).insert(client, bound.sequence);
-                    (bound.sequence, bound.elapsed_us)
-                });
-            match &result {
-                Ok((sequence, _)) => self.broadcast(
-                    PeerMessage::ClientBound {
-                        dsa,
-                        client,
-                        sequence: *sequence,
-                    },
-                    None,
-                ),
-                Err(e) => {
-                    tracing::info!(%conn, "client not bound, served through the redirect: {e}")
-                }
-            }
-            let _ = Self::send_to(&reply, &PeerMessage::Binding { id, result });
+                    sequence: *sequence,
+                },
+                None,
+            ),
+            Err(e) => tracing::info!(%conn, "client not bound, served through the redirect: {e}"),
+        }
+        let sender = lock(&self.channels).get(&channel).cloned();
+        if let Some(sender) = sender {
+            let _ = Self::send_to(&sender, &PeerMessage::Binding { id: id.0, result });
         }
     }
 
@@ -1731,17 +1606,6 @@ impl Agent {
         }
     }
 
-    fn drop_restored(&self, accepting: Accepting, donor: &str) {
-        let conn = accepting.conn;
-        {
-            let mut datapath = lock(&self.datapath);
-            if let Err(e) = accepting.restore.abort(datapath.maps().freeze()) {
-                tracing::warn!(%conn, "abort: {e}");
-            }
-        }
-        self.return_flow(conn, donor);
-    }
-
     /// After a handoff to this member was given up: the connection stays with `donor`, so its
     /// packets that reach this member (the client's binding may name it: path D) go there.
     fn return_flow(&self, conn: ConnId, donor: &str) {
@@ -1757,44 +1621,16 @@ impl Agent {
         }
     }
 
-    /// Drops restored sockets whose commit never came (the donor rolled back or died).
-    fn reap_accepting(self: Arc<Self>) {
+    /// Drops restored sockets whose commit never came and gives back flows frozen for
+    /// transfers that never came, when the [`Acceptor`] says they are due.
+    fn expire_incoming(self: Arc<Self>) {
+        const AT_MOST: Duration = Duration::from_millis(100);
         loop {
-            thread::sleep(Duration::from_millis(100));
-            let now = Instant::now();
-            let expired: Vec<_> = lock(&self.accepting)
-                .extract_if(|_, a| a.deadline <= now)
-                .collect();
-            for ((donor, _), accepting) in expired {
-                tracing::warn!(conn = %accepting.conn, "no commit from the donor: restored socket dropped");
-                self.drop_restored(accepting, &donor);
-            }
-            let stale: Vec<_> = lock(&self.prepared)
-                .extract_if(|_, (_, deadline, _)| *deadline <= now)
-                .collect();
-            for ((donor, _), (conn, _, _busy)) in stale {
-                // Unless the connection came here since (by another handoff): served here, or
-                // its flow thawed by an activation (which may land at any moment, so the
-                // redirect replaces the announcement's freeze only if it is still there).
-                if lock(&self.conns).contains_key(&conn) {
-                    continue;
-                }
-                let Some(peer) = self.config.peer(&donor) else {
-                    continue;
-                };
-                match lock(&self.datapath)
-                    .maps()
-                    .freeze()
-                    .redirect_if_present(flow(&conn), peer.address.octets())
-                {
-                    Ok(true) => tracing::warn!(
-                        %conn,
-                        "prepared handoff never came: flow given back to {donor}"
-                    ),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(%conn, "cannot redirect back to {donor}: {e}"),
-                }
-            }
+            let due = lock(&self.acceptor).poll_timeout();
+            let wait = due.map_or(AT_MOST, |due| due.saturating_duration_since(Instant::now()));
+            thread::sleep(wait.min(AT_MOST));
+            let member = MemberView(self.as_ref());
+            self.on_acceptor(|acceptor, now| acceptor.handle_timeout(now, &member));
         }
     }
 
@@ -1997,7 +1833,7 @@ impl Agent {
             }
         }
         if !matches!(&result, Err(e) if e.fate != Fate::Unknown) {
-            lock(&self.runs).passed_on(&conn);
+            lock(&self.acceptor).passed_on(&conn);
         }
         result
     }
@@ -2756,7 +2592,7 @@ impl Agent {
             "draining": self.draining.load(Ordering::Relaxed),
             "connections": lock(&self.conns).len(),
             "applications": lock(&self.apps).len(),
-            "handoffs_waiting_commit": lock(&self.accepting).len(),
+            "handoffs_waiting_commit": lock(&self.acceptor).waiting_commit(),
             "redirects": redirects,
             "home_tokens": lock(&self.tokens).len(),
             "peers": peers,
@@ -2962,6 +2798,25 @@ pub struct Listeners {
     apps: SeqPacketListener,
     control: UnixListener,
     announcement_queue: mpsc::Receiver<Announcement>,
+}
+
+/// What the [`Acceptor`] asks of the rest of this member.
+struct MemberView<'a>(&'a Agent);
+
+impl Member for MemberView<'_> {
+    fn serves(&self, conn: &ConnId) -> bool {
+        lock(&self.0.conns).contains_key(conn)
+    }
+
+    fn refuses(&self) -> Option<String> {
+        if self.0.draining.load(Ordering::Relaxed) {
+            Some(format!("{} is draining", self.0.config.node))
+        } else if self.0.stopping.load(Ordering::SeqCst) {
+            Some(self.0.stopping_error())
+        } else {
+            None
+        }
+    }
 }
 
 /// Work of a handoff in flight, counted in `Agent::busy` (or an announcement, in

@@ -5,9 +5,12 @@
 //! - [`channel`]: the authenticated, encrypted agent-to-agent channel (Noise NNpsk0);
 //! - [`proto`]: the messages of the agent, application and operator protocols;
 //! - [`seqpacket`]: the application socket's transport (JSON datagrams + SCM_RIGHTS);
-//! - [`daemon`]: the agent itself — donor and acceptor sides of a handoff, drain, status;
-//! - [`mipv6`]: its client of mipv6d (home tokens, Binding Updates).
-//! - `runs`: which run of each peer's agent is current (late transfers of a restarted donor).
+//! - [`engine`]: the agent's rules, sans-IO: the donor's and the acceptor's side of a handoff;
+//! - [`daemon`]: the agent's shell — threads, channels, sockets, the data path — and the rules
+//!   not yet in the engine (drain, restart recovery, redirect checks, home tokens);
+//! - [`mipv6`]: its client of mipv6d (home tokens, Binding Updates);
+//! - `sim` (tests, and the `sim` feature for the fuzzer): the engine's handoff rules run on a
+//!   virtual clock against a faulty channel and a crashing acceptor.
 //!
 //! Applications use [`crate::app`]; operators the `handoff` CLI. docs/handoffd.md has the
 //! protocols and the handoff sequence.
@@ -19,5 +22,6 @@ pub mod engine;
 pub mod mipv6;
 mod netcfg;
 pub mod proto;
-mod runs;
 pub mod seqpacket;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;

@@ -77,6 +77,11 @@ impl fmt::Display for RunId {
     }
 }
 
+/// One agent channel, as the shell numbers them: answers go back on the channel their
+/// question came on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u64);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,11 +5,16 @@
 //!
 //! - [`ids`]: node names, handoff numbers, runs (newtypes, encoded as the bare values);
 //! - [`outcome`]: where a connection is after a handoff that did not complete;
-//! - [`donor`]: the donor's side of one handoff, as a state machine.
+//! - [`donor`]: the donor's side of one handoff, as a state machine;
+//! - [`acceptor`]: the acceptor's side of every handoff coming to this member;
+//! - [`runs`]: which run of each peer's agent is current (late transfers of a restarted donor),
+//!   and the connections taken from each.
 
+pub mod acceptor;
 pub mod donor;
 pub mod ids;
 pub mod outcome;
+pub mod runs;
 
 #[cfg(test)]
 mod tests {
