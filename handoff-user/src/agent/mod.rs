@@ -19,4 +19,4 @@ pub mod mipv6;
 mod netcfg;
 pub mod proto;
 mod runs;
-pub mod seqpacket;
+pub use handoff_app::seqpacket;
