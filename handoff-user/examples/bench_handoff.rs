@@ -48,7 +48,7 @@ use cluster::{Binaries, Cluster, DSA, PORT, Settings};
 use handoff_common::Counter;
 use serde_json::{Value, json};
 
-/// The file server's unit of pacing and of yielding (`CHUNK` in handoff-fileserver.rs).
+/// The file server's unit of pacing and of yielding (`CHUNK` in handoff-fileserver/src/main.rs).
 const CHUNK: usize = 16 << 10;
 /// The file server's bytes per paced write.
 const PACE_STEP: &str = "2K";

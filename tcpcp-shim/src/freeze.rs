@@ -18,7 +18,7 @@ use std::{
 };
 
 use handoff_common::FlowKey;
-use handoff_user::datapath::{DatapathError, FreezeMap, PinDir};
+use handoff_maps::{DatapathError, FreezeMap, PinDir};
 
 /// Environment variable naming the data-path instance whose freeze map to use.
 pub const DATAPATH_ENV: &str = "TCPCP_DATAPATH";

@@ -36,7 +36,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use handoff_user::tcpstate::{
+use handoff_tcpstate::{
     BlobError, ConnState, Linger, Negotiated, RepairWindow, SocketOptions, TcpState,
 };
 

@@ -16,8 +16,8 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use handoff_user::tcpstate::{
-    self, Activation, ConnState, RestoreOptions, Restored, TcpStateError, sys,
+use handoff_tcpstate::{
+    self as tcpstate, Activation, ConnState, RestoreOptions, Restored, TcpStateError, sys,
 };
 
 use crate::{

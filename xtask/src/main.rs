@@ -102,8 +102,13 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     let status = Command::new(cargo())
         .current_dir(root)
         .args(["build", "--quiet", "--release"])
-        .args(["--package", "handoff-user", "--package", "mipv6d"])
-        .args(["--bins", "--example", "demo"])
+        .args([
+            "--package",
+            "handoff-user",
+            "--package",
+            "handoff-fileserver",
+        ])
+        .args(["--package", "mipv6d", "--bins", "--example", "demo"])
         .status()
         .context("building the demo")?;
     if !status.success() {
@@ -128,7 +133,13 @@ fn bench(root: &Path, bench: Bench) -> anyhow::Result<()> {
         let status = Command::new(cargo())
             .current_dir(root)
             .args(["build", "--quiet", "--release"])
-            .args(["--package", "handoff-user", "--package", "mipv6d", "--bins"])
+            .args([
+                "--package",
+                "handoff-user",
+                "--package",
+                "handoff-fileserver",
+            ])
+            .args(["--package", "mipv6d", "--bins"])
             .status()
             .context("building the binaries")?;
         if !status.success() {

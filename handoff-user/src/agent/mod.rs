@@ -22,6 +22,6 @@ pub mod engine;
 pub mod mipv6;
 mod netcfg;
 pub mod proto;
-pub mod seqpacket;
+pub use handoff_app::seqpacket;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;

@@ -17,8 +17,9 @@ use aya::{
     },
 };
 use handoff_common::{map, program};
+use handoff_maps::{LINK_PIN_PREFIX, PINNED_MAPS};
 
-use super::{DatapathError, EBPF_OBJECT, PinDir, cgroup, maps::Maps};
+use super::{DatapathError, EBPF_OBJECT, Maps, PinDir, cgroup};
 
 /// One of the TC programs, with the hook it belongs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,56 +68,6 @@ impl Program {
             _ => TcAttachType::Ingress,
         }
     }
-}
-
-/// Every map of the object with its pin file name and its key and value sizes (as declared in
-/// `handoff-ebpf`; checked against maps already pinned), except `NETNS_COOKIE`, which is not pinned
-/// (it belongs to this process's `restore_cwnd` attachment).
-const PINNED_MAPS: [(&str, &str, usize, usize); 9] = {
-    use handoff_common::{Addr, BindingKey, CareOf, FlowEntry, FlowKey, NodeConfig};
-    use std::mem::size_of;
-    [
-        (
-            map::FLOWS,
-            "flows",
-            size_of::<FlowKey>(),
-            size_of::<FlowEntry>(),
-        ),
-        (map::FROZEN_PACKETS, "frozen_packets", 4, 4),
-        (map::LOCAL_HOMES, "local_homes", size_of::<Addr>(), 4),
-        (
-            map::RO_BINDINGS,
-            "ro_bindings",
-            size_of::<BindingKey>(),
-            size_of::<CareOf>(),
-        ),
-        (
-            map::HA_BINDINGS,
-            "ha_bindings",
-            size_of::<Addr>(),
-            size_of::<CareOf>(),
-        ),
-        (
-            map::CN_BINDINGS,
-            "cn_bindings",
-            size_of::<Addr>(),
-            size_of::<CareOf>(),
-        ),
-        (map::CONFIG, "config", 4, size_of::<NodeConfig>()),
-        (map::STATS, "stats", 4, 8),
-        (map::BINDING_ERRORS, "binding_errors", 0, 0),
-    ]
-};
-
-/// Pin files of attachments made by [`Datapath::attach_persistent`] start with this.
-const LINK_PIN_PREFIX: &str = "link-";
-
-/// The pin file of map `name` (one of the object's map names).
-pub(super) fn pin_file(name: &str) -> &'static str {
-    PINNED_MAPS
-        .iter()
-        .find(|(map, ..)| *map == name)
-        .map_or("unknown", |(_, file, ..)| file)
 }
 
 /// The loaded object: its maps pinned in one [`PinDir`], its programs attached where asked.

@@ -44,7 +44,8 @@ pub struct Binaries {
     pub handoffd: PathBuf,
     /// `handoff`.
     pub handoff: PathBuf,
-    /// `handoff-fileserver`.
+    /// `handoff-fileserver` (another package: built by `cargo build -p handoff-fileserver`, or
+    /// by a workspace test run).
     pub fileserver: PathBuf,
     /// `mipv6d` (another package: built by `cargo build -p mipv6d`, or by a workspace test run).
     pub mipv6d: PathBuf,
@@ -65,7 +66,7 @@ impl Binaries {
                 Ok(path)
             } else {
                 bail!(
-                    "{} not found: build the binaries first (cargo build -p handoff-user --bins)",
+                    "{} not found: build the binaries first (cargo build -p handoff-user -p handoff-fileserver -p mipv6d --bins)",
                     path.display()
                 )
             }

@@ -1,7 +1,7 @@
 //! Binding changes into the data path: the eBPF binding maps that `handoff-user` pins for an
 //! instance (`/sys/fs/bpf/dsl/<instance>/`), so that the programs follow the bindings at once.
 
-use handoff_user::datapath::{BindingMaps, DatapathError, PinDir};
+use handoff_maps::{BindingMaps, DatapathError, PinDir};
 
 use super::control::{DatapathSink, DatapathUpdate};
 

@@ -7,12 +7,18 @@
 //! - [`ConnState`] is the captured state, [`Blob`] / [`ConnState::parse`] / [`ConnState::emit`]
 //!   its wire form;
 //! - [`restore`] rebuilds it, [`Restored::activate`] makes it live;
-//! - [`handoff`] wraps both ends with the eBPF freeze map.
+//! - [`handoff`] wraps both ends with the eBPF freeze map;
+//! - [`rawip`] sends hand-made IP packets (segments injected into a socket under restore).
+//!
+//! This crate needs no eBPF build: the freeze map is opened from its pins (or handed over by
+//! handoffd's loader) through `handoff-maps`, so tcpcp-shim and other users of the core build
+//! with the stable toolchain alone.
 
 mod blob;
 mod capture;
 pub mod handoff;
 mod inject;
+pub mod rawip;
 mod restore;
 mod state;
 pub mod sys;
@@ -23,7 +29,7 @@ pub use restore::{RestoreOptions, Restored, Unacked, restore};
 pub use state::{ConnState, Linger, Negotiated, SocketOptions, TcpState};
 pub use sys::RepairWindow;
 
-use crate::datapath::DatapathError;
+use handoff_maps::DatapathError;
 
 /// How a socket leaves repair mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

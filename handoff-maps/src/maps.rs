@@ -13,7 +13,7 @@ use handoff_common::{
     FlowEntry, FlowKey, NodeConfig, QueuedPacket, map,
 };
 
-use super::{DatapathError, PinDir, loader::pin_file};
+use crate::{DatapathError, PinDir, pin_file};
 
 fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source }
@@ -81,7 +81,8 @@ pub struct Maps {
 }
 
 impl Maps {
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
+    /// Takes the maps out of an object just loaded (by `handoff_user::datapath::Datapath`).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         macro_rules! typed {
             ($name:expr) => {
                 take(ebpf, $name)?.try_into().map_err(map_error($name))?
@@ -344,7 +345,7 @@ impl FreezeMap {
     /// Like [`FreezeMap::freeze`], for a connection about to be re-created here: the socket
     /// restored for it gets congestion window `cwnd` (segments; 0 leaves the kernel's initial
     /// window) when it connects, if the `restore_cwnd` program is attached
-    /// ([`super::Datapath::attach_restore_cwnd`]).
+    /// (`handoff_user::datapath::Datapath::attach_restore_cwnd`).
     pub fn freeze_with_cwnd(&mut self, flow: FlowKey, cwnd: u32) -> Result<(), DatapathError> {
         self.set(flow, FLOW_FROZEN, [0; 16], cwnd)
     }

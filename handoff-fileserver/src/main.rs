@@ -25,10 +25,7 @@ use std::{
 };
 
 use clap::Parser;
-use handoff_user::{
-    agent::proto::ConnId,
-    app::{self, Event, Events, NotHandedOver, Service},
-};
+use handoff_app::{self as app, Event, Events, NotHandedOver, Service, proto::ConnId};
 use serde::{Deserialize, Serialize};
 
 const CHUNK: usize = 16 << 10;

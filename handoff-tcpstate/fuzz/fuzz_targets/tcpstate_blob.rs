@@ -2,7 +2,7 @@
 //! must emit back to the same bytes (the format has one encoding per state).
 #![no_main]
 
-use handoff_user::tcpstate::{Blob, ConnState};
+use handoff_tcpstate::{Blob, ConnState};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -16,7 +16,7 @@ use std::{
 use handoff_common::FlowKey;
 
 use super::{Activation, ConnState, RestoreOptions, Restored, TcpStateError, capture, restore};
-use crate::datapath::FreezeMap;
+use handoff_maps::FreezeMap;
 
 /// A donor socket frozen and captured, in repair mode.
 #[derive(Debug)]

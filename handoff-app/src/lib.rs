@@ -9,7 +9,8 @@
 //! its own ([`Service::move_to`]).
 //!
 //! Underneath is a Unix `SOCK_SEQPACKET` socket with one JSON message per datagram and the
-//! sockets passed with SCM_RIGHTS, documented in docs/handoffd.md for other languages.
+//! sockets passed with SCM_RIGHTS ([`seqpacket`], messages in [`proto`]), documented in
+//! docs/handoffd.md for other languages.
 //!
 //! **When handoffd restarts** (an upgrade, a crash) the application keeps its connections: they
 //! are ordinary sockets of its own. [`Events::next_event`] returns `None`; reporting calls fail
@@ -20,9 +21,13 @@
 //! socket under every clone of the [`Service`]. Nothing else changes: the clones held by the
 //! connections' threads keep working.
 //!
+//! This crate is all an application links: it needs no eBPF build, nothing of the data path or
+//! of `TCP_REPAIR` (handoffd does that). The demo application `handoff-fileserver` depends on it
+//! alone; handoffd re-exports it as `handoff_user::app`.
+//!
 //! ```no_run
 //! # fn main() -> std::io::Result<()> {
-//! use handoff_user::app::{Event, Service};
+//! use handoff_app::{Event, Service};
 //! let (service, mut events) =
 //!     Service::register("/run/handoffd/app.sock".as_ref(), "fd00:d51:ff00::1".parse().unwrap(), 8080)?;
 //! loop {
@@ -55,7 +60,11 @@ use std::{
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 
-use crate::agent::{
+pub mod mtu;
+pub mod proto;
+pub mod seqpacket;
+
+use crate::{
     proto::{AppEvent, AppRequest, ConnId},
     seqpacket::{Received, SeqPacket},
 };
@@ -475,7 +484,7 @@ pub const NOTSENT_LOWAT: u32 = 64 << 10;
 
 /// A listening socket for a service on `addr`, with its MSS clamped for links of MTU `mtu` so
 /// that the headers the data path adds (RH2, Home Address option, tunnel) always fit
-/// ([`crate::datapath::mtu`]), and its unsent data bounded by [`NOTSENT_LOWAT`] (inherited by
+/// ([`mtu`]), and its unsent data bounded by [`NOTSENT_LOWAT`] (inherited by
 /// the accepted connections): a socket buffer of megabytes would otherwise travel with every
 /// handoff of a fast writer.
 pub fn listen(addr: std::net::SocketAddr, mtu: u32) -> io::Result<std::net::TcpListener> {
@@ -488,16 +497,31 @@ pub fn listen(addr: std::net::SocketAddr, mtu: u32) -> io::Result<std::net::TcpL
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
-    crate::datapath::mtu::clamp_mss(&socket, mtu)?;
-    crate::tcpstate::sys::setsockopt(
-        socket.as_fd(),
-        libc::IPPROTO_TCP,
-        libc::TCP_NOTSENT_LOWAT,
-        &NOTSENT_LOWAT,
-    )?;
+    mtu::clamp_mss(&socket, mtu)?;
+    set_notsent_lowat(&socket, NOTSENT_LOWAT)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// `TCP_NOTSENT_LOWAT` (neither nix nor socket2 has it).
+fn set_notsent_lowat(socket: &socket2::Socket, bytes: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: `bytes` is a live u32 and its size is what we pass.
+    let ret = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&bytes as *const u32).cast(),
+            size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
@@ -509,7 +533,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::agent::seqpacket::SeqPacketListener;
+    use crate::seqpacket::SeqPacketListener;
 
     /// A fake handoffd session: answers the registration, then returns the socket.
     fn fake_handoffd(listener: SeqPacketListener) -> thread::JoinHandle<SeqPacket> {

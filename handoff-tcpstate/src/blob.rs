@@ -1225,7 +1225,7 @@ mod tests {
 
 #[cfg(test)]
 mod seeds {
-    //! `TCPSTATE_WRITE_SEEDS=DIR cargo test -p handoff-user --lib write_fuzz_seeds` writes the
+    //! `TCPSTATE_WRITE_SEEDS=DIR cargo test -p handoff-tcpstate --lib write_fuzz_seeds` writes the
     //! test blobs as seeds for `fuzz/fuzz_targets/tcpstate_blob.rs` (checked in under
     //! `fuzz/seeds/tcpstate_blob`).
     use super::tests_support::samples;
