@@ -6,7 +6,7 @@
 //! - [`proto`]: the messages of the agent, application and operator protocols;
 //! - [`seqpacket`]: the application socket's transport (JSON datagrams + SCM_RIGHTS);
 //! - [`engine`]: the agent's rules, sans-IO: the donor's and the acceptor's side of a handoff;
-//! - [`daemon`]: the agent's shell — threads, channels, sockets, the data path — and the rules
+//! - [`shell`]: the running agent — threads, channels, sockets, the data path — and the rules
 //!   not yet in the engine (drain, restart recovery, redirect checks, home tokens);
 //! - [`mipv6`]: its client of mipv6d (home tokens, Binding Updates);
 //! - `sim` (tests, and the `sim` feature for the fuzzer): the engine's handoff rules run on a
@@ -17,11 +17,11 @@
 
 pub mod channel;
 pub mod config;
-pub mod daemon;
 pub mod engine;
 pub mod mipv6;
 mod netcfg;
 pub mod proto;
 pub use handoff_app::seqpacket;
+pub mod shell;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;

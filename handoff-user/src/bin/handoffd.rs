@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use handoff_user::{
-    agent::{config::Config, daemon::Agent},
+    agent::{config::Config, shell::Agent},
     datapath::{Datapath, PinDir},
 };
 use nix::sys::signal::{SigSet, Signal};
