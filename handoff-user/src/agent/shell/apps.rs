@@ -323,11 +323,11 @@ impl Agent {
             return;
         }
         let first = self.round_robin.fetch_add(1, Ordering::Relaxed);
+        let targets = targets.into_iter().map(NodeName::from).collect();
+        let drain = Mutex::new(Drain::new([conn], targets, first, None));
         let agent = Arc::clone(self);
         thread::spawn(move || {
-            let left_out = Mutex::new(Vec::new());
-            let (to, result, _) = agent.hand_off_to_one_of(conn, &targets, first, &left_out);
-            if let Err(e) = result {
+            if let Some((conn, to, Err(e))) = agent.hand_off_next(&drain) {
                 tracing::warn!(%conn, %to, "new connection on a drained node not moved: {e}");
             }
         });

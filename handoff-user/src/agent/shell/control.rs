@@ -13,6 +13,9 @@ pub(super) fn log_report(report: &PhaseReport) {
     );
 }
 
+/// A connection of a drain, the last target tried, and how the last attempt ended.
+pub(super) type DrainOutcome = (ConnId, String, Result<PhaseReport, HandoffError>);
+
 impl Agent {
     pub(super) fn accept_control(self: Arc<Self>, listener: UnixListener) {
         for stream in listener.incoming() {
@@ -213,12 +216,10 @@ impl Agent {
             }
         }
         let conns: Vec<ConnId> = lock(&self.conns).keys().copied().collect();
-        let plan: Vec<(ConnId, String)> = conns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (*c, targets[i % targets.len()].clone()))
-            .collect();
+        let targets: Vec<NodeName> = targets.into_iter().map(NodeName::from).collect();
         let start = Instant::now();
+        let drain = Drain::new(conns, targets.clone(), 0, deadline.map(|d| start + d));
+        let plan = drain.plan();
         let mut report = DrainReport {
             node: self.config.node.clone(),
             dry_run,
@@ -231,36 +232,24 @@ impl Agent {
                 .into_iter()
                 .map(|(conn, to)| DrainMove {
                     conn,
-                    to,
+                    to: to.to_string(),
                     total_us: 0.0,
                 })
                 .collect();
             return Ok(report);
         }
-        *lock(&self.drain_targets) = targets.clone();
+        *lock(&self.drain_targets) = targets.iter().map(NodeName::to_string).collect();
         self.set_drained(true)?;
-        let queue = Arc::new(Mutex::new(plan.into_iter().enumerate()));
-        let targets = Arc::new(targets);
-        let left_out = Arc::new(Mutex::new(Vec::new()));
+        let drain = Arc::new(Mutex::new(drain));
         let (done_tx, done) = mpsc::channel();
         let workers = self.config.handoff.drain_parallel.min(report.total.max(1));
         for _ in 0..workers {
-            let queue = Arc::clone(&queue);
             let done_tx = done_tx.clone();
             let agent = Arc::clone(self);
-            let targets = Arc::clone(&targets);
-            let left_out = Arc::clone(&left_out);
+            let drain = Arc::clone(&drain);
             thread::spawn(move || {
-                loop {
-                    let stopping = agent.stopping.load(Ordering::SeqCst);
-                    if stopping || deadline.is_some_and(|d| start.elapsed() >= d) {
-                        break;
-                    }
-                    let Some((i, (conn, _))) = lock(&queue).next() else {
-                        break;
-                    };
-                    let outcome = agent.hand_off_to_one_of(conn, &targets, i, &left_out);
-                    if done_tx.send((conn, outcome)).is_err() {
+                while let Some(outcome) = agent.hand_off_next(&drain) {
+                    if done_tx.send(outcome).is_err() {
                         break;
                     }
                 }
@@ -270,27 +259,24 @@ impl Agent {
         let mut last_progress = Instant::now();
         loop {
             match done.recv_timeout(PROGRESS_EVERY) {
-                Ok((conn, (to, result, retries))) => {
-                    report.retries += retries;
-                    match result {
-                        Ok(phases) => {
-                            report.moved += 1;
-                            report.moves.push(DrainMove {
-                                conn,
-                                to,
-                                total_us: phases.total_us,
-                            });
-                        }
-                        Err(error) => {
-                            report.failed += 1;
-                            report.errors.push(DrainError {
-                                conn,
-                                to,
-                                error: error.reason,
-                            });
-                        }
+                Ok((conn, to, result)) => match result {
+                    Ok(phases) => {
+                        report.moved += 1;
+                        report.moves.push(DrainMove {
+                            conn,
+                            to,
+                            total_us: phases.total_us,
+                        });
                     }
-                }
+                    Err(error) => {
+                        report.failed += 1;
+                        report.errors.push(DrainError {
+                            conn,
+                            to,
+                            error: error.reason,
+                        });
+                    }
+                },
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
@@ -310,7 +296,11 @@ impl Agent {
         report.elapsed_s = start.elapsed().as_secs_f64();
         report.rate = report.moved as f64 / report.elapsed_s.max(1e-9);
         report.remaining = lock(&self.conns).len();
-        report.left_out = lock(&left_out).clone();
+        {
+            let drain = lock(&drain);
+            report.retries = drain.retries();
+            report.left_out = drain.left_out().iter().map(NodeName::to_string).collect();
+        }
         tracing::info!(
             moved = report.moved,
             failed = report.failed,
@@ -322,61 +312,45 @@ impl Agent {
         Ok(report)
     }
 
-    /// Hands `conn` off to `targets[first % len]`, or — when that fails and leaves the
-    /// connection here (rolled back, or refused before it was touched) — to each next target
-    /// in turn, every target at most once. A target whose agent channel is not open after a
-    /// failure, and cannot be opened again, could not be reached: it goes into `left_out` and
-    /// is not tried again, by this connection or any other sharing the list. Returns the last target tried (the first if
-    /// none could be), the outcome, and how many attempts were retries.
-    pub(super) fn hand_off_to_one_of(
-        self: &Arc<Self>,
-        conn: ConnId,
-        targets: &[String],
-        first: usize,
-        left_out: &Mutex<Vec<String>>,
-    ) -> (String, Result<PhaseReport, HandoffError>, usize) {
-        let mut last: Option<(String, HandoffError)> = None;
-        let mut attempts = 0;
-        for i in 0..targets.len() {
-            let to = &targets[(first + i) % targets.len()];
-            if lock(left_out).contains(to) {
-                continue;
-            }
-            attempts += 1;
-            let error = match self.hand_off(conn, to, None) {
-                Ok(report) => return (to.clone(), Ok(report), attempts - 1),
-                // Stopping: no other target either.
-                Err(error) if self.stopping.load(Ordering::SeqCst) => {
-                    return (to.clone(), Err(error), attempts - 1);
-                }
-                Err(error) => error,
-            };
-            // No channel after the failure: the target could not be reached, or its channel
-            // broke during the handoff — one more connection attempt tells which.
-            let unreachable = !lock(&self.peers).contains_key(to) && self.peer(to).is_err();
-            if unreachable {
-                let mut left_out = lock(left_out);
-                if !left_out.contains(to) {
-                    tracing::warn!(%to, "left out of the drain: cannot be reached ({error})");
-                    left_out.push(to.clone());
-                }
-            }
-            let stays = error.fate == Fate::Here;
-            last = Some((to.clone(), error));
-            if !stays {
-                break;
-            }
-            tracing::info!(%conn, %to, "handoff failed, the connection stays: next target");
+    /// Takes the drain's next connection and hands it off, to the next target in turn while
+    /// it stays here ([`Drain::finished`]). Returns the connection, the last target tried and
+    /// how the last attempt ended; `None` when the drain has no more work.
+    pub(super) fn hand_off_next(self: &Arc<Self>, drain: &Mutex<Drain>) -> Option<DrainOutcome> {
+        if self.stopping.load(Ordering::SeqCst) {
+            lock(drain).stop();
         }
-        match last {
-            Some((to, error)) => (to, Err(error), attempts - 1),
-            None => (
-                targets[first % targets.len()].clone(),
-                Err(HandoffError::stays(
-                    "every target was left out (none could be reached)",
-                )),
-                0,
-            ),
+        let next = lock(drain).next(Instant::now());
+        let (conn, mut to) = match next {
+            Next::Try { conn, to } => (conn, to),
+            Next::Fail { conn, to, reason } => {
+                return Some((conn, to.to_string(), Err(HandoffError::stays(reason))));
+            }
+            Next::Done | Next::Idle => return None,
+        };
+        loop {
+            let result = self.hand_off(conn, to.as_str(), None);
+            if self.stopping.load(Ordering::SeqCst) {
+                lock(drain).stop();
+            }
+            // No channel after a failure: the target could not be reached, or its channel
+            // broke during the handoff — one more connection attempt tells which.
+            let unreachable = result.is_err()
+                && !lock(&self.peers).contains_key(to.as_str())
+                && self.peer(to.as_str()).is_err();
+            if let Err(error) = &result
+                && unreachable
+                && !lock(drain).left_out().contains(&to)
+            {
+                tracing::warn!(%to, "left out of the drain: cannot be reached ({error})");
+            }
+            let fate = result.as_ref().err().map(|e| e.fate);
+            match lock(drain).finished(conn, &to, fate, unreachable) {
+                Next::Try { to: next, .. } => {
+                    tracing::info!(%conn, %to, "handoff failed, the connection stays: next target");
+                    to = next;
+                }
+                _ => return Some((conn, to.to_string(), result)),
+            }
         }
     }
 }
