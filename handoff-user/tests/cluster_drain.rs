@@ -193,7 +193,7 @@ fn check_schema(report: &Value) {
         assert_eq!(keys(&m["conn"]), set(&["client", "local"]));
     }
     for e in report["errors"].as_array().unwrap() {
-        assert_eq!(keys(e), set(&["conn", "to", "error"]));
+        assert_eq!(keys(e), set(&["conn", "to", "error", "fate"]));
     }
     assert!(report["retries"].is_u64(), "{}", report["retries"]);
     assert!(

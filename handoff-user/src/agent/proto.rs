@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::mipv6::HomeToken;
+use super::{engine::outcome::Fate, mipv6::HomeToken};
 /// The application protocol's messages live with the application library.
 pub use handoff_app::proto::{AppEvent, AppRequest, ConnId};
 
@@ -395,6 +395,9 @@ pub struct DrainError {
     pub to: String,
     /// Why.
     pub error: String,
+    /// Where the connection is: it `stays` here, was `lost`, its fate is `unknown` (it stays
+    /// redirected to `to`), or it was `not_here` or already `moving` when its turn came.
+    pub fate: Fate,
 }
 
 #[cfg(test)]
@@ -570,5 +573,29 @@ mod tests {
         assert_eq!(all, ControlRequest::History { last: None });
         let newest: ControlRequest = serde_json::from_str(r#"{"op":"history","last":1}"#).unwrap();
         assert_eq!(newest, ControlRequest::History { last: Some(1) });
+    }
+
+    #[test]
+    fn a_drain_error_says_where_the_connection_is() {
+        let conn = ConnId {
+            client: "[fd00::1]:40000".parse().unwrap(),
+            local: "[fd00:ff::1]:8080".parse().unwrap(),
+        };
+        let error = |fate| DrainError {
+            conn,
+            to: "node2".into(),
+            error: "why".into(),
+            fate,
+        };
+        let json = serde_json::to_value(error(Fate::Here)).unwrap();
+        assert_eq!(json["fate"], "stays");
+        for (fate, name) in [
+            (Fate::Lost, "lost"),
+            (Fate::Unknown, "unknown"),
+            (Fate::NotHere, "not_here"),
+            (Fate::Moving, "moving"),
+        ] {
+            assert_eq!(serde_json::to_value(error(fate)).unwrap()["fate"], name);
+        }
     }
 }

@@ -2,8 +2,12 @@
 
 use std::fmt;
 
-/// Where a connection is after a handoff that did not complete.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use serde::{Deserialize, Serialize};
+
+/// Where a connection is after a handoff that did not complete (in a drain's report:
+/// `not_here`, `moving`, `stays`, `lost`, `unknown`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Fate {
     /// This member does not serve it (never reported, closed, or handed on).
     NotHere,
@@ -11,6 +15,7 @@ pub enum Fate {
     Moving,
     /// It stays with this member's application: nothing was touched, or the handoff was rolled
     /// back (another target may be tried).
+    #[serde(rename = "stays")]
     Here,
     /// It is gone: a rollback failed, and the socket cannot serve it any more.
     Lost,

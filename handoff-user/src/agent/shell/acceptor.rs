@@ -141,18 +141,11 @@ impl Agent {
                     }
                 }
             }
-            AcceptorAction::ReturnFlow { conn, donor } => self.return_flow(conn, donor.as_str()),
+            AcceptorAction::ReturnFlow { conn, donor } => {
+                self.return_flow(conn, donor.as_str(), false)
+            }
             AcceptorAction::ReturnFlowIfFrozen { conn, donor } => {
-                let Some(peer) = self.config.peer(donor.as_str()) else {
-                    return;
-                };
-                if let Err(e) = lock(&self.datapath)
-                    .maps()
-                    .freeze()
-                    .redirect_if_present(flow(&conn), peer.address.octets())
-                {
-                    tracing::warn!(%conn, "cannot redirect back to {donor}: {e}");
-                }
+                self.return_flow(conn, donor.as_str(), true)
             }
             AcceptorAction::Log {
                 level,
@@ -293,15 +286,21 @@ impl Agent {
 
     /// After a handoff to this member was given up: the connection stays with `donor`, so its
     /// packets that reach this member (the client's binding may name it: path D) go there.
-    pub(super) fn return_flow(&self, conn: ConnId, donor: &str) {
+    /// `only_if_frozen`: only while its entry is still the freeze of an announcement (an
+    /// activation may thaw it at any moment: one map update with `BPF_EXIST`).
+    pub(super) fn return_flow(&self, conn: ConnId, donor: &str, only_if_frozen: bool) {
         let Some(peer) = self.config.peer(donor) else {
             return;
         };
-        if let Err(e) = lock(&self.datapath)
-            .maps()
-            .freeze()
-            .redirect(flow(&conn), peer.address.octets())
-        {
+        let mut datapath = lock(&self.datapath);
+        let freeze = datapath.maps().freeze();
+        let (flow, to) = (flow(&conn), peer.address.octets());
+        let redirected = if only_if_frozen {
+            freeze.redirect_if_present(flow, to).map(drop)
+        } else {
+            freeze.redirect(flow, to)
+        };
+        if let Err(e) = redirected {
             tracing::warn!(%conn, "cannot redirect back to {donor}: {e}");
         }
     }

@@ -273,6 +273,7 @@ impl Agent {
                         report.errors.push(DrainError {
                             conn,
                             to,
+                            fate: error.fate,
                             error: error.reason,
                         });
                     }
