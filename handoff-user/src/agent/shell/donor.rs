@@ -213,6 +213,8 @@ impl Agent {
                 let input = match action {
                     DonorAction::SendPrepare { freeze } => {
                         let _ = Self::send_to(&sender, &PeerMessage::Prepare { id, conn, freeze });
+                        // The report's first phase ends after Prepare and the home token.
+                        token_ns = monotonic_ns();
                         None
                     }
                     DonorAction::FetchHomeToken => {
