@@ -28,6 +28,7 @@ use handoff_common::FlowKey;
 use handoff_user::{
     agent::{
         channel::{self, ClusterKey},
+        engine::ids::{HandoffId, RunId},
         proto::{ConnId, PeerMessage},
         seqpacket::MAX_DATAGRAM,
     },
@@ -2019,8 +2020,8 @@ fn privileged_agent_with_a_wrong_cluster_key_is_refused_and_logged() {
     let node1 = SocketAddr::new(cluster.nodes[0].address.into(), 7740);
     let hello = |node: &str| {
         postcard::to_allocvec(&PeerMessage::Hello {
-            node: node.to_owned(),
-            run: 1,
+            node: node.into(),
+            run: RunId(1),
         })
         .unwrap()
     };
@@ -2101,8 +2102,8 @@ fn privileged_transfer_on_a_channel_of_a_donors_earlier_run_is_refused() {
     let node2 = SocketAddr::new(cluster.nodes[1].address.into(), 7740);
     let key = std::fs::read_to_string(cluster.dir.join("cluster.key")).unwrap();
     let key = ClusterKey::from_hex(&key).unwrap();
-    const OLD: u64 = u64::MAX - 2;
-    const NEW: u64 = u64::MAX - 1;
+    const OLD: RunId = RunId(u64::MAX - 2);
+    const NEW: RunId = RunId(u64::MAX - 1);
     let encode = |message: &PeerMessage| postcard::to_allocvec(message).unwrap();
     let hello = |run| {
         encode(&PeerMessage::Hello {
@@ -2112,7 +2113,7 @@ fn privileged_transfer_on_a_channel_of_a_donors_earlier_run_is_refused() {
     };
     let transfer = |id| {
         encode(&PeerMessage::Transfer {
-            id,
+            id: HandoffId(id),
             conn: ConnId {
                 client: "[fd00:d51:1:1::1]:40000".parse().unwrap(),
                 local: SocketAddr::new(DSA.into(), PORT),
@@ -2130,7 +2131,7 @@ fn privileged_transfer_on_a_channel_of_a_donors_earlier_run_is_refused() {
         thread::spawn(move || {
             while let Ok(bytes) = receiver.recv() {
                 match postcard::from_bytes(&bytes) {
-                    Ok(PeerMessage::Refused { id: of, reason }) if of == id => {
+                    Ok(PeerMessage::Refused { id: of, reason }) if of == HandoffId(id) => {
                         let _ = tx.send(reason);
                         return;
                     }

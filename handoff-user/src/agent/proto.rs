@@ -9,7 +9,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{engine::outcome::Fate, mipv6::HomeToken};
+use super::{
+    engine::{
+        ids::{HandoffId, NodeName, RunId},
+        outcome::Fate,
+    },
+    mipv6::HomeToken,
+};
 /// The application protocol's messages live with the application library.
 pub use handoff_app::proto::{AppEvent, AppRequest, ConnId};
 
@@ -78,18 +84,18 @@ pub enum PeerMessage {
     /// First message of a channel: who is speaking.
     Hello {
         /// The sender's node name.
-        node: String,
+        node: NodeName,
         /// Which run of the sender's agent (its start time, CLOCK_REALTIME nanoseconds): once
         /// a member has heard from a new run of a peer, it refuses the transfers still arriving
         /// on a channel of an earlier run (the peer restarted since and may have revived the
         /// connection — one-phase commit would otherwise activate a second endpoint).
-        run: u64,
+        run: RunId,
     },
     /// Donor → acceptor, as the handoff starts (before the freeze): get ready for `conn`
     /// (resolve the next hop toward the client).
     Prepare {
         /// The donor's handoff number.
-        id: u64,
+        id: HandoffId,
         /// The connection.
         conn: ConnId,
         /// Freeze the connection's packets now (one-phase commit: the donor redirects them
@@ -99,7 +105,7 @@ pub enum PeerMessage {
     /// Donor → acceptor: the captured connection (phase 2).
     Transfer {
         /// The donor's handoff number.
-        id: u64,
+        id: HandoffId,
         /// The connection.
         conn: ConnId,
         /// The TCP state blob (`ConnState::to_bytes`).
@@ -118,7 +124,7 @@ pub enum PeerMessage {
     /// Any member → contact node: a fresh home token for (dsa, client).
     TokenRequest {
         /// The requester's number for the answer.
-        id: u64,
+        id: HandoffId,
         /// The DSA.
         dsa: Ipv6Addr,
         /// The client.
@@ -127,7 +133,7 @@ pub enum PeerMessage {
     /// Contact node → requester.
     TokenReply {
         /// The request's number.
-        id: u64,
+        id: HandoffId,
         /// The token, or why there is none.
         token: Result<HomeToken, String>,
     },
@@ -135,7 +141,7 @@ pub enum PeerMessage {
     /// (phases 4–6), or why not (the connection keeps working through the redirect).
     Binding {
         /// The donor's handoff number.
-        id: u64,
+        id: HandoffId,
         /// The sequence number accepted and mipv6d's BU → BA time in µs, or the failure.
         result: Result<(u16, f64), String>,
     },
@@ -146,12 +152,12 @@ pub enum PeerMessage {
     /// the connection went live there.
     Ready {
         /// The donor's handoff number.
-        id: u64,
+        id: HandoffId,
     },
     /// Acceptor → donor: the handoff cannot be taken; the donor rolls back.
     Refused {
         /// The donor's handoff number.
-        id: u64,
+        id: HandoffId,
         /// Why.
         reason: String,
     },
@@ -159,17 +165,17 @@ pub enum PeerMessage {
     /// up its socket: activate.
     Commit {
         /// The donor's handoff number.
-        id: u64,
+        id: HandoffId,
     },
     /// Donor → acceptor: roll back (the donor gave up waiting); drop the restored socket.
     Abort {
         /// The donor's handoff number.
-        id: u64,
+        id: HandoffId,
     },
     /// Acceptor → donor: the socket is live and with the application (phase 7 done).
     Activated {
         /// The donor's handoff number.
-        id: u64,
+        id: HandoffId,
         /// When the transfer arrived.
         received_ns: Nanos,
         /// When the socket was re-created.
@@ -182,16 +188,16 @@ pub enum PeerMessage {
     /// name — the receiver serves.
     WhoServes {
         /// The asker's number for the question.
-        id: u64,
+        id: HandoffId,
         /// The connections.
         conns: Vec<ConnId>,
     },
     /// The answer to `WhoServes`: what `node`, the sender, knows of each of the connections.
     Serves {
         /// The question's number.
-        id: u64,
+        id: HandoffId,
         /// The answering member.
-        node: String,
+        node: NodeName,
         /// The connections it serves (its applications have them).
         conns: Vec<ConnId>,
         /// The connections on their way to it: a transfer being received, a restored socket
@@ -242,7 +248,7 @@ pub enum PeerMessage {
     /// still waits for its commit. Answer: `Activated` or `Refused`, with this `id`.
     Recover {
         /// Correlates the answer.
-        id: u64,
+        id: HandoffId,
         /// The connection.
         conn: ConnId,
     },
@@ -442,15 +448,15 @@ mod tests {
         let messages = [
             PeerMessage::Hello {
                 node: "n1".into(),
-                run: 0x0123_4567_89ab_cdef,
+                run: RunId(0x0123_4567_89ab_cdef),
             },
             PeerMessage::Prepare {
-                id: 1,
+                id: HandoffId(1),
                 conn,
                 freeze: true,
             },
             PeerMessage::Transfer {
-                id: 2,
+                id: HandoffId(2),
                 conn,
                 tcp_state: vec![1, 2],
                 app_state: vec![3],
@@ -458,34 +464,38 @@ mod tests {
                 bu_sequence: Some(9),
                 one_phase: true,
             },
-            PeerMessage::TokenRequest { id: 3, dsa, client },
+            PeerMessage::TokenRequest {
+                id: HandoffId(3),
+                dsa,
+                client,
+            },
             PeerMessage::TokenReply {
-                id: 4,
+                id: HandoffId(4),
                 token: Ok(token.clone()),
             },
             PeerMessage::Binding {
-                id: 5,
+                id: HandoffId(5),
                 result: Ok((9, 0.5)),
             },
-            PeerMessage::Ready { id: 6 },
+            PeerMessage::Ready { id: HandoffId(6) },
             PeerMessage::Refused {
-                id: 7,
+                id: HandoffId(7),
                 reason: "no".into(),
             },
-            PeerMessage::Commit { id: 8 },
-            PeerMessage::Abort { id: 9 },
+            PeerMessage::Commit { id: HandoffId(8) },
+            PeerMessage::Abort { id: HandoffId(9) },
             PeerMessage::Activated {
-                id: 10,
+                id: HandoffId(10),
                 received_ns: 11,
                 restored_ns: 12,
                 activated_ns: 13,
             },
             PeerMessage::WhoServes {
-                id: 14,
+                id: HandoffId(14),
                 conns: vec![conn],
             },
             PeerMessage::Serves {
-                id: 15,
+                id: HandoffId(15),
                 node: "n2".into(),
                 conns: vec![conn],
                 arriving: vec![conn],
@@ -499,7 +509,10 @@ mod tests {
             },
             PeerMessage::Gone { conn },
             PeerMessage::FreshToken { dsa, client, token },
-            PeerMessage::Recover { id: 17, conn },
+            PeerMessage::Recover {
+                id: HandoffId(17),
+                conn,
+            },
         ];
         // Every kind once, in declaration order: a new kind must join the samples (this match
         // has no catch-all, so it does not compile until the kind is listed here).

@@ -167,7 +167,7 @@ impl Sim<'_> {
     }
 
     fn donor_step(&mut self, action: DonorAction) -> Option<DonorInput> {
-        let id = self.donor.params().id.0;
+        let id = self.donor.params().id;
         let conn = self.donor.params().conn;
         match action {
             DonorAction::SendPrepare { freeze } => {
@@ -246,7 +246,7 @@ impl Sim<'_> {
                 None
             }
             AcceptorAction::SendReady { key, .. } => {
-                let result = self.send(false, PeerMessage::Ready { id: key.id.0 });
+                let result = self.send(false, PeerMessage::Ready { id: key.id });
                 Some(AcceptorInput::ReadySent { key, result })
             }
             AcceptorAction::Restore { key, .. } => {

@@ -403,7 +403,7 @@ impl Acceptor {
             Some(conn),
             format!("handoff from {} refused: {reason}", key.donor),
         );
-        let id = key.id.0;
+        let id = key.id;
         self.send(channel, PeerMessage::Refused { id, reason });
     }
 
@@ -483,7 +483,7 @@ impl Acceptor {
                         self.send(
                             channel,
                             PeerMessage::Activated {
-                                id: id.0,
+                                id,
                                 received_ns: times.received_ns,
                                 restored_ns: times.restored_ns,
                                 activated_ns,
@@ -500,7 +500,7 @@ impl Acceptor {
                         self.push(AcceptorAction::Discard { key: key.clone() });
                         self.return_flow(conn, &key.donor);
                         let reason = format!("activation failed: {e}");
-                        self.send(channel, PeerMessage::Refused { id: id.0, reason });
+                        self.send(channel, PeerMessage::Refused { id, reason });
                     }
                 }
             }
@@ -532,7 +532,7 @@ impl Acceptor {
                 if let Some(incoming) = self.incoming.get_mut(key) {
                     incoming.stage = Stage::Parked(until);
                 }
-                let id = key.id.0;
+                let id = key.id;
                 self.send(channel, PeerMessage::Ready { id });
             }
             (true, Some(true)) => self.activate(key),
@@ -582,10 +582,7 @@ impl Acceptor {
                     return self.log(Level::Warn, Some(conn), message);
                 }
                 if freeze {
-                    let key = HandoffKey {
-                        donor: from,
-                        id: HandoffId(id),
-                    };
+                    let key = HandoffKey { donor: from, id };
                     self.incoming.insert(
                         key.clone(),
                         Incoming {
@@ -608,7 +605,7 @@ impl Acceptor {
             } => {
                 let key = HandoffKey {
                     donor: from.clone(),
-                    id: HandoffId(id),
+                    id,
                 };
                 self.runs.passed_on(&conn);
                 // Announced by its `Prepare` — and any other announcement of this connection:
@@ -665,10 +662,7 @@ impl Acceptor {
                 }
             }
             PeerMessage::Commit { id } => {
-                let key = HandoffKey {
-                    donor: from,
-                    id: HandoffId(id),
-                };
+                let key = HandoffKey { donor: from, id };
                 match self.incoming.get(&key).map(|i| &i.stage) {
                     Some(Stage::Parked(_)) => self.activate(&key),
                     _ => {
@@ -683,10 +677,7 @@ impl Acceptor {
                 }
             }
             PeerMessage::Abort { id } => {
-                let key = HandoffKey {
-                    donor: from,
-                    id: HandoffId(id),
-                };
+                let key = HandoffKey { donor: from, id };
                 let Some(incoming) = self.incoming.get_mut(&key) else {
                     return;
                 };
@@ -724,7 +715,7 @@ impl Acceptor {
                     })
                     .map(|(key, incoming)| {
                         incoming.channel = channel;
-                        incoming.answer_id = HandoffId(id);
+                        incoming.answer_id = id;
                         key.clone()
                     });
                 match parked {

@@ -42,13 +42,13 @@ impl Agent {
     pub(super) fn to_acceptor(
         self: &Arc<Self>,
         from: &str,
-        run: u64,
+        run: RunId,
         channel: ChannelId,
         message: PeerMessage,
     ) {
         let input = AcceptorInput::Peer {
             from: from.into(),
-            run: RunId(run),
+            run,
             channel,
             message,
         };
@@ -105,9 +105,7 @@ impl Agent {
                 let sender = lock(&self.channels).get(&channel).cloned();
                 let result = sender
                     .ok_or_else(|| "its channel is closed".to_owned())
-                    .and_then(|sender| {
-                        Self::send_to(&sender, &PeerMessage::Ready { id: key.id.0 })
-                    });
+                    .and_then(|sender| Self::send_to(&sender, &PeerMessage::Ready { id: key.id }));
                 self.acceptor_input(AcceptorInput::ReadySent { key, result });
             }
             AcceptorAction::Restore { key, conn } => {
@@ -280,7 +278,7 @@ impl Agent {
         }
         let sender = lock(&self.channels).get(&channel).cloned();
         if let Some(sender) = sender {
-            let _ = Self::send_to(&sender, &PeerMessage::Binding { id: id.0, result });
+            let _ = Self::send_to(&sender, &PeerMessage::Binding { id, result });
         }
     }
 

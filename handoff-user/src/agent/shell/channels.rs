@@ -6,17 +6,17 @@ use super::*;
 impl Agent {
     pub(super) fn hello(&self) -> Vec<u8> {
         postcard::to_allocvec(&PeerMessage::Hello {
-            node: self.config.node.clone(),
+            node: self.config.node.as_str().into(),
             run: self.run,
         })
         .expect("a hello always encodes")
     }
 
     /// The member a hello names, and its run.
-    pub(super) fn peer_name(&self, hello: &[u8]) -> Result<(String, u64), String> {
+    pub(super) fn peer_name(&self, hello: &[u8]) -> Result<(String, RunId), String> {
         match postcard::from_bytes(hello) {
-            Ok(PeerMessage::Hello { node, run }) if self.config.peer(&node).is_some() => {
-                Ok((node, run))
+            Ok(PeerMessage::Hello { node, run }) if self.config.peer(node.as_str()).is_some() => {
+                Ok((node.to_string(), run))
             }
             Ok(PeerMessage::Hello { node, .. }) => Err(format!("unknown member {node:?}")),
             _ => Err("no hello".into()),
@@ -26,8 +26,8 @@ impl Agent {
     /// A channel of `node`'s run `run` is up, before any of its messages is read: from now on
     /// transfers on channels of an earlier run of `node` are refused. A channel of a run
     /// superseded since (its process is gone: a hello read late) is refused itself.
-    pub(super) fn heard_from(self: &Arc<Self>, node: &str, run: u64) -> Result<(), String> {
-        let refused = self.on_acceptor(|acceptor, _| acceptor.hello(&node.into(), RunId(run)));
+    pub(super) fn heard_from(self: &Arc<Self>, node: &str, run: RunId) -> Result<(), String> {
+        let refused = self.on_acceptor(|acceptor, _| acceptor.hello(&node.into(), run));
         refused.map_err(|Superseded| {
             format!("a channel of {node}'s run {run}, which a later run has replaced")
         })
@@ -154,7 +154,7 @@ impl Agent {
     pub(super) fn read_peer(
         self: Arc<Self>,
         node: String,
-        run: u64,
+        run: RunId,
         sender: ChannelSender,
         mut receiver: ChannelReceiver,
     ) {
@@ -181,7 +181,7 @@ impl Agent {
         }
         sender.shutdown();
         lock(&self.channels).remove(&channel);
-        self.on_acceptor(|acceptor, _| acceptor.closed(&node.as_str().into(), RunId(run)));
+        self.on_acceptor(|acceptor, _| acceptor.closed(&node.as_str().into(), run));
         let mut peers = lock(&self.peers);
         if peers.get(&node).is_some_and(|s| s.same_channel(&sender)) {
             peers.remove(&node);
@@ -196,7 +196,7 @@ impl Agent {
     pub(super) fn on_peer_message(
         self: &Arc<Self>,
         from: &str,
-        run: u64,
+        run: RunId,
         channel: ChannelId,
         sender: &ChannelSender,
         message: PeerMessage,
@@ -224,7 +224,7 @@ impl Agent {
                 };
                 let key = HandoffKey {
                     donor: from.into(),
-                    id: HandoffId(id),
+                    id,
                 };
                 lock(&self.parked).insert(key, parked);
                 self.to_acceptor(from, run, channel, message);
@@ -273,7 +273,7 @@ impl Agent {
                 };
                 let answer = PeerMessage::Serves {
                     id,
-                    node: self.config.node.clone(),
+                    node: self.config.node.as_str().into(),
                     conns: served,
                     arriving: conns.into_iter().filter(|c| incoming.contains(c)).collect(),
                     taken,
@@ -403,8 +403,8 @@ impl Agent {
 
     /// A slot for the answers to one request to the members: the request's id, the receiver
     /// of the messages that carry it, and the guard that removes the slot.
-    pub(super) fn reply_slot(&self) -> (u64, mpsc::Receiver<PeerMessage>, Unregister<'_>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn reply_slot(&self) -> (HandoffId, mpsc::Receiver<PeerMessage>, Unregister<'_>) {
+        let id = HandoffId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (answers_tx, answers) = mpsc::channel();
         lock(&self.waiting).insert(id, answers_tx);
         (id, answers, Unregister(self, id))

@@ -186,7 +186,7 @@ impl Agent {
         let (id, replies, _waiting) = self.reply_slot();
         let timeout = self.config.handoff.peer_timeout();
         let mut donor = Donor::new(DonorParams {
-            id: HandoffId(id),
+            id,
             conn,
             node: self.config.node.as_str().into(),
             to: to.into(),

@@ -159,7 +159,7 @@ pub struct Agent {
     /// Why each member's channel last failed to open or closed (`handoff status`).
     channel_errors: Mutex<HashMap<String, String>>,
     /// This run of the agent (its start time; in every `Hello`).
-    run: u64,
+    run: RunId,
     /// The acceptor's side of the handoffs coming here (and the peers' runs).
     acceptor: Mutex<Acceptor>,
     /// The transfers and restored sockets of those handoffs.
@@ -171,7 +171,7 @@ pub struct Agent {
     /// failed — threads that waited for an attempt take its failure rather than each trying
     /// again (every attempt at an unreachable member waits for the timeout).
     opening: Mutex<HashMap<String, Arc<Opening>>>,
-    waiting: Mutex<HashMap<u64, mpsc::Sender<PeerMessage>>>,
+    waiting: Mutex<HashMap<HandoffId, mpsc::Sender<PeerMessage>>>,
     history: Mutex<VecDeque<PhaseReport>>,
     mipv6d: Option<Mipv6d>,
     /// Last Binding Update sequence number each client accepted (for the next acceptor).
@@ -342,7 +342,7 @@ impl Agent {
             yields: Mutex::default(),
             peers: Mutex::default(),
             channel_errors: Mutex::default(),
-            run,
+            run: RunId(run),
             acceptor: Mutex::new(Acceptor::new(
                 config.node.as_str().into(),
                 config.handoff.peer_timeout(),
@@ -541,7 +541,7 @@ impl Drop for Busy {
 }
 
 /// Removes a donor's reply slot when the handoff ends, however it ends.
-struct Unregister<'a>(&'a Agent, u64);
+struct Unregister<'a>(&'a Agent, HandoffId);
 
 impl Unregister<'_> {
     /// Leaves the slot in place: whoever still waits on it removes it.

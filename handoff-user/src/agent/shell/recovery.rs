@@ -239,7 +239,7 @@ impl Agent {
             }) = answers.recv_timeout(Duration::from_millis(200))
             {
                 let said = [conns, arriving, taken].map(|c| c.into_iter().collect());
-                served.insert(node, said);
+                served.insert(node.to_string(), said);
             }
         }
         let members = |conn: &ConnId, what: usize| -> Vec<Ipv6Addr> {

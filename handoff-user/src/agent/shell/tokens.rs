@@ -169,7 +169,7 @@ impl Agent {
         self: &Arc<Self>,
         conn: &ConnId,
         replies: &mpsc::Receiver<PeerMessage>,
-        id: u64,
+        id: HandoffId,
     ) -> Result<HomeToken, String> {
         let (IpAddr::V6(dsa), IpAddr::V6(client)) = (conn.local.ip(), conn.client.ip()) else {
             return Err("route optimization is IPv6 only".into());

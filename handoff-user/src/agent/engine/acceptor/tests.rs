@@ -94,7 +94,7 @@ impl Test {
             CH,
             10,
             PeerMessage::Transfer {
-                id,
+                id: HandoffId(id),
                 conn: conn(port),
                 tcp_state: vec![1],
                 app_state: vec![2],
@@ -156,10 +156,13 @@ fn a_two_phase_transfer_is_restored_parked_and_activated_on_commit_only() {
         }]
     );
     assert!(t.acceptor.arriving(&conn(1)));
-    assert_eq!(t.restored(7), [send(PeerMessage::Ready { id: 7 })]);
+    assert_eq!(
+        t.restored(7),
+        [send(PeerMessage::Ready { id: HandoffId(7) })]
+    );
     assert_eq!(t.acceptor.waiting_commit(), 1);
     assert_eq!(
-        t.message(CH, 10, PeerMessage::Commit { id: 7 }),
+        t.message(CH, 10, PeerMessage::Commit { id: HandoffId(7) }),
         [AcceptorAction::Activate { key: key(7) }]
     );
     let done = t.input(AcceptorInput::Activated {
@@ -170,7 +173,7 @@ fn a_two_phase_transfer_is_restored_parked_and_activated_on_commit_only() {
         done,
         [
             send(PeerMessage::Activated {
-                id: 7,
+                id: HandoffId(7),
                 received_ns: 1,
                 restored_ns: 2,
                 activated_ns: 3
@@ -275,7 +278,7 @@ fn a_failed_restore_or_activation_is_refused_and_the_flow_goes_back() {
     assert!(returns_flow(&actions, 1));
     t.transfer(8, 2, false);
     t.restored(8);
-    t.message(CH, 10, PeerMessage::Commit { id: 8 });
+    t.message(CH, 10, PeerMessage::Commit { id: HandoffId(8) });
     let actions = t.input(AcceptorInput::Activated {
         key: key(8),
         result: Err("EINVAL".into()),
@@ -296,22 +299,25 @@ fn abort_drops_what_the_acceptor_holds_at_every_stage() {
         CH,
         10,
         PeerMessage::Prepare {
-            id: 7,
+            id: HandoffId(7),
             conn: conn(1),
             freeze: true,
         },
     );
-    let actions = t.message(CH, 10, PeerMessage::Abort { id: 7 });
+    let actions = t.message(CH, 10, PeerMessage::Abort { id: HandoffId(7) });
     assert!(returns_flow(&actions, 1));
     // Parked: the restored socket is dropped.
     t.transfer(8, 2, false);
     t.restored(8);
-    let actions = t.message(CH, 10, PeerMessage::Abort { id: 8 });
+    let actions = t.message(CH, 10, PeerMessage::Abort { id: HandoffId(8) });
     assert!(actions.contains(&AcceptorAction::Discard { key: key(8) }));
     assert!(returns_flow(&actions, 2));
     // Restoring: dropped when the restore is done, and refused.
     t.transfer(9, 3, false);
-    assert_eq!(t.message(CH, 10, PeerMessage::Abort { id: 9 }), []);
+    assert_eq!(
+        t.message(CH, 10, PeerMessage::Abort { id: HandoffId(9) }),
+        []
+    );
     let actions = t.restored(9);
     assert_eq!(refused(&actions).as_deref(), Some("aborted by the donor"));
     assert!(actions.contains(&AcceptorAction::Discard { key: key(9) }));
@@ -329,13 +335,13 @@ fn a_restored_socket_waits_for_its_commit_four_peer_timeouts_and_no_longer() {
     assert!(actions.contains(&AcceptorAction::Discard { key: key(7) }));
     assert!(returns_flow(&actions, 1));
     // A commit after that is refused: the donor rolls back.
-    let actions = t.message(ChannelId(2), 10, PeerMessage::Commit { id: 7 });
+    let actions = t.message(ChannelId(2), 10, PeerMessage::Commit { id: HandoffId(7) });
     assert_eq!(
         actions,
         [AcceptorAction::Send {
             channel: ChannelId(2),
             message: PeerMessage::Refused {
-                id: 7,
+                id: HandoffId(7),
                 reason: "no restored socket waits for this commit (expired)".into()
             }
         }]
@@ -345,7 +351,7 @@ fn a_restored_socket_waits_for_its_commit_four_peer_timeouts_and_no_longer() {
 #[test]
 fn a_prepared_flow_whose_transfer_never_came_goes_back_unless_the_connection_came_here() {
     let prepare = |id| PeerMessage::Prepare {
-        id,
+        id: HandoffId(id),
         conn: conn(1),
         freeze: true,
     };
@@ -386,7 +392,7 @@ fn a_new_transfer_replaces_earlier_announcements_and_abandoned_sockets_of_its_co
         CH,
         10,
         PeerMessage::Prepare {
-            id: 6,
+            id: HandoffId(6),
             conn: conn(1),
             freeze: true,
         },
@@ -398,7 +404,7 @@ fn a_new_transfer_replaces_earlier_announcements_and_abandoned_sockets_of_its_co
     assert!(actions.contains(&AcceptorAction::Discard { key: key(7) }));
     // The announcement of attempt 6 is gone: its expiry gives nothing back.
     t.restored(8);
-    t.message(CH, 10, PeerMessage::Commit { id: 8 });
+    t.message(CH, 10, PeerMessage::Commit { id: HandoffId(8) });
     assert_eq!(t.timeout(EXPIRY), []);
 }
 
@@ -414,7 +420,7 @@ fn a_restarted_donor_recovers_a_parked_socket_under_its_new_number() {
         new,
         20,
         PeerMessage::Recover {
-            id: 99,
+            id: HandoffId(99),
             conn: conn(1),
         },
     );
@@ -427,7 +433,7 @@ fn a_restarted_donor_recovers_a_parked_socket_under_its_new_number() {
         &actions[0],
         AcceptorAction::Send {
             channel,
-            message: PeerMessage::Activated { id: 99, .. }
+            message: PeerMessage::Activated { id: HandoffId(99), .. }
         } if *channel == new
     ));
     // Nothing parked for another connection: refused.
@@ -435,7 +441,7 @@ fn a_restarted_donor_recovers_a_parked_socket_under_its_new_number() {
         new,
         20,
         PeerMessage::Recover {
-            id: 100,
+            id: HandoffId(100),
             conn: conn(2),
         },
     );
@@ -453,7 +459,7 @@ fn a_donors_new_run_takes_back_the_flows_of_its_earlier_announcements_not_arrivi
             CH,
             10,
             PeerMessage::Prepare {
-                id,
+                id: HandoffId(id),
                 conn: conn(port),
                 freeze: true,
             },
@@ -471,7 +477,7 @@ fn a_donors_new_run_takes_back_the_flows_of_its_earlier_announcements_not_arrivi
         CH,
         10,
         PeerMessage::Prepare {
-            id: 8,
+            id: HandoffId(8),
             conn: conn(3),
             freeze: true,
         },
@@ -483,7 +489,7 @@ fn a_donors_new_run_takes_back_the_flows_of_its_earlier_announcements_not_arrivi
 fn answers_go_back_on_the_channel_the_transfer_came_on() {
     let mut t = Test::new();
     let transfer = PeerMessage::Transfer {
-        id: 7,
+        id: HandoffId(7),
         conn: conn(1),
         tcp_state: vec![],
         app_state: vec![],
@@ -497,7 +503,7 @@ fn answers_go_back_on_the_channel_the_transfer_came_on() {
         actions,
         [AcceptorAction::Send {
             channel: ChannelId(5),
-            message: PeerMessage::Ready { id: 7 }
+            message: PeerMessage::Ready { id: HandoffId(7) }
         }]
     );
 }

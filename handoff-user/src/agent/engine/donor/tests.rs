@@ -28,12 +28,12 @@ fn params(commit: CommitMode) -> DonorParams {
 }
 
 fn ready() -> DonorInput {
-    DonorInput::Peer(PeerMessage::Ready { id: 7 })
+    DonorInput::Peer(PeerMessage::Ready { id: HandoffId(7) })
 }
 
 fn activated() -> DonorInput {
     DonorInput::Peer(PeerMessage::Activated {
-        id: 7,
+        id: HandoffId(7),
         received_ns: 1,
         restored_ns: 2,
         activated_ns: 3,
@@ -42,7 +42,7 @@ fn activated() -> DonorInput {
 
 fn refused() -> DonorInput {
     DonorInput::Peer(PeerMessage::Refused {
-        id: 7,
+        id: HandoffId(7),
         reason: "node2 is draining".into(),
     })
 }
@@ -420,7 +420,7 @@ fn late_and_foreign_inputs_change_nothing() {
     // Waiting for Activated: a Binding (it follows Activated) is not the answer.
     donor.handle(
         DonorInput::Peer(PeerMessage::Binding {
-            id: 7,
+            id: HandoffId(7),
             result: Err("x".into()),
         }),
         shell.now,
