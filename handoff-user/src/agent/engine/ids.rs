@@ -6,10 +6,17 @@ use std::{borrow::Borrow, fmt};
 
 use serde::{Deserialize, Serialize};
 
-/// A member's node name (`node` in its configuration).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A member's node name (`node` in its configuration). Like the numbers below, it is
+/// Debug-printed as what it wraps (logs quote names: `unknown member "mallory"`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct NodeName(String);
+
+impl fmt::Debug for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
 
 impl NodeName {
     /// The name as written in the configuration.
@@ -56,9 +63,15 @@ impl fmt::Display for NodeName {
 
 /// A donor's number for one handoff (and for one request to the members: the answers carry
 /// it). Unique per donor across its restarts: a run's numbers count up from its start time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct HandoffId(pub u64);
+
+impl fmt::Debug for HandoffId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 impl fmt::Display for HandoffId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -67,9 +80,15 @@ impl fmt::Display for HandoffId {
 }
 
 /// One run of a member's agent: its start time (CLOCK_REALTIME nanoseconds), sent in `Hello`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RunId(pub u64);
+
+impl fmt::Debug for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 impl fmt::Display for RunId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -94,5 +113,6 @@ mod tests {
         assert_eq!(bare, typed);
         let json = serde_json::to_string(&NodeName::from("node2")).unwrap();
         assert_eq!(json, "\"node2\"");
+        assert_eq!(format!("{:?}", NodeName::from("mallory")), "\"mallory\"");
     }
 }
