@@ -1289,12 +1289,18 @@ fn privileged_unacknowledged_bytes_leave_at_activation() {
 
 /// Connects until the server's sending sequence number (`s2c`) or receiving one (`!s2c`) lies
 /// within `window` bytes below 2^32 (ISNs are random: about `2^32 / window` tries), so that
-/// streaming `window` bytes that way crosses the wrap. Connections that miss are closed.
+/// streaming `window` bytes that way crosses the wrap. Connections that miss are closed. The
+/// ISN is a keyed hash of the 4-tuple plus a clock, and client ports get reused within a
+/// search, so a new listener (a new server port: new hash values) takes over every 4,096
+/// tries; one search of 100,000 tries on one listener once found nothing.
 fn connect_near_wrap(rig: &Rig, s2c: bool, window: u32) -> (TcpStream, TcpStream, u32) {
-    let listener = rig.listen();
-    let addr = listener.local_addr().expect("address");
+    let mut listener = rig.listen();
     rig.lan.client.run(|| {
-        for _ in 0..100_000 {
+        for attempt in 0..400_000 {
+            if attempt % 4096 == 4095 {
+                listener = rig.listen();
+            }
+            let addr = listener.local_addr().expect("address");
             let client = TcpStream::connect(addr).expect("connect");
             let (server, _) = listener.accept().expect("accept");
             let state = tcpstate::capture(&server).expect("capture");
@@ -1305,7 +1311,7 @@ fn connect_near_wrap(rig: &Rig, s2c: bool, window: u32) -> (TcpStream, TcpStream
                 return (client, server, seq);
             }
         }
-        panic!("no ISN near the wrap in 100000 connections");
+        panic!("no ISN near the wrap in 400000 connections");
     })
 }
 
