@@ -120,6 +120,9 @@ struct Sim<'a> {
     /// The channel: open, or broken (messages sent on it are lost).
     broken: bool,
     crashed: bool,
+    /// When the acceptor's agent is stopped (SIGSTOP to SIGCONT): nothing of it runs then,
+    /// and what would have happened runs when it resumes, in order.
+    stall: Option<(Instant, Instant)>,
     /// The donor's socket: with the application and live, captured (repair mode), or gone.
     donor_live: bool,
     donor_captured: bool,
@@ -300,13 +303,37 @@ impl Sim<'_> {
         }
     }
 
+    /// When something of the acceptor due at `at` runs: at the end of a stall it falls in.
+    fn acceptor_time(&self, at: Instant) -> Instant {
+        match self.stall {
+            Some((from, until)) if from <= at && at < until => until,
+            _ => at,
+        }
+    }
+
+    /// When `event`, due at `at`, happens.
+    fn event_time(&self, at: Instant, event: &Event) -> Instant {
+        match event {
+            Event::Deliver(true, _) | Event::Restored(..) | Event::Activated(..) => {
+                self.acceptor_time(at)
+            }
+            _ => at,
+        }
+    }
+
     /// The next thing to happen: an event or a machine's deadline.
     fn next(&mut self) -> Option<Instant> {
-        let event = self.events.iter().map(|(at, seq, _)| (*at, *seq)).min();
+        let event = self
+            .events
+            .iter()
+            .map(|(at, _, event)| self.event_time(*at, event))
+            .min();
         [
-            event.map(|(at, _)| at),
+            event,
             self.donor.poll_timeout(),
-            self.acceptor.poll_timeout(),
+            self.acceptor
+                .poll_timeout()
+                .map(|at| self.acceptor_time(at)),
         ]
         .into_iter()
         .flatten()
@@ -322,9 +349,10 @@ impl Sim<'_> {
             .events
             .iter()
             .enumerate()
-            .filter(|(_, (when, _, _))| *when <= self.now)
-            .min_by_key(|(_, (when, seq, _))| (*when, *seq))
-            .map(|(i, _)| i)
+            .map(|(i, (at, seq, event))| (i, self.event_time(*at, event), *seq))
+            .filter(|(_, when, _)| *when <= self.now)
+            .min_by_key(|(_, when, seq)| (*when, *seq))
+            .map(|(i, _, _)| i)
         {
             let (_, _, event) = self.events.remove(i);
             self.on_event(event);
@@ -333,7 +361,11 @@ impl Sim<'_> {
             self.donor.handle_timeout(self.now);
             self.run_donor();
         }
-        if self.acceptor.poll_timeout().is_some_and(|t| t <= self.now) {
+        let acceptor_due = self
+            .acceptor
+            .poll_timeout()
+            .map(|at| self.acceptor_time(at));
+        if acceptor_due.is_some_and(|t| t <= self.now) {
             self.acceptor.handle_timeout(self.now, &self.member);
             self.run_acceptor();
         }
@@ -439,6 +471,9 @@ pub fn run(bytes: &[u8], start: Instant) -> Outcome {
     };
     let refuses = choices.chance(5);
     let crash_after = choices.chance(30).then(|| choices.delay());
+    let stall = choices
+        .chance(20)
+        .then(|| (start + choices.delay(), choices.delay() * 2));
     let conn = ConnId {
         client: "[fd00:d51:1:1::1]:40000".parse().expect("an address"),
         local: "[fd00:d51:ff00::1]:8080".parse().expect("an address"),
@@ -468,6 +503,7 @@ pub fn run(bytes: &[u8], start: Instant) -> Outcome {
         last_to_donor: start,
         broken: false,
         crashed: false,
+        stall: stall.map(|(from, length)| (from, from + length)),
         donor_live: true,
         donor_captured: false,
         restored: false,
