@@ -211,10 +211,10 @@ enum Stage {
     Prepared(Instant),
     /// The transfer is taken in and being restored.
     Restoring {
-        /// One-phase: activated once restored, if `Ready` was sent (`ready`).
+        /// One-phase: activated once restored (`Incoming::times` set), if `Ready` was sent
+        /// (`ready`).
         one_phase: bool,
         ready: Option<bool>,
-        restored: Option<RestoreTimes>,
         /// The donor aborted meanwhile.
         aborted: bool,
     },
@@ -232,6 +232,7 @@ struct Incoming {
     channel: ChannelId,
     /// The number the donor expects in the answers (a `Recover` brings a new one).
     answer_id: HandoffId,
+    /// Set when the socket is restored.
     times: Option<RestoreTimes>,
 }
 
@@ -292,12 +293,14 @@ impl Acceptor {
             .count()
     }
 
-    /// Whether `conn` is on its way here: a transfer being restored, a socket waiting for its
-    /// commit, an activation in progress.
-    pub fn arriving(&self, conn: &ConnId) -> bool {
+    /// The connections on their way here: a transfer being restored, a socket waiting for
+    /// its commit, an activation in progress.
+    pub fn arriving(&self) -> HashSet<ConnId> {
         self.incoming
             .values()
-            .any(|incoming| incoming.conn == *conn && incoming.arriving())
+            .filter(|incoming| incoming.arriving())
+            .map(|incoming| incoming.conn)
+            .collect()
     }
 
     /// Whether `conn` was last taken from `donor` here and not handed on since.
@@ -328,12 +331,7 @@ impl Acceptor {
                  coming from its earlier run are refused"
             ),
         );
-        let arriving: HashSet<ConnId> = self
-            .incoming
-            .values()
-            .filter(|i| i.arriving())
-            .map(|i| i.conn)
-            .collect();
+        let arriving = self.arriving();
         let given_back: Vec<HandoffKey> = self
             .incoming
             .iter()
@@ -433,12 +431,13 @@ impl Acceptor {
             AcceptorInput::ReadySent { key, result } => {
                 if let Some(Incoming {
                     stage: Stage::Restoring { ready, .. },
+                    conn,
                     ..
                 }) = self.incoming.get_mut(&key)
                 {
                     *ready = Some(result.is_ok());
+                    let conn = *conn;
                     if let Err(e) = result {
-                        let conn = self.incoming[&key].conn;
                         self.log(
                             Level::Warn,
                             Some(conn),
@@ -452,12 +451,11 @@ impl Acceptor {
                 let Some(incoming) = self.incoming.get_mut(&key) else {
                     return;
                 };
-                let Stage::Restoring { restored, .. } = &mut incoming.stage else {
+                if !matches!(incoming.stage, Stage::Restoring { .. }) {
                     return;
-                };
+                }
                 match result {
                     Ok(times) => {
-                        *restored = Some(times);
                         incoming.times = Some(times);
                         self.after_restore(&key, now);
                     }
@@ -512,15 +510,18 @@ impl Acceptor {
         let Some(incoming) = self.incoming.get(key) else {
             return;
         };
-        let Stage::Restoring {
-            one_phase,
-            ready,
-            restored: Some(_),
-            aborted,
-        } = incoming.stage
+        let (
+            Stage::Restoring {
+                one_phase,
+                ready,
+                aborted,
+            },
+            Some(_),
+        ) = (&incoming.stage, incoming.times)
         else {
             return;
         };
+        let (one_phase, ready, aborted) = (*one_phase, *ready, *aborted);
         let (conn, channel) = (incoming.conn, incoming.channel);
         if aborted {
             self.incoming.remove(key);
@@ -643,7 +644,6 @@ impl Acceptor {
                         stage: Stage::Restoring {
                             one_phase,
                             ready: None,
-                            restored: None,
                             aborted: false,
                         },
                         channel,

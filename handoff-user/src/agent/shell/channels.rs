@@ -206,18 +206,19 @@ impl Agent {
             PeerMessage::Transfer {
                 id,
                 conn,
-                ref tcp_state,
-                ref app_state,
-                ref home_token,
+                tcp_state,
+                app_state,
+                home_token,
                 bu_sequence,
-                ..
+                one_phase,
             } => {
-                // The shell holds the contents; the acceptor decides what becomes of them.
+                // The shell keeps the contents (moved, not copied); the acceptor decides what
+                // becomes of them and sees the transfer without them.
                 let parked = Parked {
                     conn,
-                    tcp_state: tcp_state.clone(),
-                    app_state: app_state.clone(),
-                    home_token: home_token.clone(),
+                    tcp_state,
+                    app_state,
+                    home_token,
                     bu_sequence,
                     received_ns: monotonic_ns(),
                     restored: None,
@@ -227,7 +228,16 @@ impl Agent {
                     id,
                 };
                 lock(&self.parked).insert(key, parked);
-                self.to_acceptor(from, run, channel, message);
+                let transfer = PeerMessage::Transfer {
+                    id,
+                    conn,
+                    tcp_state: Vec::new(),
+                    app_state: Vec::new(),
+                    home_token: None,
+                    bu_sequence,
+                    one_phase,
+                };
+                self.to_acceptor(from, run, channel, transfer);
             }
             PeerMessage::Prepare { .. }
             | PeerMessage::Commit { .. }
@@ -256,7 +266,8 @@ impl Agent {
                 let (incoming, taken): (HashSet<ConnId>, Vec<ConnId>) = {
                     let acceptor = lock(&self.acceptor);
                     let from = from.into();
-                    let incoming = conns.iter().filter(|c| acceptor.arriving(c)).copied();
+                    let arriving = acceptor.arriving();
+                    let incoming = conns.iter().filter(|c| arriving.contains(c)).copied();
                     let taken = conns
                         .iter()
                         .filter(|c| acceptor.took_from(&from, c))
