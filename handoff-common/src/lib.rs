@@ -79,6 +79,11 @@ pub struct FlowEntry {
     /// had, which the `restore_cwnd` program gives the socket re-created for this connection
     /// when it connects; 0 leaves the kernel's initial window.
     pub cwnd: u32,
+    /// For `FLOW_FROZEN`: nonzero if the freeze holds only while the agent's lease runs (the
+    /// `LEASE` map). An acceptor's freezes are leased: the socket they protect lives in
+    /// handoffd, and once handoffd is gone (its lease lapsed) the flow's packets reach the
+    /// stack, which answers them with a reset when no socket is left, rather than vanish.
+    pub leased: u32,
 }
 
 /// Drop every packet of the flow (its socket is under TCP_REPAIR: the kernel must not see the
@@ -191,6 +196,10 @@ pub mod map {
     pub const STATS: &str = "STATS";
     /// Ring buffer of `BindingErrorEvent`.
     pub const BINDING_ERRORS: &str = "BINDING_ERRORS";
+    /// Array of one `u64`: `CLOCK_MONOTONIC` nanoseconds until which the agent (handoffd) is
+    /// alive; it renews the lease while it runs. Leased freezes (`FlowEntry::leased`) lapse
+    /// after it.
+    pub const LEASE: &str = "LEASE";
     /// Array of one `u64`: the cookie of the network namespace whose sockets `restore_cwnd`
     /// acts on. Not pinned: it belongs to the process that attached the program.
     pub const NETNS_COOKIE: &str = "NETNS_COOKIE";
@@ -254,11 +263,14 @@ pub enum Counter {
     /// Restored sockets whose congestion window the kernel refused to set (they keep the
     /// kernel's initial window).
     CwndFailed,
+    /// TCP packets of a leased freeze let through to the stack because the agent's lease lapsed
+    /// (handoffd died or hangs with the flow frozen for a handoff to this node).
+    Lapsed,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 24] = [
         Counter::Passed,
         Counter::Dropped,
         Counter::Skipped,
@@ -282,6 +294,7 @@ impl Counter {
         Counter::Queued,
         Counter::CwndApplied,
         Counter::CwndFailed,
+        Counter::Lapsed,
     ];
     /// Number of counters (the length of the per-CPU array).
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -312,6 +325,7 @@ impl Counter {
             Counter::Queued => "queued",
             Counter::CwndApplied => "cwnd_applied",
             Counter::CwndFailed => "cwnd_failed",
+            Counter::Lapsed => "lease_lapsed",
         }
     }
 }

@@ -64,6 +64,11 @@ static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// Until when (`CLOCK_MONOTONIC` ns) the agent is alive: it renews this while it runs. Leased
+/// freezes (`FlowEntry::leased`) hold only until then.
+#[map(name = "LEASE")]
+static LEASE: Array<u64> = Array::with_max_entries(1, 0);
+
 /// The cookie of the network namespace `restore_cwnd` acts in: the one its data path belongs to.
 /// Userspace writes it before attaching the program, which runs for every namespace of the host.
 ///

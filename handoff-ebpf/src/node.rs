@@ -1,14 +1,14 @@
 //! Server node: ingress (decapsulate, restore route-optimized packets, freeze, redirect) and
 //! egress (Home Address option towards route-optimized peers, or the reverse tunnel).
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use handoff_common::{
-    BindingKey, Counter, FLOW_FROZEN, FLOW_QUEUED, FLOW_REDIRECT, FlowKey, NODE_REVERSE_TUNNEL,
-    QueuedPacket,
+    BindingKey, Counter, FLOW_FROZEN, FLOW_QUEUED, FLOW_REDIRECT, FlowEntry, FlowKey,
+    NODE_REVERSE_TUNNEL, QueuedPacket,
 };
 
 use crate::{
-    FLOWS, FROZEN_PACKETS, LOCAL_HOMES, PIPE, RO_BINDINGS, config, count, discard,
+    FLOWS, FROZEN_PACKETS, LEASE, LOCAL_HOMES, PIPE, RO_BINDINGS, config, count, discard,
     packet::{self, IP6_EXT, IPPROTO_IPV6, IPPROTO_MH, NEXTHDR_DEST, NEXTHDR_ROUTING},
     rewrite::{self, Failed, Readdress},
 };
@@ -20,11 +20,29 @@ const RH2_SEGMENTS_LEFT: u8 = 1;
 /// Home Address destination option type (RFC 6275 §6.3).
 pub const OPT_HOME_ADDRESS: u8 = 0xc9;
 
+/// Whether `entry`, a freeze, has lapsed: it is leased and the agent's lease ran out (handoffd
+/// died or hangs): its packets go to the stack, which resets the connection if no socket is
+/// left for it, instead of being dropped for good.
+#[inline(always)]
+fn lapsed(entry: &FlowEntry) -> bool {
+    if entry.leased == 0 {
+        return false;
+    }
+    let until = LEASE.get(0).copied().unwrap_or(0);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    now >= until
+}
+
 /// The freeze decision for a TCP packet.
 #[inline(always)]
 pub fn freeze_verdict(ctx: &TcContext, key: &FlowKey) -> i32 {
     // SAFETY: the entry is copied out at once.
     match unsafe { FLOWS.get(key) }.copied() {
+        Some(entry) if entry.action != FLOW_REDIRECT && lapsed(&entry) => {
+            count(Counter::Lapsed);
+            PIPE
+        }
         Some(entry) if entry.action == FLOW_FROZEN => discard(Counter::Dropped),
         Some(entry) if entry.action == FLOW_QUEUED => queue(ctx, key),
         _ => {
@@ -85,7 +103,11 @@ pub fn ingress(ctx: &TcContext) -> i32 {
     };
     // SAFETY: the entry is copied out at once.
     match unsafe { FLOWS.get(key) }.copied() {
-        // (d) Frozen while its socket is captured or restored.
+        // (d) Frozen while its socket is captured or restored — unless the freeze lapsed.
+        Some(entry) if entry.action != FLOW_REDIRECT && lapsed(&entry) => {
+            count(Counter::Lapsed);
+            PIPE
+        }
         Some(entry) if entry.action == FLOW_FROZEN => discard(Counter::Dropped),
         Some(entry) if entry.action == FLOW_QUEUED => queue(ctx, &key),
         // (c) Owned by another member now: tunnel it there.

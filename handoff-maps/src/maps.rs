@@ -78,6 +78,7 @@ pub struct Maps {
     config: Array<MapData, NodeConfig>,
     binding_errors: RingBuf<MapData>,
     frozen_packets: PerfEventArray<MapData>,
+    lease: Array<MapData, u64>,
 }
 
 impl Maps {
@@ -99,6 +100,7 @@ impl Maps {
             config: typed!(map::CONFIG),
             binding_errors: typed!(map::BINDING_ERRORS),
             frozen_packets: typed!(map::FROZEN_PACKETS),
+            lease: typed!(map::LEASE),
         })
     }
 
@@ -112,6 +114,14 @@ impl Maps {
         let config = self.config.get(&0, 0).map_err(map_error(map::CONFIG))?;
         // An array entry always exists: all zero until set.
         Ok((config.local != [0; 16]).then_some(config))
+    }
+
+    /// Renews the agent's lease until `until_ns` (`CLOCK_MONOTONIC`): the leased freezes
+    /// ([`FreezeMap::freeze_leased`]) hold until then.
+    pub fn renew_lease(&mut self, until_ns: u64) -> Result<(), DatapathError> {
+        self.lease
+            .set(0, until_ns, 0)
+            .map_err(map_error(map::LEASE))
     }
 
     /// Sets this node's settings.
@@ -350,6 +360,20 @@ impl FreezeMap {
         self.set(flow, FLOW_FROZEN, [0; 16], cwnd)
     }
 
+    /// Like [`FreezeMap::freeze_with_cwnd`], but the freeze holds only while the agent's lease
+    /// runs ([`Maps::renew_lease`]): for an acceptor, whose restored socket dies with handoffd.
+    /// Once the lease lapses the flow's packets reach the stack, which answers them with a
+    /// reset when no socket is left for the connection, instead of dropping them for good.
+    pub fn freeze_leased(&mut self, flow: FlowKey, cwnd: u32) -> Result<(), DatapathError> {
+        let entry = FlowEntry {
+            action: FLOW_FROZEN,
+            node: [0; 16],
+            cwnd,
+            leased: 1,
+        };
+        set(&mut self.flows, map::FLOWS, flow, Some(entry)).map(|_| ())
+    }
+
     /// Like [`FreezeMap::freeze`], but each packet is also handed to the reader opened with
     /// [`Maps::open_frozen_packets`], so that it can be replayed after the restore.
     pub fn queue(&mut self, flow: FlowKey) -> Result<(), DatapathError> {
@@ -375,6 +399,7 @@ impl FreezeMap {
             action: FLOW_REDIRECT,
             node,
             cwnd: 0,
+            leased: 0,
         };
         match self.flows.insert(flow, entry, BPF_EXIST) {
             Ok(()) => Ok(true),
@@ -390,7 +415,12 @@ impl FreezeMap {
         node: Addr,
         cwnd: u32,
     ) -> Result<(), DatapathError> {
-        let entry = FlowEntry { action, node, cwnd };
+        let entry = FlowEntry {
+            action,
+            node,
+            cwnd,
+            leased: 0,
+        };
         set(&mut self.flows, map::FLOWS, flow, Some(entry)).map(|_| ())
     }
 

@@ -68,7 +68,7 @@ impl PinDir {
 /// Every map of the object with its pin file name and its key and value sizes (as declared in
 /// `handoff-ebpf`; the loader checks them against maps already pinned), except `NETNS_COOKIE`,
 /// which is not pinned (it belongs to the loading process's `restore_cwnd` attachment).
-pub const PINNED_MAPS: [(&str, &str, usize, usize); 9] = {
+pub const PINNED_MAPS: [(&str, &str, usize, usize); 10] = {
     use handoff_common::{Addr, BindingKey, CareOf, FlowEntry, FlowKey, NodeConfig};
     use std::mem::size_of;
     [
@@ -100,6 +100,7 @@ pub const PINNED_MAPS: [(&str, &str, usize, usize); 9] = {
         ),
         (map::CONFIG, "config", 4, size_of::<NodeConfig>()),
         (map::STATS, "stats", 4, 8),
+        (map::LEASE, "lease", 4, 8),
         (map::BINDING_ERRORS, "binding_errors", 0, 0),
     ]
 };

@@ -15,7 +15,12 @@ use std::{
 
 use handoff_common::FlowKey;
 
-use super::{Activation, ConnState, RestoreOptions, Restored, TcpStateError, capture, restore};
+use super::{
+    Activation, ConnState, RestoreOptions, Restored, TcpStateError, capture,
+    capture::Op as _,
+    inject::{self, Segment},
+    restore,
+};
 use handoff_maps::FreezeMap;
 
 /// A donor socket frozen and captured, in repair mode.
@@ -59,6 +64,28 @@ impl DonorCapture {
     pub fn rollback(self, map: &mut FreezeMap, socket: impl AsFd) -> Result<(), TcpStateError> {
         map.thaw(&self.key)?;
         capture::rollback(socket.as_fd(), &self.state, Activation::WindowProbe)
+    }
+
+    /// Sends the peer a segment without data just below its window, from the captured state
+    /// (sequence number `snd_una − 1`, as the kernel's own keepalive probe): the peer answers
+    /// it with an ACK — wherever its packets go now — at most once per its
+    /// `tcp_invalid_ratelimit` (500 ms by default). Sent through a raw socket of the calling
+    /// thread's network namespace; the captured socket is not touched.
+    pub fn probe_peer(&self) -> Result<(), TcpStateError> {
+        let state = &self.state;
+        let shift = state.negotiated.wscale.map_or(0, |(_, rcv)| rcv);
+        inject::inject(&Segment {
+            from: state.local,
+            to: state.peer,
+            seq: state.send_seq.wrapping_sub(1),
+            ack: state.recv_seq,
+            flags: inject::ACK,
+            window: (state.window.rcv_wnd >> shift).min(u32::from(u16::MAX)) as u16,
+            timestamps: false,
+            tsval: 0,
+            payload: None,
+        })
+        .op("probe the peer (raw socket)")
     }
 
     /// The handoff succeeded: closes the socket in repair mode (nothing is sent). The flow stays
@@ -125,6 +152,15 @@ impl AcceptorRestore {
     pub fn freeze(map: &mut FreezeMap, state: &ConnState) -> Result<FlowKey, TcpStateError> {
         let key = state.inbound_key();
         map.freeze_with_cwnd(key, state.snd_cwnd)?;
+        Ok(key)
+    }
+
+    /// Like [`AcceptorRestore::freeze`], but the freeze holds only while the agent's lease runs
+    /// ([`FreezeMap::freeze_leased`]): for an agent that renews it (handoffd), whose restored
+    /// socket dies with it, so that the flow does not stay frozen after that.
+    pub fn freeze_leased(map: &mut FreezeMap, state: &ConnState) -> Result<FlowKey, TcpStateError> {
+        let key = state.inbound_key();
+        map.freeze_leased(key, state.snd_cwnd)?;
         Ok(key)
     }
 

@@ -103,6 +103,13 @@ pub struct HandoffSection {
     /// How the donor hands over (docs/handoffd.md, "Commit").
     #[serde(default)]
     pub commit: CommitMode,
+    /// How long a flow frozen here for an incoming handoff stays frozen once handoffd stops
+    /// renewing its lease (it died, or hangs): after that the flow's packets reach the stack,
+    /// which resets the connection if its restored socket died with handoffd, rather than
+    /// letting the client wait for its own timeout. handoffd renews the lease four times per
+    /// period; a restart within it finds the handoffs still frozen and recovers them.
+    #[serde(default = "default_lease")]
+    pub lease_ms: u64,
 }
 
 /// `[handoff] commit`.
@@ -133,6 +140,7 @@ impl Default for HandoffSection {
             home_token_renew_ms: default_home_token_renew(),
             home_token_prefetch: default_home_token_prefetch(),
             commit: CommitMode::default(),
+            lease_ms: default_lease(),
         }
     }
 }
@@ -161,6 +169,11 @@ impl HandoffSection {
     /// `home_token_renew_ms` as a duration.
     pub fn home_token_renew(&self) -> Duration {
         Duration::from_millis(self.home_token_renew_ms)
+    }
+
+    /// `lease_ms` as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
     }
 
     /// `redirect_check_ms` as a duration; `None` for 0 (only at start).
@@ -194,6 +207,12 @@ fn default_port() -> u16 {
 }
 fn default_send_queue_wait() -> u64 {
     200
+}
+/// The shortest `[handoff] lease_ms` accepted.
+pub const MIN_LEASE_MS: u64 = 200;
+
+fn default_lease() -> u64 {
+    2000
 }
 fn default_yield_timeout() -> u64 {
     2000
@@ -260,6 +279,13 @@ impl Config {
         }
         if self.handoff.drain_parallel == 0 {
             return Err("handoff.drain_parallel must be at least 1".into());
+        }
+        if self.handoff.lease_ms < MIN_LEASE_MS {
+            return Err(format!(
+                "handoff.lease_ms = {}: at least {MIN_LEASE_MS} (handoffd renews it four times \
+                 per period; a shorter one would lapse under ordinary scheduling delays)",
+                self.handoff.lease_ms
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for peer in &self.peers {

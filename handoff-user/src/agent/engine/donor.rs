@@ -88,6 +88,9 @@ pub enum DonorAction {
     /// Tell an application that keeps its sockets that the connection is not its any more
     /// (`handed_off`).
     TellHandedOff,
+    /// The outcome is unknown: keep the captured socket, in repair mode, as the connection's
+    /// copy in doubt ([`super::doubt::InDoubt::hold`]).
+    Hold,
 }
 
 /// How a rollback went.
@@ -306,14 +309,17 @@ impl Donor {
             Some(DonorInput::Peer(message)) => format!("it answered {message:?}"),
             Some(other) => format!("the agent reported {other:?}"),
         };
-        // Unknown outcome: the acceptor may be serving the connection. Taking it back could
-        // put two live endpoints on one connection; it stays redirected there.
-        self.push(DonorAction::Release);
-        self.push(DonorAction::TellHandedOff);
+        // Unknown outcome: the acceptor may be serving the connection, or may have died with
+        // its only other copy. Taking it back could put two live endpoints on one connection,
+        // closing the copy could lose it: it stays redirected there, and the copy is held in
+        // doubt (`doubt`) until the acceptor's next run asks for it or the hold ends.
+        self.push(DonorAction::Hold);
         self.phase = Phase::Done(Err(HandoffError {
             fate: Fate::Unknown,
             reason: format!(
-                "{to} did not confirm the activation ({why}); the connection is redirected to it"
+                "{to} did not confirm the activation ({why}); the connection is redirected to it \
+                 and {} holds its copy in doubt",
+                self.params.node
             ),
         }));
     }

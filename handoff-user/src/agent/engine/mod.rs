@@ -7,12 +7,14 @@
 //! - [`outcome`]: where a connection is after a handoff that did not complete;
 //! - [`donor`]: the donor's side of one handoff, as a state machine;
 //! - [`acceptor`]: the acceptor's side of every handoff coming to this member;
+//! - [`doubt`]: the donor's copies of connections whose handoff has no known outcome;
 //! - [`drain`]: a drain's plan, retries and targets left out;
 //! - [`runs`]: which run of each peer's agent is current (late transfers of a restarted donor),
 //!   and the connections taken from each.
 
 pub mod acceptor;
 pub mod donor;
+pub mod doubt;
 pub mod drain;
 pub mod ids;
 pub mod outcome;

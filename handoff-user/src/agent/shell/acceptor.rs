@@ -87,20 +87,12 @@ impl Agent {
                 let result = lock(&self.datapath)
                     .maps()
                     .freeze()
-                    .freeze(flow(&conn))
+                    .freeze_leased(flow(&conn), 0)
                     .map_err(|e| e.to_string());
                 self.acceptor_input(AcceptorInput::Frozen { key, result });
             }
             AcceptorAction::PrimeNeighbour { conn } => prime_neighbour(conn.client),
-            AcceptorAction::Send { channel, message } => {
-                let sender = lock(&self.channels).get(&channel).cloned();
-                let sent = sender
-                    .ok_or_else(|| "its channel is closed".to_owned())
-                    .and_then(|sender| Self::send_to(&sender, &message));
-                if let Err(e) = sent {
-                    tracing::warn!("cannot answer {message:?}: {e}");
-                }
-            }
+            AcceptorAction::Send { channel, message } => self.answer(channel, &message),
             AcceptorAction::SendReady { key, channel } => {
                 let sender = lock(&self.channels).get(&channel).cloned();
                 let result = sender
@@ -183,7 +175,7 @@ impl Agent {
         }
         // The map lock covers the map updates only, not the restore's system calls: a drain
         // restores dozens of connections at once.
-        let frozen = AcceptorRestore::freeze(lock(&self.datapath).maps().freeze(), &state)
+        let frozen = AcceptorRestore::freeze_leased(lock(&self.datapath).maps().freeze(), &state)
             .map_err(|e| format!("cannot freeze: {e}"))?;
         let restore =
             match AcceptorRestore::restore_frozen(frozen, &state, RestoreOptions::default()) {
@@ -303,16 +295,34 @@ impl Agent {
         }
     }
 
-    /// Drops restored sockets whose commit never came and gives back flows frozen for
-    /// transfers that never came, when the [`Acceptor`] says they are due.
-    pub(super) fn expire_incoming(self: Arc<Self>) {
+    /// Renews the agent's lease four times per `lease_ms`, for as long as the process lives:
+    /// this member's freezes for incoming handoffs hold while it does (their restored sockets
+    /// live in this process; see [`FreezeMap::freeze_leased`]).
+    pub(super) fn keep_lease(self: Arc<Self>) {
+        let lease = self.config.handoff.lease();
+        loop {
+            let until = monotonic_ns() + lease.as_nanos() as u64;
+            if let Err(e) = lock(&self.datapath).maps().renew_lease(until) {
+                tracing::error!("cannot renew the data path's lease: {e}");
+            }
+            thread::sleep(lease / 4);
+        }
+    }
+
+    /// The engine's timers: drops restored sockets whose commit never came and gives back
+    /// flows frozen for transfers that never came, when the [`Acceptor`] says they are due;
+    /// probes and releases the copies held in doubt when [`InDoubt`] says so.
+    pub(super) fn run_timers(self: Arc<Self>) {
         const AT_MOST: Duration = Duration::from_millis(100);
         loop {
-            let due = lock(&self.acceptor).poll_timeout();
+            let acceptor = lock(&self.acceptor).poll_timeout();
+            let doubt = lock(&self.in_doubt).poll_timeout();
+            let due = acceptor.into_iter().chain(doubt).min();
             let wait = due.map_or(AT_MOST, |due| due.saturating_duration_since(Instant::now()));
             thread::sleep(wait.min(AT_MOST));
             let member = MemberView(self.as_ref());
             self.on_acceptor(|acceptor, now| acceptor.handle_timeout(now, &member));
+            self.on_doubt(|doubt, now| doubt.handle_timeout(now));
         }
     }
 }

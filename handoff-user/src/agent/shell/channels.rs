@@ -188,6 +188,18 @@ impl Agent {
         }
     }
 
+    /// Sends `message` on channel `channel`: an answer goes back on the channel its question
+    /// came on.
+    pub(super) fn answer(&self, channel: ChannelId, message: &PeerMessage) {
+        let sender = lock(&self.channels).get(&channel).cloned();
+        let sent = sender
+            .ok_or_else(|| "its channel is closed".to_owned())
+            .and_then(|sender| Self::send_to(&sender, message));
+        if let Err(e) = sent {
+            tracing::warn!("cannot answer {message:?}: {e}");
+        }
+    }
+
     pub(super) fn send_to(sender: &ChannelSender, message: &PeerMessage) -> Result<(), String> {
         let bytes = postcard::to_allocvec(message).map_err(|e| e.to_string())?;
         sender.send(&bytes).map_err(|e| e.to_string())
@@ -241,8 +253,14 @@ impl Agent {
             }
             PeerMessage::Prepare { .. }
             | PeerMessage::Commit { .. }
-            | PeerMessage::Abort { .. }
-            | PeerMessage::Recover { .. } => self.to_acceptor(from, run, channel, message),
+            | PeerMessage::Abort { .. } => self.to_acceptor(from, run, channel, message),
+            // The donor's copy held in doubt, or the acceptor's restored socket (it may wait for
+            // a handoff of the connection still under way here).
+            PeerMessage::Recover { id, conn } => {
+                let agent = Arc::clone(self);
+                let from = from.to_owned();
+                thread::spawn(move || agent.recover(&from, run, channel, id, conn));
+            }
             PeerMessage::TokenRequest { id, dsa, client } => {
                 let agent = Arc::clone(self);
                 let sender = sender.clone();
@@ -256,8 +274,16 @@ impl Agent {
             | PeerMessage::Activated { id, .. }
             | PeerMessage::TokenReply { id, .. }
             | PeerMessage::Binding { id, .. }) => {
-                if let Some(waiter) = lock(&self.waiting).get(&id) {
-                    let _ = waiter.send(reply);
+                let waiter = lock(&self.waiting).get(&id).cloned();
+                match waiter {
+                    Some(waiter) => {
+                        let _ = waiter.send(reply);
+                    }
+                    // After its handoff ended: it may settle a copy held in doubt.
+                    None => {
+                        let from = NodeName::from(from);
+                        self.on_doubt(|doubt, _| doubt.answered(&from, id, &reply));
+                    }
                 }
             }
             PeerMessage::WhoServes { id, conns } => {

@@ -348,6 +348,19 @@ impl Agent {
                         self.handed_off(app, conn);
                         None
                     }
+                    DonorAction::Hold => {
+                        if let (Some(capture), Some(socket)) = (capture.take(), socket.take()) {
+                            let app_state = std::mem::take(&mut app_state);
+                            let copy = doubt::HeldCopy {
+                                app,
+                                socket,
+                                capture,
+                                app_state,
+                            };
+                            self.hold_in_doubt(conn, to, id, copy);
+                        }
+                        None
+                    }
                 };
                 if let Some(input) = input {
                     donor.handle(input, Instant::now());

@@ -4,6 +4,7 @@
 //!
 //! - [`channels`]: the agent channels and the announcements to every member;
 //! - [`donor`]: one handoff's `Donor` machine driven by its thread, the send-queue wait;
+//! - [`doubt`]: the copies held in doubt (handoffs without a known outcome);
 //! - [`acceptor`]: the `Acceptor`'s steps — restores, activations, flow entries;
 //! - [`apps`]: the application socket;
 //! - [`control`]: the operator's control socket, the drain;
@@ -15,6 +16,7 @@ mod apps;
 mod channels;
 mod control;
 mod donor;
+mod doubt;
 mod recovery;
 mod tokens;
 
@@ -50,6 +52,7 @@ use super::{
             Member, RestoreTimes,
         },
         donor::{Activation, Donor, DonorAction, DonorInput, DonorParams, Rollback},
+        doubt::{DoubtAction, HoldParams, InDoubt},
         drain::{Drain, Next},
         ids::{ChannelId, HandoffId, NodeName, RunId},
         outcome::{Fate, HandoffError},
@@ -164,6 +167,10 @@ pub struct Agent {
     acceptor: Mutex<Acceptor>,
     /// The transfers and restored sockets of those handoffs.
     parked: Mutex<HashMap<HandoffKey, Parked>>,
+    /// The copies of connections whose handoff from here has no known outcome, and what
+    /// becomes of each ([`InDoubt`]); the sockets themselves.
+    in_doubt: Mutex<InDoubt>,
+    held: Mutex<HashMap<ConnId, doubt::HeldCopy>>,
     /// The open agent channels, by the number answers name them with.
     channels: Mutex<HashMap<ChannelId, ChannelSender>>,
     next_channel: AtomicU64,
@@ -291,6 +298,11 @@ impl Agent {
                 .attach_persistent(program, &config.interface)
                 .with_context(|| format!("attaching {program:?} to {}", config.interface))?;
         }
+        // The leased freezes an earlier run left hold again from now on (until the recovery
+        // settles them).
+        datapath
+            .maps()
+            .renew_lease(monotonic_ns() + config.handoff.lease().as_nanos() as u64)?;
         let (interrupted, redirects) = datapath.maps().freeze().leftovers()?;
         if !interrupted.is_empty() || redirects > 0 {
             tracing::info!(
@@ -348,6 +360,8 @@ impl Agent {
                 config.handoff.peer_timeout(),
             )),
             parked: Mutex::default(),
+            in_doubt: Mutex::new(InDoubt::new(HoldParams::for_lease(config.handoff.lease()))),
+            held: Mutex::default(),
             channels: Mutex::default(),
             next_channel: AtomicU64::new(1),
             opening: Mutex::default(),
@@ -407,7 +421,9 @@ impl Agent {
         let agent = Arc::clone(self);
         thread::spawn(move || agent.accept_control(control));
         let agent = Arc::clone(self);
-        thread::spawn(move || agent.expire_incoming());
+        thread::spawn(move || agent.keep_lease());
+        let agent = Arc::clone(self);
+        thread::spawn(move || agent.run_timers());
         let agent = Arc::clone(self);
         thread::spawn(move || agent.check_redirects_periodically());
         let agent = Arc::clone(self);

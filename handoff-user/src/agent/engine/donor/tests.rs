@@ -316,11 +316,14 @@ fn every_failure_before_the_commit_point_rolls_back_and_after_it_only_a_refusal_
                     assert!(!shell.did(&DonorAction::TellHandedOff), "{case}");
                 }
                 _ => {
-                    // Never two live endpoints: no rollback once the acceptor may serve it.
+                    // Never two live endpoints: no rollback once the acceptor may serve it; and
+                    // the copy is not closed either (the acceptor may have died with the only
+                    // other one): it is held in doubt.
                     assert!(!shell.did(&DonorAction::RollBack), "{case}");
                     assert!(!shell.did(&DonorAction::GiveBack), "{case}");
-                    assert!(shell.did(&DonorAction::Release), "{case}");
-                    assert!(shell.did(&DonorAction::TellHandedOff), "{case}");
+                    assert!(!shell.did(&DonorAction::Release), "{case}");
+                    assert!(!shell.did(&DonorAction::TellHandedOff), "{case}");
+                    assert!(shell.did(&DonorAction::Hold), "{case}");
                 }
             }
         }
@@ -402,7 +405,7 @@ fn the_messages_say_what_failed_and_where_the_connection_is() {
     assert_eq!(
         reason(CommitMode::TwoPhase, Fault::SilentAfterCommit),
         "node2 did not confirm the activation (no answer within 2000 ms); the connection is \
-         redirected to it"
+         redirected to it and node1 holds its copy in doubt"
     );
 }
 
