@@ -45,6 +45,12 @@ impl FreezeFilter {
         self.datapath.maps().freeze()
     }
 
+    /// Renews the agent's lease until `until_ns` (`CLOCK_MONOTONIC`): leased freezes
+    /// ([`FreezeMap::freeze_leased`]) hold until then.
+    pub fn renew_lease(&mut self, until_ns: u64) -> Result<(), DatapathError> {
+        self.datapath.maps().renew_lease(until_ns)
+    }
+
     /// Where the maps are pinned.
     pub fn pins(&self) -> &PinDir {
         self.datapath.pins()
@@ -155,6 +161,27 @@ mod tests {
                 skipped: 0
             }
         );
+    }
+
+    #[test]
+    fn privileged_a_leased_freeze_holds_only_while_the_lease_runs() {
+        let Some(mut filter) = loaded() else { return };
+        let frame = ipv6_tcp(CLIENT, SERVER, &[]);
+        filter.maps().freeze_leased(key(CLIENT, SERVER), 0).unwrap();
+        // Never renewed: lapsed from the start.
+        assert_eq!(filter.test_run(&frame).unwrap(), PIPE);
+        let now = crate::agent::proto::monotonic_ns();
+        filter.renew_lease(now + 60_000_000_000).unwrap();
+        assert_eq!(filter.test_run(&frame).unwrap(), SHOT);
+        // The agent stopped renewing: it lapsed.
+        filter.renew_lease(now).unwrap();
+        assert_eq!(filter.test_run(&frame).unwrap(), PIPE);
+        // A freeze without a lease holds whatever the lease.
+        filter.maps().freeze(key(CLIENT, SERVER)).unwrap();
+        assert_eq!(filter.test_run(&frame).unwrap(), SHOT);
+        assert!(filter.maps().is_frozen(&key(CLIENT, SERVER)).unwrap());
+        let lapsed = filter.maps().counter(handoff_common::Counter::Lapsed);
+        assert_eq!(lapsed.unwrap(), 2);
     }
 
     #[test]
