@@ -358,7 +358,7 @@ mod tests {
     fn map_types_have_no_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<FlowKey>(), 36);
-        assert_eq!(size_of::<FlowEntry>(), 24);
+        assert_eq!(size_of::<FlowEntry>(), 28);
         assert_eq!(size_of::<QueuedPacket>(), 40);
         assert_eq!(size_of::<BindingKey>(), 32);
         assert_eq!(size_of::<CareOf>(), 16);
