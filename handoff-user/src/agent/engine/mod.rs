@@ -9,6 +9,8 @@
 //! - [`acceptor`]: the acceptor's side of every handoff coming to this member;
 //! - [`doubt`]: the donor's copies of connections whose handoff has no known outcome;
 //! - [`drain`]: a drain's plan, retries and targets left out;
+//! - [`recovery`]: a restart's recovery of the handoffs its earlier run left, and the redirect
+//!   check's rule;
 //! - [`runs`]: which run of each peer's agent is current (late transfers of a restarted donor),
 //!   and the connections taken from each.
 
@@ -18,6 +20,7 @@ pub mod doubt;
 pub mod drain;
 pub mod ids;
 pub mod outcome;
+pub mod recovery;
 pub mod runs;
 
 #[cfg(test)]

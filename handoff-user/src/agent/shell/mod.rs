@@ -56,6 +56,9 @@ use super::{
         drain::{Drain, Next},
         ids::{ChannelId, HandoffId, NodeName, RunId},
         outcome::{Fate, HandoffError},
+        recovery::{
+            Claims, RecoverAnswer, Recovery, RecoveryAction, Round, Verdict, redirect_verdict,
+        },
         runs::Superseded,
     },
     mipv6::{HomeToken, Mipv6d, TokenCache},

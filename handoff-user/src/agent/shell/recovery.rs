@@ -3,27 +3,6 @@
 
 use super::*;
 
-/// What the members said of one connection (`Serves`).
-pub(super) struct Claims {
-    /// The members that serve it.
-    pub(super) serving: Vec<Ipv6Addr>,
-    /// The members it is on its way to.
-    pub(super) arriving: Vec<Ipv6Addr>,
-    /// Whether a member took it from the asker (and has not handed it on).
-    pub(super) taken: bool,
-}
-
-impl Claims {
-    /// The members that have it or are taking it over.
-    pub(super) fn owners(&self) -> Vec<Ipv6Addr> {
-        let mut owners: Vec<Ipv6Addr> =
-            self.serving.iter().chain(&self.arriving).copied().collect();
-        owners.sort();
-        owners.dedup();
-        owners
-    }
-}
-
 impl Agent {
     /// At start: the handoffs the previous run was in the middle of, whose frozen entries it
     /// left. Their sockets died with it (repair-mode sockets close silently) unless the
@@ -50,68 +29,107 @@ impl Agent {
         self.check_redirects(true);
     }
 
+    /// Runs the [`Recovery`] of the entries the earlier run left frozen: asks the members
+    /// (`Recover`, each connection's one at a time, the connections side by side), then
+    /// redirects, removes or gives up each entry as it says.
     pub(super) fn complete_interrupted_flows(self: &Arc<Self>) {
         let flows = std::mem::take(&mut *lock(&self.interrupted));
-        for flow in flows {
-            let conn = conn_of(&flow);
-            // A member that restored the socket and still waits for the commit activates it;
-            // the others refuse. Only if every member refused is the connection nowhere else.
-            let mut completed_by = None;
-            let mut all_refused = true;
-            for peer in &self.config.peers {
-                let (id, replies, _slot) = self.reply_slot();
-                let asked = self
-                    .peer(&peer.node)
-                    .and_then(|sender| Self::send_to(&sender, &PeerMessage::Recover { id, conn }));
-                match asked.map(|()| replies.recv_timeout(self.config.handoff.peer_timeout())) {
-                    Ok(Ok(PeerMessage::Activated { .. })) => {
-                        completed_by = Some(peer);
-                        break;
+        if flows.is_empty() {
+            return;
+        }
+        let peers = self.config.peers.iter().map(|p| p.node.as_str().into());
+        let conns = flows.iter().map(conn_of).collect();
+        let timeout = self.config.handoff.peer_timeout();
+        let mut recovery = Recovery::new(conns, peers.collect(), timeout);
+        recovery.start(Instant::now());
+        // Every question's answer comes on one queue; its number says what it answers.
+        let (answers_tx, answers) = mpsc::channel();
+        let mut asked: HashMap<HandoffId, (NodeName, ConnId)> = HashMap::new();
+        loop {
+            while let Some(action) = recovery.poll_action() {
+                match action {
+                    RecoveryAction::Ask { peer, conn } => {
+                        let id = HandoffId(self.next_id.fetch_add(1, Ordering::Relaxed));
+                        lock(&self.waiting).insert(id, answers_tx.clone());
+                        let sent = self.peer(peer.as_str()).and_then(|sender| {
+                            Self::send_to(&sender, &PeerMessage::Recover { id, conn })
+                        });
+                        match sent {
+                            Ok(()) => {
+                                asked.insert(id, (peer, conn));
+                            }
+                            Err(_) => {
+                                lock(&self.waiting).remove(&id);
+                                recovery.not_asked(&peer, conn, Instant::now());
+                            }
+                        }
                     }
-                    Ok(Ok(PeerMessage::Refused { .. })) => {}
-                    // Not asked (no channel: the member is down or unreachable): a restored
-                    // socket there only becomes live on a `Commit` or a `Recover`, and neither
-                    // will come, so it expires unused.
-                    Err(_) => {}
-                    // Asked and no answer: it may still activate the connection.
-                    Ok(_) => all_refused = false,
+                    RecoveryAction::Redirect { conn, peer } => self.completed_by(conn, &peer),
+                    RecoveryAction::Remove { conn, unclaimed } => {
+                        if let Err(e) = lock(&self.datapath).maps().freeze().thaw(&flow(&conn)) {
+                            tracing::warn!(%conn, "cannot remove its entry: {e}");
+                        }
+                        if unclaimed {
+                            lock(&self.unclaimed).insert(conn);
+                            tracing::warn!(%conn, "no member holds the connection of an interrupted handoff: lost unless its application kept the socket");
+                        } else {
+                            // One that did not answer may activate it yet: reviving the socket
+                            // here could put two live endpoints on the connection.
+                            tracing::warn!(%conn, "connection of an interrupted handoff given up: not every member answered whether it holds it");
+                        }
+                    }
                 }
             }
-            let settled = {
-                let mut datapath = lock(&self.datapath);
-                let freeze = datapath.maps().freeze();
-                match completed_by {
-                    Some(peer) => freeze.redirect(flow, peer.address.octets()),
-                    None => freeze.thaw(&flow).map(|_| ()),
-                }
-            };
-            match (completed_by, settled) {
-                (Some(peer), Ok(())) => {
-                    tracing::info!(%conn, to = %peer.node, "interrupted handoff completed");
-                    self.broadcast(
-                        PeerMessage::Owner {
-                            conn,
-                            owner: peer.address,
-                        },
-                        Some(&peer.node),
-                    );
-                }
-                (Some(peer), Err(e)) => {
-                    tracing::error!(%conn, to = %peer.node, "interrupted handoff completed, but cannot redirect: {e}")
-                }
-                (None, settled) => {
-                    if let Err(e) = settled {
-                        tracing::warn!(%conn, "cannot remove its entry: {e}");
-                    }
-                    if all_refused {
-                        lock(&self.unclaimed).insert(conn);
-                        tracing::warn!(%conn, "no member holds the connection of an interrupted handoff: lost unless its application kept the socket");
-                    } else {
-                        // One that did not answer may activate it yet: reviving the socket here
-                        // could put two live endpoints on the connection.
-                        tracing::warn!(%conn, "connection of an interrupted handoff given up: not every member answered whether it holds it");
+            if recovery.is_done() {
+                break;
+            }
+            let until = recovery.poll_timeout().unwrap_or_else(Instant::now);
+            match answers.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(message) => {
+                    let (id, answer) = match &message {
+                        PeerMessage::Activated { id, .. } => (*id, RecoverAnswer::Activated),
+                        PeerMessage::Refused { id, .. } => (*id, RecoverAnswer::Refused),
+                        PeerMessage::Ready { id }
+                        | PeerMessage::TokenReply { id, .. }
+                        | PeerMessage::Binding { id, .. } => (*id, RecoverAnswer::Other),
+                        _ => continue,
+                    };
+                    if let Some((peer, conn)) = asked.remove(&id) {
+                        lock(&self.waiting).remove(&id);
+                        recovery.answered(&peer, conn, answer, Instant::now());
                     }
                 }
+                Err(_) => recovery.handle_timeout(Instant::now()),
+            }
+        }
+        let mut waiting = lock(&self.waiting);
+        for id in asked.keys() {
+            waiting.remove(id);
+        }
+    }
+
+    /// `peer` activated `conn`, an interrupted handoff's connection: its flow goes there.
+    fn completed_by(&self, conn: ConnId, peer: &NodeName) {
+        let Some(peer) = self.config.peer(peer.as_str()) else {
+            return;
+        };
+        let redirected = lock(&self.datapath)
+            .maps()
+            .freeze()
+            .redirect(flow(&conn), peer.address.octets());
+        match redirected {
+            Ok(()) => {
+                tracing::info!(%conn, to = %peer.node, "interrupted handoff completed");
+                self.broadcast(
+                    PeerMessage::Owner {
+                        conn,
+                        owner: peer.address,
+                    },
+                    Some(&peer.node),
+                );
+            }
+            Err(e) => {
+                tracing::error!(%conn, to = %peer.node, "interrupted handoff completed, but cannot redirect: {e}")
             }
         }
     }
@@ -167,31 +185,32 @@ impl Agent {
                 }
                 thread::sleep(self.config.handoff.peer_timeout());
             }
-            let last = round + 1 == rounds;
             let (claims, everyone) = self.who_serves(&pending);
+            let at = Round {
+                round,
+                rounds,
+                at_start,
+                everyone,
+            };
             let mut again = Vec::new();
             for (entry, claims) in pending.iter().zip(claims) {
-                let arriving_only = claims.serving.is_empty() && !claims.arriving.is_empty();
-                match claims.owners().as_slice() {
-                    // Only while every peer answers: else nothing can be removed anyway, and each
-                    // round would wait for the silent one.
-                    _ if at_start && arriving_only && everyone && !last => again.push(*entry),
-                    [owner] if owner.octets() == entry.1 => kept += 1,
-                    [owner] => {
+                match redirect_verdict(&Ipv6Addr::from(entry.1), &claims, at) {
+                    Verdict::Again => again.push(*entry),
+                    Verdict::Keep => kept += 1,
+                    Verdict::Repoint(owner) => {
                         repointed += 1;
-                        self.update_redirect(entry, Some(*owner));
+                        self.update_redirect(entry, Some(owner));
                     }
-                    [] if everyone && round > 0 => {
+                    Verdict::Remove { unclaimed } => {
                         removed += 1;
-                        if self.update_redirect(entry, None) && at_start && !claims.taken {
+                        if self.update_redirect(entry, None) && unclaimed {
                             // Served nowhere, and no member took it (to close it since): if
                             // the earlier run captured it and the application kept the socket,
                             // the connection is only there.
                             lock(&self.unclaimed).insert(conn_of(&entry.0));
                         }
                     }
-                    [] if everyone => again.push(*entry),
-                    _ => unresolved += 1,
+                    Verdict::Unresolved => unresolved += 1,
                 }
             }
             pending = again;
@@ -211,7 +230,10 @@ impl Agent {
     /// Asks every peer which of the connections of `entries` it serves (a peer not up yet is
     /// asked again for up to five `peer_timeout`s). Returns, per entry, what the members said
     /// of it, and whether every peer answered.
-    pub(super) fn who_serves(self: &Arc<Self>, entries: &[(FlowKey, Addr)]) -> (Vec<Claims>, bool) {
+    pub(super) fn who_serves(
+        self: &Arc<Self>,
+        entries: &[(FlowKey, Addr)],
+    ) -> (Vec<Claims<Ipv6Addr>>, bool) {
         let conns: Vec<ConnId> = entries.iter().map(|(flow, _)| conn_of(flow)).collect();
         let (id, answers, _waiting) = self.reply_slot();
         let question = PeerMessage::WhoServes {
