@@ -131,7 +131,6 @@ impl Agent {
         // Served here again since the recovery: no longer a connection it left unclaimed.
         lock(&self.unclaimed).remove(&conn);
         let result = self.hand_off_inner(conn, app, to, yielded, start_ns);
-        lock(&self.donating).remove(&conn);
         match &result {
             Err(HandoffError {
                 fate: Fate::Here, ..
@@ -148,6 +147,9 @@ impl Agent {
         if !matches!(&result, Err(e) if e.fate != Fate::Unknown) {
             lock(&self.acceptor).passed_on(&conn);
         }
+        // Last: a copy held in doubt is revived only after this (it waits for it), so that the
+        // table above does not drop the revived connection.
+        lock(&self.donating).remove(&conn);
         result
     }
 

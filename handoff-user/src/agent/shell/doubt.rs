@@ -45,13 +45,19 @@ impl Agent {
         id: HandoffId,
         conn: ConnId,
     ) {
-        let deadline = Instant::now() + self.config.handoff.peer_timeout() * 2;
-        while lock(&self.donating).contains(&conn) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
-        }
+        self.wait_for_handoff_of(conn);
         let from_node = NodeName::from(from);
         if !self.on_doubt(|doubt, _| doubt.recover(&from_node, conn, channel, id)) {
             self.to_acceptor(from, run, channel, PeerMessage::Recover { id, conn });
+        }
+    }
+
+    /// Waits (a bounded time) until no handoff of `conn` is under way here: its end may hold a
+    /// copy in doubt, and takes the connection out of the table.
+    fn wait_for_handoff_of(&self, conn: ConnId) {
+        let deadline = Instant::now() + self.config.handoff.peer_timeout() * 2;
+        while lock(&self.donating).contains(&conn) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -79,22 +85,11 @@ impl Agent {
                     tracing::warn!(%conn, "cannot probe the client: {e}");
                 }
             }
+            // On a thread of its own: a late answer comes on a channel's reader, and the
+            // revival waits for the end of the handoff that held the copy.
             DoubtAction::Revive { conn, answer } => {
-                let result = match lock(&self.held).remove(&conn) {
-                    Some(copy) => self.revive(conn, copy),
-                    None => Err("its copy is gone".into()),
-                };
-                match &result {
-                    Ok(_) => tracing::info!(
-                        %conn,
-                        "copy held in doubt revived: the acceptor never activated it"
-                    ),
-                    Err(e) => tracing::error!(
-                        %conn,
-                        "connection lost: its copy held in doubt cannot be revived: {e}"
-                    ),
-                }
-                self.on_doubt(|doubt, _| doubt.revived(conn, answer, result));
+                let agent = Arc::clone(self);
+                thread::spawn(move || agent.revive_held(conn, answer));
             }
             DoubtAction::Release { conn, to } => {
                 if let Some(HeldCopy {
@@ -116,6 +111,27 @@ impl Agent {
             }
             DoubtAction::Send { channel, message } => self.answer(channel, &message),
         }
+    }
+
+    /// Revives the copy of `conn` held in doubt and reports how it went (answering the
+    /// `Recover` that asked for it, if one did).
+    fn revive_held(self: Arc<Self>, conn: ConnId, answer: Option<(ChannelId, HandoffId)>) {
+        self.wait_for_handoff_of(conn);
+        let result = match lock(&self.held).remove(&conn) {
+            Some(copy) => self.revive(conn, copy),
+            None => Err("its copy is gone".into()),
+        };
+        match &result {
+            Ok(_) => tracing::info!(
+                %conn,
+                "copy held in doubt revived: the acceptor never activated it"
+            ),
+            Err(e) => tracing::error!(
+                %conn,
+                "connection lost: its copy held in doubt cannot be revived: {e}"
+            ),
+        }
+        self.on_doubt(|doubt, _| doubt.revived(conn, answer, result));
     }
 
     /// Takes a copy held in doubt back: thaw (its flow here pointed at the acceptor), out of
