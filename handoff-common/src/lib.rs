@@ -79,12 +79,21 @@ pub struct FlowEntry {
     /// had, which the `restore_cwnd` program gives the socket re-created for this connection
     /// when it connects; 0 leaves the kernel's initial window.
     pub cwnd: u32,
-    /// For `FLOW_FROZEN`: nonzero if the freeze holds only while the agent's lease runs (the
-    /// `LEASE` map). An acceptor's freezes are leased: the socket they protect lives in
-    /// handoffd, and once handoffd is gone (its lease lapsed) the flow's packets reach the
-    /// stack, which answers them with a reset when no socket is left, rather than vanish.
-    pub leased: u32,
+    /// `FLOW_LEASED`, `FLOW_BOUNCED`.
+    pub flags: u32,
 }
+
+/// `FlowEntry::flags`, for `FLOW_FROZEN`: the freeze holds only while the agent's lease runs
+/// (the `LEASE` map). An acceptor's freezes are leased: the socket they protect lives in
+/// handoffd, and once handoffd is gone (its lease lapsed) the flow's packets reach the stack,
+/// which answers them with a reset when no socket is left, rather than vanish.
+pub const FLOW_LEASED: u32 = 1;
+/// `FlowEntry::flags`, for `FLOW_REDIRECT`, set by the programs: a packet of the flow came back
+/// tunnelled from the very member it is redirected to, which therefore has no socket for it and
+/// points it here. The packet is dropped (it would go back and forth until its hop limit); the
+/// flag tells handoffd (a donor whose handoff to that member has no known outcome: nothing of
+/// the connection is live there). Rewriting the entry clears it.
+pub const FLOW_BOUNCED: u32 = 2;
 
 /// Drop every packet of the flow (its socket is under TCP_REPAIR: the kernel must not see the
 /// packet, and the peer simply retransmits later).
@@ -197,7 +206,7 @@ pub mod map {
     /// Ring buffer of `BindingErrorEvent`.
     pub const BINDING_ERRORS: &str = "BINDING_ERRORS";
     /// Array of one `u64`: `CLOCK_MONOTONIC` nanoseconds until which the agent (handoffd) is
-    /// alive; it renews the lease while it runs. Leased freezes (`FlowEntry::leased`) lapse
+    /// alive; it renews the lease while it runs. Leased freezes (`FLOW_LEASED`) lapse
     /// after it.
     pub const LEASE: &str = "LEASE";
     /// Array of one `u64`: the cookie of the network namespace whose sockets `restore_cwnd`
@@ -266,11 +275,14 @@ pub enum Counter {
     /// TCP packets of a leased freeze let through to the stack because the agent's lease lapsed
     /// (handoffd died or hangs with the flow frozen for a handoff to this node).
     Lapsed,
+    /// Dropped: a redirected packet came back tunnelled from the member it is redirected to
+    /// (`FLOW_BOUNCED`).
+    DropBounced,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 24] = [
+    pub const ALL: [Counter; 25] = [
         Counter::Passed,
         Counter::Dropped,
         Counter::Skipped,
@@ -295,6 +307,7 @@ impl Counter {
         Counter::CwndApplied,
         Counter::CwndFailed,
         Counter::Lapsed,
+        Counter::DropBounced,
     ];
     /// Number of counters (the length of the per-CPU array).
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -326,6 +339,7 @@ impl Counter {
             Counter::CwndApplied => "cwnd_applied",
             Counter::CwndFailed => "cwnd_failed",
             Counter::Lapsed => "lease_lapsed",
+            Counter::DropBounced => "drop_bounced",
         }
     }
 }

@@ -65,7 +65,7 @@ static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 /// Until when (`CLOCK_MONOTONIC` ns) the agent is alive: it renews this while it runs. Leased
-/// freezes (`FlowEntry::leased`) hold only until then.
+/// freezes (`FLOW_LEASED`) hold only until then.
 #[map(name = "LEASE")]
 static LEASE: Array<u64> = Array::with_max_entries(1, 0);
 

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use handoff_common::{
-    BindingKey, Counter, FLOW_FROZEN, FLOW_QUEUED, FLOW_REDIRECT, FlowEntry, FlowKey,
-    NODE_REVERSE_TUNNEL, QueuedPacket,
+    BindingKey, Counter, FLOW_BOUNCED, FLOW_FROZEN, FLOW_LEASED, FLOW_QUEUED, FLOW_REDIRECT,
+    FlowEntry, FlowKey, NODE_REVERSE_TUNNEL, QueuedPacket,
 };
 
 use crate::{
@@ -25,7 +25,7 @@ pub const OPT_HOME_ADDRESS: u8 = 0xc9;
 /// left for it, instead of being dropped for good.
 #[inline(always)]
 fn lapsed(entry: &FlowEntry) -> bool {
-    if entry.leased == 0 {
+    if entry.flags & FLOW_LEASED == 0 {
         return false;
     }
     let until = LEASE.get(0).copied().unwrap_or(0);
@@ -67,6 +67,9 @@ pub fn ingress(ctx: &TcContext) -> i32 {
                 if let Some(entry) = unsafe { FLOWS.get(inner) }.copied()
                     && entry.action == FLOW_REDIRECT
                 {
+                    if entry.node == ip.src {
+                        return bounced(&inner);
+                    }
                     if rewrite::set_addresses(ctx, &config.local, &entry.node).is_err() {
                         return discard(Counter::DropRewriteFailed);
                     }
@@ -123,6 +126,19 @@ pub fn ingress(ctx: &TcContext) -> i32 {
             PIPE
         }
     }
+}
+
+/// A packet of a redirected flow came back from the member it is redirected to: that member
+/// has no socket for it and points it here. Marks the entry for handoffd (`FLOW_BOUNCED`) and
+/// drops the packet rather than send it back and forth until its hop limit runs out.
+#[inline(always)]
+fn bounced(key: &FlowKey) -> i32 {
+    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a map value; a concurrent update replaces it whole, a lost flag is set again
+        // by the next packet.
+        unsafe { (*entry).flags |= FLOW_BOUNCED };
+    }
+    discard(Counter::DropBounced)
 }
 
 /// Hands the packet (the whole frame, after the header) to userspace and drops it.

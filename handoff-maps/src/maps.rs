@@ -9,8 +9,8 @@ use aya::{
     },
 };
 use handoff_common::{
-    Addr, BindingErrorEvent, BindingKey, CareOf, Counter, FLOW_FROZEN, FLOW_QUEUED, FLOW_REDIRECT,
-    FlowEntry, FlowKey, NodeConfig, QueuedPacket, map,
+    Addr, BindingErrorEvent, BindingKey, CareOf, Counter, FLOW_BOUNCED, FLOW_FROZEN, FLOW_LEASED,
+    FLOW_QUEUED, FLOW_REDIRECT, FlowEntry, FlowKey, NodeConfig, QueuedPacket, map,
 };
 
 use crate::{DatapathError, PinDir, pin_file};
@@ -369,7 +369,7 @@ impl FreezeMap {
             action: FLOW_FROZEN,
             node: [0; 16],
             cwnd,
-            leased: 1,
+            flags: FLOW_LEASED,
         };
         set(&mut self.flows, map::FLOWS, flow, Some(entry)).map(|_| ())
     }
@@ -399,7 +399,7 @@ impl FreezeMap {
             action: FLOW_REDIRECT,
             node,
             cwnd: 0,
-            leased: 0,
+            flags: 0,
         };
         match self.flows.insert(flow, entry, BPF_EXIST) {
             Ok(()) => Ok(true),
@@ -419,7 +419,7 @@ impl FreezeMap {
             action,
             node,
             cwnd,
-            leased: 0,
+            flags: 0,
         };
         set(&mut self.flows, map::FLOWS, flow, Some(entry)).map(|_| ())
     }
@@ -473,6 +473,19 @@ impl FreezeMap {
         match self.flows.get(flow, 0) {
             Ok(entry) => Ok((entry.action == FLOW_REDIRECT).then_some(entry.node)),
             Err(err) if is_not_found(&err) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                map: map::FLOWS,
+                source,
+            }),
+        }
+    }
+
+    /// Whether `flow` is redirected and a packet of it came back from the member it is
+    /// redirected to ([`handoff_common::FLOW_BOUNCED`]).
+    pub fn bounced(&self, flow: &FlowKey) -> Result<bool, DatapathError> {
+        match self.flows.get(flow, 0) {
+            Ok(entry) => Ok(entry.action == FLOW_REDIRECT && entry.flags & FLOW_BOUNCED != 0),
+            Err(err) if is_not_found(&err) => Ok(false),
             Err(source) => Err(DatapathError::Map {
                 map: map::FLOWS,
                 source,

@@ -14,7 +14,7 @@ use testbed::{
 #[path = "golden/support.rs"]
 mod golden;
 use golden::{
-    CLIENT, DSA, HA, NODE1, NODE2, OTHER, addr, configure, golden_frames, seed_maps, text_ip,
+    CLIENT, DSA, HA, NODE1, NODE2, OTHER, addr, configure, flow, golden_frames, seed_maps, text_ip,
 };
 
 const SHOT: i32 = 2;
@@ -153,6 +153,7 @@ fn expectations() -> Vec<Expect> {
             Some(Redirected),
             decoded(&[NODE1, CLIENT], &[NODE2, DSA], "", ""),
         ),
+        e("node_bounced", NodeIngress, SHOT, Some(DropBounced), None),
         e(
             "node_rh2_then_frozen",
             NodeIngress,
@@ -322,6 +323,11 @@ fn privileged_golden_packets() {
             if expect.decoded.is_some() {
                 outputs.push((expect.case, run.packet));
             }
+        }
+        // The redirected flow whose packet came back is marked for handoffd.
+        let redirected = flow(CLIENT, 40001, DSA, 80);
+        if !datapath.maps().freeze().bounced(&redirected).unwrap() {
+            failures.push("node_bounced: the entry is not marked FLOW_BOUNCED".into());
         }
         let errors = datapath.maps().take_binding_errors();
         if errors.len() != 1 || errors[0].home != addr(DSA) || errors[0].care_of != addr(NODE2) {

@@ -100,6 +100,10 @@ cases["node_decapsulated_then_redirected"] = case(
     tunnel(HA, NODE1, IPv6(src=CLIENT, dst=DSA) / tcp(CLIENT, DSA, sport=40001)),
     tunnel(NODE1, NODE2, IPv6(src=CLIENT, dst=DSA) / tcp(CLIENT, DSA, sport=40001)),
 )
+# Sent back by the member the flow is redirected to: it has no socket for it.
+cases["node_bounced"] = case(
+    tunnel(NODE2, NODE1, IPv6(src=CLIENT, dst=DSA) / tcp(CLIENT, DSA, sport=40001)),
+)
 cases["node_rh2_then_frozen"] = case(
     IPv6(src=CLIENT, dst=NODE1) / rh2(DSA) / tcp(CLIENT, DSA, sport=40002),
 )

@@ -7,6 +7,10 @@
 //! - the acceptor's late answer to the handoff: `Activated` (it serves the connection: the copy
 //!   is closed, [`DoubtAction::Release`]) or `Refused` (its commit came too late, and nothing of
 //!   the connection is live there: the copy is revived, [`DoubtAction::Revive`]);
+//! - the client's packets come back from the acceptor (the data path marks the donor's
+//!   redirect entry, `FLOW_BOUNCED`, and the shell reports it before each probe,
+//!   [`InDoubt::bounced`]): the acceptor has no socket for the connection and points it back
+//!   here — it gave the handoff up, and its refusal was lost. The copy is revived;
 //! - the acceptor's next run asks for it (`Recover`): it restarted and found the connection's
 //!   flow still frozen, so it never activated it; the copy is revived here and the answer
 //!   (`Activated`, or `Refused` if the revival failed) lets the acceptor point the flow back
@@ -58,8 +62,9 @@ impl HoldParams {
 /// A step for the shell.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DoubtAction {
-    /// Send the client a segment just below its window from the copy's state (it answers with
-    /// an ACK, which goes wherever the connection's packets go).
+    /// Unless the connection's packets came back from the acceptor (then report
+    /// [`InDoubt::bounced`] instead), send the client a segment just below its window from the
+    /// copy's state (it answers with an ACK, which goes wherever the connection's packets go).
     Probe {
         /// The connection.
         conn: ConnId,
@@ -158,6 +163,18 @@ impl InDoubt {
             conn,
             answer: Some((channel, id)),
         });
+        true
+    }
+
+    /// The client's packets of `conn` came back from the acceptor: it has no socket for them
+    /// and sends them here, so nothing of the connection is live there. A copy held of `conn`
+    /// is revived (returns `true`).
+    pub fn bounced(&mut self, conn: ConnId) -> bool {
+        if self.held.remove(&conn).is_none() {
+            return false;
+        }
+        self.actions
+            .push_back(DoubtAction::Revive { conn, answer: None });
         true
     }
 

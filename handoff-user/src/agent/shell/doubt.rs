@@ -79,7 +79,14 @@ impl Agent {
     fn perform_doubt(self: &Arc<Self>, action: DoubtAction) {
         match action {
             DoubtAction::Probe { conn } => {
-                if let Some(copy) = lock(&self.held).get(&conn)
+                let bounced = lock(&self.datapath).maps().freeze().bounced(&flow(&conn));
+                if bounced.unwrap_or(false) {
+                    tracing::info!(
+                        %conn,
+                        "the client's packets come back from the acceptor: it does not hold the connection"
+                    );
+                    self.on_doubt(|doubt, _| doubt.bounced(conn));
+                } else if let Some(copy) = lock(&self.held).get(&conn)
                     && let Err(e) = copy.capture.probe_peer()
                 {
                     tracing::warn!(%conn, "cannot probe the client: {e}");

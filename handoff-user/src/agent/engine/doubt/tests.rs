@@ -239,3 +239,19 @@ fn late_answers_of_other_handoffs_or_members_or_that_say_nothing_are_not_the_tab
     assert!(actions(&mut doubt).is_empty());
     assert!(doubt.holds(&conn(1)));
 }
+
+#[test]
+fn packets_coming_back_from_the_acceptor_revive_the_copy() {
+    let mut doubt = table();
+    doubt.hold(conn(1), node("node3"), HandoffId(5), Instant::now());
+    assert!(!doubt.bounced(conn(2)), "not held");
+    assert!(doubt.bounced(conn(1)));
+    assert_eq!(
+        actions(&mut doubt),
+        [DoubtAction::Revive {
+            conn: conn(1),
+            answer: None
+        }]
+    );
+    assert!(doubt.is_empty());
+}
