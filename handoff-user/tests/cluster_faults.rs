@@ -582,8 +582,11 @@ fn privileged_stopped_donor_finishes_the_handoff_in_flight() {
         let reader = scope.spawn(|| get(&stream, "file", 1_000_000, 100, &progress));
         wait_progress(&progress, 100_000, "download");
         let mover = start_move(&cluster, &conn);
-        // Into the handoff (it lasts ~0.6 s).
+        // Into the handoff (it lasts ~0.6 s), past the question to the application: a stop
+        // before it ends the handoff there, untouched (listed as moving comes a few steps
+        // earlier; a CI run once stopped in between).
         wait_moving(&cluster, &conn);
+        thread::sleep(Duration::from_millis(100));
         let (status, took) = cluster.stop_handoffd(0).unwrap();
         assert!(status.success(), "handoffd on node1: {status}");
         let output = mover.wait_with_output().unwrap();
